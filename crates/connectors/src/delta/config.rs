@@ -1,0 +1,66 @@
+use std::time::Duration;
+
+use crate::error::{ConnectorError, Result};
+use crate::options::Options;
+
+/// Configuration of a Delta sink (`connector = 'delta'`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeltaSinkConfig {
+    /// Table location: a local directory.
+    pub path: String,
+    /// Partition columns of a new table (must match an existing table's).
+    pub partition_by: Vec<String>,
+    /// Buffered rows are committed at least this often.
+    pub commit_interval: Duration,
+    /// Buffered rows are committed once they reach this size in memory.
+    pub max_buffer_bytes: u64,
+    /// Target size of the Parquet files written.
+    pub target_file_size: Option<u64>,
+}
+
+/// The option keys of the Delta sink.
+pub const DELTA_SINK_OPTIONS: &[&str] = &[
+    "path",
+    "partition_by",
+    "commit_interval",
+    "max_buffer_size",
+    "target_file_size",
+];
+
+impl DeltaSinkConfig {
+    /// Reads and validates the options; unknown keys are errors.
+    pub fn from_options(mut options: Options) -> Result<Self> {
+        let path = options.take_required("path", "delta")?;
+        let partition_by = options
+            .take("partition_by")
+            .map(|v| split_list(&v))
+            .unwrap_or_default();
+        let commit_interval = options
+            .take_duration("commit_interval")?
+            .unwrap_or(Duration::from_secs(10));
+        let max_buffer_bytes = options.take_bytes("max_buffer_size")?.unwrap_or(128 << 20);
+        let target_file_size = options.take_bytes("target_file_size")?;
+        if target_file_size == Some(0) {
+            return Err(ConnectorError::InvalidOption(
+                "option `target_file_size` must be positive".into(),
+            ));
+        }
+        options.finish("delta", DELTA_SINK_OPTIONS)?;
+        Ok(DeltaSinkConfig {
+            path,
+            partition_by,
+            commit_interval,
+            max_buffer_bytes,
+            target_file_size,
+        })
+    }
+}
+
+/// Splits `a, b ,c` into names.
+pub(crate) fn split_list(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
+}

@@ -1,0 +1,87 @@
+use std::time::Duration;
+
+use laketide_engine::OnError;
+
+use crate::error::{ConnectorError, Result};
+use crate::format::{FORMAT_OPTIONS, Format};
+use crate::options::Options;
+
+/// Whether a file source ends after what is there, or keeps watching.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileMode {
+    /// Read the files present at start, then finish (flushing every window).
+    Once,
+    /// Read the files present, then keep listing for new ones every `poll_interval`.
+    Continuous,
+}
+
+/// Configuration of a file source (`connector = 'file'`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileSourceConfig {
+    /// A directory (all visible files in it), a single file, or a glob such as `data/*.json`.
+    pub path: String,
+    /// Record format.
+    pub format: Format,
+    /// Bounded or continuous.
+    pub mode: FileMode,
+    /// How often a continuous source lists the path again.
+    pub poll_interval: Duration,
+    /// Rows per batch.
+    pub batch_size: usize,
+    /// What to do with malformed records.
+    pub on_error: OnError,
+}
+
+/// The option keys of the file source.
+pub const FILE_SOURCE_OPTIONS: &[&str] = &[
+    "path",
+    "format",
+    "csv.header",
+    "csv.delimiter",
+    "mode",
+    "poll_interval",
+    "batch_size",
+    "on_error",
+    "dead_letter_path",
+];
+
+impl FileSourceConfig {
+    /// Reads and validates the options; unknown keys are errors.
+    pub fn from_options(mut options: Options) -> Result<Self> {
+        let path = options.take_required("path", "file")?;
+        let format = Format::from_options(&mut options, true)?;
+        let mode = match options
+            .take_choice("mode", &["once", "continuous"])?
+            .as_deref()
+        {
+            Some("once") => FileMode::Once,
+            _ => FileMode::Continuous,
+        };
+        let poll_interval = options
+            .take_duration("poll_interval")?
+            .unwrap_or(Duration::from_secs(1));
+        let batch_size = options.take_u64("batch_size")?.unwrap_or(8192) as usize;
+        if batch_size == 0 {
+            return Err(ConnectorError::InvalidOption(
+                "option `batch_size` must be at least 1".into(),
+            ));
+        }
+        let on_error = options.take("on_error").unwrap_or_else(|| "fail".into());
+        let dead_letter_path = options.take("dead_letter_path");
+        let on_error = OnError::parse(&on_error, dead_letter_path.as_deref())?;
+        debug_assert!(
+            FORMAT_OPTIONS
+                .iter()
+                .all(|k| FILE_SOURCE_OPTIONS.contains(k))
+        );
+        options.finish("file", FILE_SOURCE_OPTIONS)?;
+        Ok(FileSourceConfig {
+            path,
+            format,
+            mode,
+            poll_interval,
+            batch_size,
+            on_error,
+        })
+    }
+}

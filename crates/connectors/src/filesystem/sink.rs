@@ -1,0 +1,139 @@
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
+
+use laketide_engine::{EngineError, Result, Sink, SinkSummary};
+
+use super::config::FilesystemSinkConfig;
+use super::writer::FormatWriter;
+
+struct OpenFile {
+    writer: FormatWriter,
+    temp_path: PathBuf,
+    final_path: PathBuf,
+    opened: Instant,
+    approx_bytes: u64,
+}
+
+/// Writes rows to files under a directory. A file is written under a hidden `.inprogress`
+/// name and renamed to `part-<n>-<id>.<ext>` when it is rolled (by size or age) or when the
+/// sink closes, so readers (including laketide's own file source) never see a partial file.
+pub struct FilesystemSink {
+    name: String,
+    config: FilesystemSinkConfig,
+    schema: Option<SchemaRef>,
+    current: Option<OpenFile>,
+    run_id: String,
+    sequence: u64,
+    summary: SinkSummary,
+    rows_in_file: u64,
+}
+
+impl FilesystemSink {
+    /// A sink for table `name`; does no I/O until opened.
+    pub fn new(name: impl Into<String>, config: FilesystemSinkConfig) -> Self {
+        FilesystemSink {
+            name: name.into(),
+            config,
+            schema: None,
+            current: None,
+            run_id: uuid::Uuid::new_v4().simple().to_string()[..12].to_string(),
+            sequence: 0,
+            summary: SinkSummary::default(),
+            rows_in_file: 0,
+        }
+    }
+
+    fn err(&self, what: &str, path: &Path, e: impl std::fmt::Display) -> EngineError {
+        EngineError::external(
+            format!("{}: {what} {}", self.name, path.display()),
+            e.to_string(),
+        )
+    }
+
+    fn open_file(&mut self) -> Result<()> {
+        let schema = self
+            .schema
+            .clone()
+            .ok_or_else(|| EngineError::Internal("filesystem sink written before open".into()))?;
+        self.sequence += 1;
+        let ext = self.config.format.extension();
+        let base = format!("part-{:05}-{}.{ext}", self.sequence, self.run_id);
+        let dir = Path::new(&self.config.path);
+        let temp_path = dir.join(format!(".{base}.inprogress"));
+        let final_path = dir.join(base);
+        let file = File::create(&temp_path).map_err(|e| self.err("creating", &temp_path, e))?;
+        let writer = FormatWriter::new(self.config.format, file, &schema)
+            .map_err(|e| self.err("writing", &temp_path, e))?;
+        self.current = Some(OpenFile {
+            writer,
+            temp_path,
+            final_path,
+            opened: Instant::now(),
+            approx_bytes: 0,
+        });
+        Ok(())
+    }
+
+    fn roll(&mut self) -> Result<()> {
+        let Some(file) = self.current.take() else {
+            return Ok(());
+        };
+        file.writer
+            .finish()
+            .map_err(|e| self.err("finishing", &file.temp_path, e))?;
+        std::fs::rename(&file.temp_path, &file.final_path)
+            .map_err(|e| self.err("renaming", &file.temp_path, e))?;
+        self.summary.commits += 1;
+        self.summary.rows_written += self.rows_in_file;
+        self.rows_in_file = 0;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Sink for FilesystemSink {
+    async fn open(&mut self, schema: SchemaRef) -> Result<()> {
+        let dir = PathBuf::from(&self.config.path);
+        std::fs::create_dir_all(&dir).map_err(|e| self.err("creating directory", &dir, e))?;
+        self.schema = Some(schema);
+        Ok(())
+    }
+
+    async fn write_batch(&mut self, batch: RecordBatch) -> Result<()> {
+        if self.current.is_none() {
+            self.open_file()?;
+        }
+        let file = self.current.as_mut().expect("opened above");
+        if let Err(e) = file.writer.write(&batch) {
+            let path = file.temp_path.clone();
+            return Err(self.err("writing", &path, e));
+        }
+        file.approx_bytes += batch.get_array_memory_size() as u64;
+        self.rows_in_file += batch.num_rows() as u64;
+        if file.writer.size(file.approx_bytes) >= self.config.rollover_size {
+            self.roll()?;
+        }
+        Ok(())
+    }
+
+    async fn maintain(&mut self) -> Result<()> {
+        if self
+            .current
+            .as_ref()
+            .is_some_and(|f| f.opened.elapsed() >= self.config.rollover_interval)
+        {
+            self.roll()?;
+        }
+        Ok(())
+    }
+
+    async fn close(&mut self) -> Result<SinkSummary> {
+        self.roll()?;
+        Ok(self.summary.clone())
+    }
+}

@@ -1,0 +1,126 @@
+//! Builds sources and sinks from a table's `connector` and `WITH` options. Building validates
+//! every option and does no I/O, so `laketide check` can run it on any machine.
+
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::SchemaRef;
+use laketide_engine::{BadRecords, Sink, Source};
+
+use crate::console::ConsoleSink;
+use crate::delta::{DeltaSink, DeltaSinkConfig};
+use crate::error::{ConnectorError, Result};
+use crate::file::{FileMode, FileSource, FileSourceConfig};
+use crate::filesystem::{FilesystemSink, FilesystemSinkConfig};
+use crate::options::Options;
+
+/// Connectors that can be read from.
+pub const SOURCE_CONNECTORS: &[&str] = &["file"];
+/// Connectors that can be written to.
+pub const SINK_CONNECTORS: &[&str] = &["delta", "filesystem", "console"];
+
+/// A source ready to be added to a dataflow.
+pub struct BuiltSource {
+    /// The connector.
+    pub source: Box<dyn Source>,
+    /// One line for `explain`.
+    pub description: String,
+    /// Its bad-record handler, for the run's counters.
+    pub bad_records: Option<Arc<BadRecords>>,
+    /// Whether the source ends by itself.
+    pub bounded: bool,
+}
+
+/// A sink ready to be added to a dataflow.
+pub struct BuiltSink {
+    /// The connector.
+    pub sink: Box<dyn Sink>,
+    /// One line for `explain`.
+    pub description: String,
+}
+
+fn unknown(connector: &str, role: &str, known: &[&str]) -> ConnectorError {
+    let other: Vec<&str> = if role == "source" {
+        SINK_CONNECTORS
+    } else {
+        SOURCE_CONNECTORS
+    }
+    .to_vec();
+    let hint = if other.contains(&connector) {
+        format!(
+            "; '{connector}' can only be used as a {}",
+            if role == "source" { "sink" } else { "source" }
+        )
+    } else {
+        String::new()
+    };
+    ConnectorError::InvalidOption(format!(
+        "unknown {role} connector '{connector}'; {role}s are: {}{hint}",
+        known.join(", ")
+    ))
+}
+
+/// Builds the source of table `table` with rows of `schema`.
+pub fn build_source(
+    table: &str,
+    schema: SchemaRef,
+    connector: &str,
+    options: Options,
+) -> Result<BuiltSource> {
+    match connector {
+        "file" => {
+            let config = FileSourceConfig::from_options(options)?;
+            let bad = Arc::new(BadRecords::new(table, config.on_error.clone()));
+            let description = format!(
+                "file {} ({}, {})",
+                config.path,
+                config.format.name(),
+                if config.mode == FileMode::Once {
+                    "once"
+                } else {
+                    "continuous"
+                }
+            );
+            let bounded = config.mode == FileMode::Once;
+            Ok(BuiltSource {
+                source: Box::new(FileSource::new(config, schema, bad.clone())),
+                description,
+                bad_records: Some(bad),
+                bounded,
+            })
+        }
+        other => Err(unknown(other, "source", SOURCE_CONNECTORS)),
+    }
+}
+
+/// Builds the sink of table `table`.
+pub fn build_sink(table: &str, connector: &str, options: Options) -> Result<BuiltSink> {
+    match connector {
+        "delta" => {
+            let config = DeltaSinkConfig::from_options(options)?;
+            let mut description = format!("delta {}", config.path);
+            if !config.partition_by.is_empty() {
+                description.push_str(&format!(
+                    " partitioned by ({})",
+                    config.partition_by.join(", ")
+                ));
+            }
+            Ok(BuiltSink {
+                sink: Box::new(DeltaSink::new(table, config)),
+                description,
+            })
+        }
+        "filesystem" => {
+            let config = FilesystemSinkConfig::from_options(options)?;
+            let description = format!("filesystem {} ({})", config.path, config.format.extension());
+            Ok(BuiltSink {
+                sink: Box::new(FilesystemSink::new(table, config)),
+                description,
+            })
+        }
+        "console" => Ok(BuiltSink {
+            sink: Box::new(ConsoleSink::from_options(table, options)?),
+            description: "console".into(),
+        }),
+        other => Err(unknown(other, "sink", SINK_CONNECTORS)),
+    }
+}

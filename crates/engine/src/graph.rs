@@ -1,0 +1,209 @@
+//! The dataflow graph: sources, operators and sinks connected by edges.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::SchemaRef;
+
+use crate::bad_records::BadRecords;
+use crate::error::{EngineError, Result};
+use crate::metrics::{NodeMetrics, NodeRole, PipelineMetrics};
+use crate::operator::Operator;
+use crate::sink::Sink;
+use crate::source::Source;
+use crate::watermark::WatermarkStrategy;
+
+/// Index of a node in its [`Dataflow`].
+pub type NodeId = usize;
+
+/// What a node does.
+pub enum NodeKind {
+    /// Reads records.
+    Source {
+        /// The connector.
+        source: Box<dyn Source>,
+        /// How its watermark is derived.
+        watermark: WatermarkStrategy,
+    },
+    /// Transforms records.
+    Operator(Box<dyn Operator>),
+    /// Writes records.
+    Sink(Box<dyn Sink>),
+}
+
+/// One node of the graph.
+pub struct Node {
+    /// Short name (table name, operator kind).
+    pub name: String,
+    /// One line for `explain`.
+    pub description: String,
+    /// The node's behaviour.
+    pub kind: NodeKind,
+    /// Upstream nodes; the position is the input number seen by the operator.
+    pub inputs: Vec<NodeId>,
+    /// Schema of the rows this node emits (for sinks: the rows it receives).
+    pub schema: SchemaRef,
+    /// The node's counters.
+    pub metrics: Arc<NodeMetrics>,
+}
+
+/// A streaming pipeline: a directed acyclic graph built source-first, so every node's inputs
+/// have smaller ids. One source node may feed several downstream nodes (shared scans).
+#[derive(Default)]
+pub struct Dataflow {
+    nodes: Vec<Node>,
+    metrics: PipelineMetrics,
+}
+
+impl Dataflow {
+    /// An empty graph.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a source with its watermark strategy and (optional) bad-record handler.
+    pub fn add_source(
+        &mut self,
+        name: impl Into<String>,
+        description: impl Into<String>,
+        source: Box<dyn Source>,
+        watermark: WatermarkStrategy,
+        bad_records: Option<Arc<BadRecords>>,
+    ) -> NodeId {
+        let name = name.into();
+        let schema = source.schema();
+        let metrics = self.metrics.register(NodeRole::Source, name.clone());
+        if let Some(b) = bad_records {
+            self.metrics.register_bad_records(b);
+        }
+        self.push(Node {
+            name,
+            description: description.into(),
+            kind: NodeKind::Source { source, watermark },
+            inputs: vec![],
+            schema,
+            metrics,
+        })
+    }
+
+    /// Adds an operator reading from `inputs`.
+    pub fn add_operator(
+        &mut self,
+        name: impl Into<String>,
+        description: impl Into<String>,
+        operator: Box<dyn Operator>,
+        inputs: Vec<NodeId>,
+    ) -> Result<NodeId> {
+        self.check_inputs(&inputs)?;
+        let name = name.into();
+        let schema = operator.output_schema();
+        let metrics = self.metrics.register(NodeRole::Operator, name.clone());
+        Ok(self.push(Node {
+            name,
+            description: description.into(),
+            kind: NodeKind::Operator(operator),
+            inputs,
+            schema,
+            metrics,
+        }))
+    }
+
+    /// Adds a sink reading from `input`.
+    pub fn add_sink(
+        &mut self,
+        name: impl Into<String>,
+        description: impl Into<String>,
+        sink: Box<dyn Sink>,
+        input: NodeId,
+    ) -> Result<NodeId> {
+        self.check_inputs(&[input])?;
+        let name = name.into();
+        let schema = self.nodes[input].schema.clone();
+        let metrics = self.metrics.register(NodeRole::Sink, name.clone());
+        Ok(self.push(Node {
+            name,
+            description: description.into(),
+            kind: NodeKind::Sink(sink),
+            inputs: vec![input],
+            schema,
+            metrics,
+        }))
+    }
+
+    fn check_inputs(&self, inputs: &[NodeId]) -> Result<()> {
+        if inputs.is_empty() {
+            return Err(EngineError::Internal(
+                "a node needs at least one input".into(),
+            ));
+        }
+        for i in inputs {
+            match self.nodes.get(*i) {
+                None => {
+                    return Err(EngineError::Internal(format!(
+                        "input node {i} does not exist"
+                    )));
+                }
+                Some(n) if matches!(n.kind, NodeKind::Sink(_)) => {
+                    return Err(EngineError::Internal(format!(
+                        "node {i} is a sink and has no output"
+                    )));
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn push(&mut self, node: Node) -> NodeId {
+        self.nodes.push(node);
+        self.nodes.len() - 1
+    }
+
+    /// The schema a node emits.
+    pub fn schema(&self, node: NodeId) -> SchemaRef {
+        self.nodes[node].schema.clone()
+    }
+
+    /// The nodes, in id order.
+    pub fn nodes(&self) -> &[Node] {
+        &self.nodes
+    }
+
+    /// Takes the nodes out (used by the runner).
+    pub(crate) fn into_parts(self) -> (Vec<Node>, PipelineMetrics) {
+        (self.nodes, self.metrics)
+    }
+
+    /// The pipeline's counters; clones share the same counters, so a caller can watch a run.
+    pub fn metrics(&self) -> PipelineMetrics {
+        self.metrics.clone()
+    }
+
+    /// A readable description of the graph, one node per line with its inputs.
+    pub fn explain(&self) -> String {
+        let mut s = String::new();
+        for (id, n) in self.nodes.iter().enumerate() {
+            let role = match n.kind {
+                NodeKind::Source { .. } => "source",
+                NodeKind::Operator(_) => "operator",
+                NodeKind::Sink(_) => "sink",
+            };
+            let _ = write!(s, "[{id}] {role} {}: {}", n.name, n.description);
+            if !n.inputs.is_empty() {
+                let inputs: Vec<String> = n.inputs.iter().map(|i| format!("[{i}]")).collect();
+                let _ = write!(s, "  <- {}", inputs.join(", "));
+            }
+            s.push('\n');
+            if !matches!(n.kind, NodeKind::Sink(_)) {
+                let cols: Vec<String> = n
+                    .schema
+                    .fields()
+                    .iter()
+                    .map(|f| format!("{}: {}", f.name(), f.data_type()))
+                    .collect();
+                let _ = writeln!(s, "      schema: {}", cols.join(", "));
+            }
+        }
+        s
+    }
+}

@@ -1,0 +1,33 @@
+//! laketide's streaming runtime.
+//!
+//! A pipeline is a [`Dataflow`]: [`Source`]s feed [`Operator`]s that feed [`Sink`]s, connected by
+//! bounded channels that carry [`Message`]s (record batches, watermarks, checkpoint barriers,
+//! end of stream). Event time advances by watermarks, derived per source split
+//! ([`SplitWatermarks`]) and combined as a minimum at every operator with several inputs
+//! ([`InputWatermarks`]). Window operators ([`operators`]) assign windows and aggregate with
+//! DataFusion's vectorized group values and accumulators, emitting each window once when the
+//! watermark passes its end. This crate knows nothing of SQL or of any storage service.
+
+mod bad_records;
+mod error;
+mod graph;
+mod message;
+mod metrics;
+mod operator;
+pub mod operators;
+mod runner;
+mod sink;
+mod source;
+pub mod time;
+mod watermark;
+
+pub use bad_records::{BadRecords, OnError};
+pub use error::{EngineError, ErrorKind, Result};
+pub use graph::{Dataflow, Node, NodeId, NodeKind};
+pub use message::{CheckpointBarrier, EventTime, Message, Watermark};
+pub use metrics::{MetricsSnapshot, NodeMetrics, NodeRole, PipelineMetrics};
+pub use operator::{Operator, Output};
+pub use runner::{RunOptions, RunSummary, run};
+pub use sink::{Sink, SinkSummary};
+pub use source::{Source, SourcePoll, SplitId};
+pub use watermark::{InputWatermarks, SplitWatermarks, WatermarkStrategy};

@@ -1,0 +1,96 @@
+//! The operator trait: synchronous, vectorized transformations between a source and a sink.
+
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
+
+use crate::error::Result;
+use crate::message::{Message, Watermark};
+
+/// Where an operator puts what it produces. The runner sends it downstream in order.
+#[derive(Debug, Default)]
+pub struct Output {
+    messages: Vec<Message>,
+    late_rows: u64,
+    windows_emitted: u64,
+}
+
+impl Output {
+    /// Emits a batch of rows with the operator's output schema. Empty batches are dropped.
+    pub fn batch(&mut self, batch: RecordBatch) {
+        if batch.num_rows() > 0 {
+            self.messages.push(Message::Batch(batch));
+        }
+    }
+
+    /// Emits a watermark.
+    pub fn watermark(&mut self, watermark: Watermark) {
+        self.messages.push(Message::Watermark(watermark));
+    }
+
+    /// Takes everything emitted so far.
+    pub fn drain(&mut self) -> std::vec::Drain<'_, Message> {
+        self.messages.drain(..)
+    }
+
+    /// Counts rows dropped because they arrived after their window closed.
+    pub fn count_late(&mut self, rows: u64) {
+        self.late_rows += rows;
+    }
+
+    /// Counts window results (one per group of a closed window).
+    pub fn count_windows(&mut self, windows: u64) {
+        self.windows_emitted += windows;
+    }
+
+    /// Takes the late-row and window counters accumulated since the last call.
+    pub fn take_counters(&mut self) -> (u64, u64) {
+        (
+            std::mem::take(&mut self.late_rows),
+            std::mem::take(&mut self.windows_emitted),
+        )
+    }
+
+    /// Rows emitted so far and not yet drained.
+    pub fn pending_rows(&self) -> usize {
+        self.messages
+            .iter()
+            .map(|m| match m {
+                Message::Batch(b) => b.num_rows(),
+                _ => 0,
+            })
+            .sum()
+    }
+}
+
+/// A streaming operator (projection, filter, window assignment, window aggregation, union …).
+///
+/// Contract:
+/// - The runner calls the methods of one operator from one task, never concurrently, in the
+///   order in which messages arrive. Batches from input `i` arrive in the order they were sent.
+/// - `process_watermark` receives the *combined* watermark of all inputs (the minimum over
+///   inputs that are not idle); it is called only when that combined watermark advances, or
+///   with [`Watermark::Idle`] when every input is idle. An operator that holds rows back
+///   (windows) emits what the watermark completes and then forwards a watermark; operators
+///   that hold nothing use the default, which forwards it.
+/// - `finish` is called once, after every input has ended; the operator emits everything it
+///   still holds. No method is called after it.
+/// - Errors stop the pipeline; the operator is dropped without further calls. Operators do no
+///   I/O and never block, so cancellation is simply being dropped.
+pub trait Operator: Send + 'static {
+    /// The schema of every batch this operator emits.
+    fn output_schema(&self) -> SchemaRef;
+
+    /// Processes one batch that arrived on input `input`.
+    fn process_batch(&mut self, input: usize, batch: RecordBatch, out: &mut Output) -> Result<()>;
+
+    /// Reacts to event-time progress.
+    fn process_watermark(&mut self, watermark: Watermark, out: &mut Output) -> Result<()> {
+        out.watermark(watermark);
+        Ok(())
+    }
+
+    /// Flushes everything held; called once at the end of all inputs.
+    fn finish(&mut self, _out: &mut Output) -> Result<()> {
+        Ok(())
+    }
+}

@@ -1,0 +1,31 @@
+//! The built-in operators.
+
+mod filter;
+mod projection;
+mod session_assign;
+mod union;
+mod window_aggregate;
+mod window_assign;
+
+pub use filter::FilterOperator;
+pub use projection::ProjectionOperator;
+pub use session_assign::SessionAssign;
+pub use union::UnionOperator;
+pub use window_aggregate::{AggregateSpec, WindowAggregate};
+pub use window_assign::{SlidingWindow, WindowAssign};
+
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use std::sync::Arc;
+
+/// Names of the columns that window table functions add.
+pub const WINDOW_START: &str = "window_start";
+/// See [`WINDOW_START`].
+pub const WINDOW_END: &str = "window_end";
+
+/// `input`'s fields followed by non-null `window_start` and `window_end` of `time_type`.
+pub fn schema_with_window_columns(input: &Schema, time_type: &DataType) -> SchemaRef {
+    let mut fields: Vec<Arc<Field>> = input.fields().iter().cloned().collect();
+    fields.push(Arc::new(Field::new(WINDOW_START, time_type.clone(), false)));
+    fields.push(Arc::new(Field::new(WINDOW_END, time_type.clone(), false)));
+    Arc::new(Schema::new_with_metadata(fields, input.metadata().clone()))
+}

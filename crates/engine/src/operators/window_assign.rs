@@ -1,0 +1,204 @@
+use datafusion::arrow::array::{Array, ArrayRef, Int64Array, UInt32Array};
+use datafusion::arrow::compute::take;
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::arrow::record_batch::RecordBatch;
+
+use crate::error::{EngineError, Result};
+use crate::operator::{Operator, Output};
+use crate::time::{nanos_per_unit, timestamp_array, timestamp_unit, timestamp_values};
+
+/// Fixed-size windows that start every `slide`: a tumbling window has `slide == size`, a
+/// hopping window `slide < size`. Durations are in nanoseconds; windows are aligned to the epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlidingWindow {
+    /// Window length.
+    pub size_nanos: i64,
+    /// Distance between window starts.
+    pub slide_nanos: i64,
+}
+
+impl SlidingWindow {
+    /// `TUMBLE(…, size)`.
+    pub fn tumbling(size_nanos: i64) -> Result<Self> {
+        Self::hopping(size_nanos, size_nanos)
+    }
+
+    /// `HOP(…, slide, size)`.
+    pub fn hopping(slide_nanos: i64, size_nanos: i64) -> Result<Self> {
+        if size_nanos <= 0 || slide_nanos <= 0 {
+            return Err(EngineError::User(
+                "window size and slide must be positive intervals".into(),
+            ));
+        }
+        if slide_nanos > size_nanos {
+            return Err(EngineError::User(format!(
+                "HOP slide ({} ms) is larger than its size ({} ms): rows between windows would be lost",
+                slide_nanos / 1_000_000,
+                size_nanos / 1_000_000
+            )));
+        }
+        Ok(SlidingWindow {
+            size_nanos,
+            slide_nanos,
+        })
+    }
+
+    /// How many windows each row belongs to (at most).
+    pub fn windows_per_row(&self) -> usize {
+        (self.size_nanos as u64).div_ceil(self.slide_nanos as u64) as usize
+    }
+}
+
+/// Appends `window_start` and `window_end` to every row (TUMBLE and HOP table functions). For
+/// HOP, a row is repeated once per window it falls into. Rows whose time is NULL belong to no
+/// window and are dropped (counted as late).
+#[derive(Debug)]
+pub struct WindowAssign {
+    window: SlidingWindow,
+    time_column: usize,
+    time_type: DataType,
+    size: i64,
+    slide: i64,
+    schema: SchemaRef,
+}
+
+impl WindowAssign {
+    /// Assigns windows by column `time_column` of `input`; output is `input` plus the two
+    /// window columns (see [`super::schema_with_window_columns`]).
+    pub fn new(window: SlidingWindow, input: &SchemaRef, time_column: usize) -> Result<Self> {
+        let field = input.field(time_column);
+        let unit = timestamp_unit(field.data_type(), field.name())?;
+        let per_unit = nanos_per_unit(unit);
+        if window.size_nanos % per_unit != 0 || window.slide_nanos % per_unit != 0 {
+            return Err(EngineError::User(format!(
+                "window sizes must be whole multiples of the time column's unit ({unit:?})"
+            )));
+        }
+        Ok(WindowAssign {
+            window,
+            time_column,
+            time_type: field.data_type().clone(),
+            size: window.size_nanos / per_unit,
+            slide: window.slide_nanos / per_unit,
+            schema: super::schema_with_window_columns(input, field.data_type()),
+        })
+    }
+
+    /// The window definition.
+    pub fn window(&self) -> SlidingWindow {
+        self.window
+    }
+}
+
+impl Operator for WindowAssign {
+    fn output_schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn process_batch(&mut self, _input: usize, batch: RecordBatch, out: &mut Output) -> Result<()> {
+        let times = timestamp_values(batch.column(self.time_column))?;
+        let rows = batch.num_rows();
+        let per_row = self.window.windows_per_row();
+        let (size, slide) = (self.size, self.slide);
+
+        if per_row == 1 && times.null_count() == 0 {
+            // Tumbling fast path: one window per row, no row repetition.
+            let starts: Int64Array = times.unary(|t| t - t.rem_euclid(slide));
+            let ends: Int64Array = starts.unary(|s| s + size);
+            let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
+            columns.push(timestamp_array(starts, &self.time_type)?);
+            columns.push(timestamp_array(ends, &self.time_type)?);
+            out.batch(RecordBatch::try_new(self.schema.clone(), columns)?);
+            return Ok(());
+        }
+
+        let mut indices: Vec<u32> = Vec::with_capacity(rows * per_row);
+        let mut starts: Vec<i64> = Vec::with_capacity(rows * per_row);
+        let mut dropped = 0u64;
+        for (row, t) in times.iter().enumerate() {
+            let Some(t) = t else {
+                dropped += 1;
+                continue;
+            };
+            let last_start = t - t.rem_euclid(slide);
+            let mut start = last_start;
+            while start > t - size {
+                indices.push(row as u32);
+                starts.push(start);
+                start -= slide;
+            }
+        }
+        out.count_late(dropped);
+        let indices = UInt32Array::from(indices);
+        let mut columns: Vec<ArrayRef> = batch
+            .columns()
+            .iter()
+            .map(|c| take(c.as_ref(), &indices, None))
+            .collect::<std::result::Result<_, _>>()?;
+        let ends: Int64Array = starts.iter().map(|s| s + size).collect();
+        columns.push(timestamp_array(Int64Array::from(starts), &self.time_type)?);
+        columns.push(timestamp_array(ends, &self.time_type)?);
+        out.batch(RecordBatch::try_new(self.schema.clone(), columns)?);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::Message;
+    use datafusion::arrow::array::{AsArray, TimestampMillisecondArray};
+    use datafusion::arrow::datatypes::TimeUnit;
+    use datafusion::arrow::datatypes::{Field, Schema, TimestampMillisecondType};
+    use std::sync::Arc;
+
+    fn run(window: SlidingWindow, times: Vec<Option<i64>>) -> (Vec<i64>, Vec<i64>, Vec<i64>) {
+        let schema = Arc::new(Schema::new(vec![Field::new(
+            "ts",
+            DataType::Timestamp(TimeUnit::Millisecond, None),
+            true,
+        )]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(TimestampMillisecondArray::from(times))],
+        )
+        .unwrap();
+        let mut op = WindowAssign::new(window, &schema, 0).unwrap();
+        let mut out = Output::default();
+        op.process_batch(0, batch, &mut out).unwrap();
+        let Some(Message::Batch(b)) = out.drain().next() else {
+            panic!("no output")
+        };
+        let col = |i: usize| -> Vec<i64> {
+            b.column(i)
+                .as_primitive::<TimestampMillisecondType>()
+                .values()
+                .to_vec()
+        };
+        (col(0), col(1), col(2))
+    }
+
+    #[test]
+    fn tumbling_windows_align_to_the_epoch() {
+        let w = SlidingWindow::tumbling(60_000_000_000).unwrap();
+        let (ts, start, end) = run(w, vec![Some(59_999), Some(60_000), Some(-1)]);
+        assert_eq!(ts, vec![59_999, 60_000, -1]);
+        assert_eq!(start, vec![0, 60_000, -60_000]);
+        assert_eq!(end, vec![60_000, 120_000, 0]);
+    }
+
+    #[test]
+    fn hopping_windows_repeat_rows_and_drop_null_times() {
+        // size 3 s, slide 1 s: a row at 2.5 s is in [0,3), [1,4), [2,5).
+        let w = SlidingWindow::hopping(1_000_000_000, 3_000_000_000).unwrap();
+        let (ts, start, end) = run(w, vec![Some(2_500), None]);
+        assert_eq!(ts, vec![2_500, 2_500, 2_500]);
+        assert_eq!(start, vec![2_000, 1_000, 0]);
+        assert_eq!(end, vec![5_000, 4_000, 3_000]);
+    }
+
+    #[test]
+    fn slide_larger_than_size_is_rejected() {
+        assert!(SlidingWindow::hopping(2, 1).is_err());
+    }
+}

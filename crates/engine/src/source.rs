@@ -1,0 +1,49 @@
+//! The source trait: where records enter a pipeline.
+
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
+
+use crate::error::Result;
+
+/// Identifies an independently ordered part of a source (a file, a Kinesis shard). Watermarks
+/// are tracked per split and combined as the minimum over active splits.
+pub type SplitId = String;
+
+/// What a source returns from one poll.
+#[derive(Debug)]
+pub enum SourcePoll {
+    /// Rows read from one split, in that split's order, with the source's schema.
+    Batch { split: SplitId, batch: RecordBatch },
+    /// Nothing is available right now. Sources return this within about their poll interval
+    /// so that the runner can check idle timeouts, stop requests and checkpoints.
+    Idle,
+    /// The split has no more data (a file read to its end, a closed shard consumed); it leaves
+    /// the watermark minimum.
+    SplitFinished(SplitId),
+    /// The source is bounded and has nothing more: the pipeline drains and finishes.
+    Finished,
+}
+
+/// A source of record batches, pulled by the runner.
+///
+/// Contract:
+/// - `open` runs once before the first `poll_next`; it checks that the source is reachable and
+///   its configuration valid, and fails with a clear error otherwise.
+/// - `poll_next` is called repeatedly from one task. It must not block a thread; it should
+///   return [`SourcePoll::Idle`] rather than wait longer than about a second, because the
+///   runner only checks stop requests and idle timeouts between polls.
+/// - Batches carry exactly `schema()`. Malformed records are handled by the source through its
+///   [`crate::BadRecords`] policy (fail, skip and count, or dead-letter); never dropped silently.
+/// - After `Finished` or an error the source is dropped; dropping must release its resources.
+#[async_trait]
+pub trait Source: Send {
+    /// The schema of every batch.
+    fn schema(&self) -> SchemaRef;
+
+    /// Connects and validates; called once.
+    async fn open(&mut self) -> Result<()>;
+
+    /// Returns the next batch, or says why there is none.
+    async fn poll_next(&mut self) -> Result<SourcePoll>;
+}

@@ -1,0 +1,281 @@
+//! laketide's `CREATE TABLE`: columns, an optional `WATERMARK FOR col AS expr`, and connector
+//! options in `WITH (key = 'value', …)`.
+
+use datafusion::arrow::datatypes::Field;
+use datafusion::sql::sqlparser::ast::{Expr as SqlExpr, Ident};
+use datafusion::sql::sqlparser::keywords::Keyword;
+use datafusion::sql::sqlparser::parser::{Parser, ParserError};
+use datafusion::sql::sqlparser::tokenizer::Token;
+
+use crate::error::{Location, Result, SqlError};
+use crate::types::arrow_type;
+
+/// `WATERMARK FOR column AS expression`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WatermarkDef {
+    /// The event-time column.
+    pub column: String,
+    /// The watermark expression (a TIMESTAMP), e.g. `ts - INTERVAL '2' SECOND`.
+    pub expr: SqlExpr,
+    /// Where the clause starts.
+    pub location: Location,
+}
+
+/// A table declared by `CREATE TABLE`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TableDef {
+    /// Normalized name (unquoted identifiers are lower-cased).
+    pub name: String,
+    /// Declared columns; `None` when the statement has no column list (sinks take the schema
+    /// of the query that writes them).
+    pub columns: Option<Vec<Field>>,
+    /// The event-time declaration, if any.
+    pub watermark: Option<WatermarkDef>,
+    /// `WITH` options, keys lower-cased, in order.
+    pub options: Vec<(String, String, Location)>,
+    /// Where the statement starts.
+    pub location: Location,
+}
+
+impl TableDef {
+    /// The value of option `key`.
+    pub fn option(&self, key: &str) -> Option<&str> {
+        self.options
+            .iter()
+            .find(|(k, _, _)| k == key)
+            .map(|(_, v, _)| v.as_str())
+    }
+}
+
+/// Normalizes an identifier as DataFusion does: unquoted ones are lower-cased.
+pub fn normalize_ident(ident: &Ident) -> String {
+    if ident.quote_style.is_some() {
+        ident.value.clone()
+    } else {
+        ident.value.to_ascii_lowercase()
+    }
+}
+
+fn here(parser: &Parser) -> Location {
+    parser.peek_token().span.start.into()
+}
+
+fn syntax(parser: &Parser, e: ParserError) -> SqlError {
+    let message = e.to_string();
+    let message = message
+        .strip_prefix("sql parser error: ")
+        .unwrap_or(&message)
+        .to_string();
+    SqlError::Syntax {
+        location: here(parser),
+        message,
+    }
+}
+
+fn peek_word(parser: &Parser, word: &str) -> bool {
+    matches!(&parser.peek_token().token, Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(word))
+}
+
+/// Parses `CREATE TABLE …` from `parser`, positioned at `CREATE`.
+pub fn parse_create_table(parser: &mut Parser, location: Location) -> Result<TableDef> {
+    parser
+        .expect_keyword(Keyword::CREATE)
+        .map_err(|e| syntax(parser, e))?;
+    parser
+        .expect_keyword(Keyword::TABLE)
+        .map_err(|e| syntax(parser, e))?;
+    if parser.parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]) {
+        return Err(SqlError::plan(
+            here(parser),
+            "IF NOT EXISTS is not supported: a pipeline declares each table once",
+        ));
+    }
+    let name_location = here(parser);
+    let name = parser
+        .parse_object_name(false)
+        .map_err(|e| syntax(parser, e))?;
+    if name.0.len() != 1 {
+        return Err(SqlError::plan(
+            name_location,
+            format!("table names have no schema or catalog part: `{name}`"),
+        ));
+    }
+    let name = name.0[0]
+        .as_ident()
+        .map(normalize_ident)
+        .ok_or_else(|| SqlError::plan(name_location, "expected a table name"))?;
+
+    let mut columns = None;
+    let mut watermark = None;
+    if parser.consume_token(&Token::LParen) {
+        let mut fields: Vec<Field> = Vec::new();
+        loop {
+            let at = here(parser);
+            if peek_word(parser, "WATERMARK") {
+                parser.next_token();
+                parser
+                    .expect_keyword(Keyword::FOR)
+                    .map_err(|e| syntax(parser, e))?;
+                let column =
+                    normalize_ident(&parser.parse_identifier().map_err(|e| syntax(parser, e))?);
+                parser
+                    .expect_keyword(Keyword::AS)
+                    .map_err(|e| syntax(parser, e))?;
+                let expr = parser.parse_expr().map_err(|e| syntax(parser, e))?;
+                if watermark.is_some() {
+                    return Err(SqlError::plan(at, "a table can have only one WATERMARK"));
+                }
+                watermark = Some(WatermarkDef {
+                    column,
+                    expr,
+                    location: at,
+                });
+            } else {
+                let column =
+                    normalize_ident(&parser.parse_identifier().map_err(|e| syntax(parser, e))?);
+                let type_at = here(parser);
+                let sql_type = parser.parse_data_type().map_err(|e| syntax(parser, e))?;
+                let data_type = arrow_type(&sql_type).map_err(|m| SqlError::plan(type_at, m))?;
+                let nullable = if parser.parse_keywords(&[Keyword::NOT, Keyword::NULL]) {
+                    false
+                } else {
+                    let _ = parser.parse_keyword(Keyword::NULL);
+                    true
+                };
+                if fields.iter().any(|f| f.name() == &column) {
+                    return Err(SqlError::plan(
+                        at,
+                        format!("column `{column}` is declared twice"),
+                    ));
+                }
+                fields.push(Field::new(column, data_type, nullable));
+            }
+            if parser.consume_token(&Token::Comma) {
+                continue;
+            }
+            parser
+                .expect_token(&Token::RParen)
+                .map_err(|e| syntax(parser, e))?;
+            break;
+        }
+        if let Some(w) = &watermark {
+            match fields.iter().find(|f| f.name() == &w.column) {
+                None => {
+                    return Err(SqlError::plan(
+                        w.location,
+                        format!("WATERMARK FOR `{}`: no such column", w.column),
+                    ));
+                }
+                Some(f)
+                    if !matches!(
+                        f.data_type(),
+                        datafusion::arrow::datatypes::DataType::Timestamp(_, _)
+                    ) =>
+                {
+                    return Err(SqlError::plan(
+                        w.location,
+                        format!(
+                            "WATERMARK FOR `{}`: the column is {}, not a TIMESTAMP",
+                            w.column,
+                            f.data_type()
+                        ),
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        columns = Some(fields);
+    }
+
+    let mut options = Vec::new();
+    if parser.parse_keyword(Keyword::WITH) {
+        parser
+            .expect_token(&Token::LParen)
+            .map_err(|e| syntax(parser, e))?;
+        loop {
+            let at = here(parser);
+            let key = parse_option_key(parser)?;
+            parser
+                .expect_token(&Token::Eq)
+                .map_err(|e| syntax(parser, e))?;
+            let value = parse_option_value(parser)?;
+            if options
+                .iter()
+                .any(|(k, _, _): &(String, String, Location)| *k == key)
+            {
+                return Err(SqlError::plan(at, format!("option `{key}` is given twice")));
+            }
+            options.push((key, value, at));
+            if parser.consume_token(&Token::Comma) {
+                continue;
+            }
+            parser
+                .expect_token(&Token::RParen)
+                .map_err(|e| syntax(parser, e))?;
+            break;
+        }
+    }
+    let trailing = parser.peek_token();
+    if trailing.token != Token::EOF {
+        return Err(SqlError::Syntax {
+            location: trailing.span.start.into(),
+            message: format!("unexpected `{}` after CREATE TABLE", trailing.token),
+        });
+    }
+    Ok(TableDef {
+        name,
+        columns,
+        watermark,
+        options,
+        location,
+    })
+}
+
+/// An option key: `name`, `a.b.c`, or a quoted string.
+fn parse_option_key(parser: &mut Parser) -> Result<String> {
+    let token = parser.next_token();
+    let mut key = match &token.token {
+        Token::SingleQuotedString(s) | Token::DoubleQuotedString(s) => {
+            return Ok(s.to_ascii_lowercase());
+        }
+        Token::Word(w) => w.value.to_ascii_lowercase(),
+        other => {
+            return Err(SqlError::Syntax {
+                location: token.span.start.into(),
+                message: format!("expected an option name, found `{other}`"),
+            });
+        }
+    };
+    while parser.consume_token(&Token::Period) {
+        let part = parser.next_token();
+        match &part.token {
+            Token::Word(w) => {
+                key.push('.');
+                key.push_str(&w.value.to_ascii_lowercase());
+            }
+            other => {
+                return Err(SqlError::Syntax {
+                    location: part.span.start.into(),
+                    message: format!("expected an option name after `.`, found `{other}`"),
+                });
+            }
+        }
+    }
+    Ok(key)
+}
+
+/// An option value: a string, a number, or a bare word such as `true`.
+fn parse_option_value(parser: &mut Parser) -> Result<String> {
+    let token = parser.next_token();
+    match token.token {
+        Token::SingleQuotedString(s) => Ok(s),
+        Token::Number(n, _) => Ok(n),
+        Token::Word(w) if w.quote_style.is_none() => Ok(w.value),
+        other => Err(SqlError::Syntax {
+            location: token.span.start.into(),
+            message: format!(
+                "expected an option value such as 'text', 42 or true, found `{other}`"
+            ),
+        }),
+    }
+}

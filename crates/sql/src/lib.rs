@@ -1,0 +1,21 @@
+//! laketide's SQL layer: parses pipeline scripts (DataFusion's SQL plus `CREATE TABLE … WITH`,
+//! `WATERMARK FOR` and the window table functions `TUMBLE`, `HOP`, `SESSION`), plans queries
+//! with DataFusion, and translates the logical plans into the engine's dataflow.
+
+pub mod ddl;
+mod error;
+mod planner;
+mod script;
+mod session;
+mod stream_table;
+mod translate;
+mod types;
+pub mod window_functions;
+
+pub use error::{Location, Result, SqlError};
+pub use planner::{
+    DEFAULT_IDLE_TIMEOUT, PipelineBuilder, PlannedPipeline, Planner, QueryOutput, plan_script,
+};
+pub use script::{Script, Statement, parse_script};
+pub use session::planning_context;
+pub use types::arrow_type;

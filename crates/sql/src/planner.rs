@@ -1,0 +1,558 @@
+//! Plans a pipeline script into a dataflow: declares tables and views, plans each
+//! `INSERT INTO … SELECT` with DataFusion, translates it, and attaches sinks.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use datafusion::arrow::compute::can_cast_types;
+use datafusion::arrow::datatypes::{Schema, SchemaRef};
+use datafusion::catalog::view::ViewTable;
+use datafusion::common::{Column, DFSchema, DFSchemaRef};
+use datafusion::execution::context::SessionContext;
+use datafusion::logical_expr::{DdlStatement, Expr, LogicalPlan, cast};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::sql::parser::Statement as DfStatement;
+use datafusion::sql::sqlparser::ast::{Query, Statement as SqlStatement};
+
+use laketide_connectors::{Options, build_sink, build_source, parse_duration};
+use laketide_engine::operators::{ProjectionOperator, UnionOperator};
+use laketide_engine::{Dataflow, NodeId, Sink, WatermarkStrategy};
+
+use crate::ddl::TableDef;
+use crate::error::{Location, Result, SqlError, from_datafusion};
+use crate::script::{Script, Statement};
+use crate::session::planning_context;
+use crate::stream_table::StreamTable;
+use crate::translate::{Relations, Translator};
+use crate::window_functions::KnownRelations;
+
+/// Default idle timeout of a source's splits (`idle_timeout` option).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Table options the SQL layer reads itself; everything else goes to the connector.
+const TABLE_OPTIONS: &[&str] = &["connector", "idle_timeout"];
+
+/// A declared source table, validated.
+struct SourceTable {
+    def: TableDef,
+    schema: SchemaRef,
+    watermark: Option<Arc<dyn PhysicalExpr>>,
+    idle_timeout: Duration,
+}
+
+/// A planned pipeline, ready to run.
+pub struct PlannedPipeline {
+    /// The dataflow graph.
+    pub dataflow: Dataflow,
+    /// Whether every source is bounded (the run ends by itself).
+    pub bounded: bool,
+}
+
+/// Declares tables and views and plans queries against them.
+pub struct Planner {
+    ctx: SessionContext,
+    relations: KnownRelations,
+    sources: BTreeMap<String, SourceTable>,
+    sinks: BTreeMap<String, TableDef>,
+    views: HashMap<String, LogicalPlan>,
+}
+
+impl Default for Planner {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn connector_error(def: &TableDef, e: laketide_connectors::ConnectorError) -> SqlError {
+    let message = e.to_string();
+    let location = def
+        .options
+        .iter()
+        .find(|(k, _, _)| message.contains(&format!("`{k}`")))
+        .map(|(_, _, l)| *l)
+        .unwrap_or(def.location);
+    SqlError::plan(location, format!("table `{}`: {message}", def.name))
+}
+
+impl Planner {
+    /// A planner with nothing declared.
+    pub fn new() -> Self {
+        let relations: KnownRelations = Arc::new(Mutex::new(HashMap::new()));
+        Planner {
+            ctx: planning_context(&relations),
+            relations,
+            sources: BTreeMap::new(),
+            sinks: BTreeMap::new(),
+            views: HashMap::new(),
+        }
+    }
+
+    /// The planning session (for tests and tools).
+    pub fn context(&self) -> &SessionContext {
+        &self.ctx
+    }
+
+    fn connector_options(def: &TableDef, keep: impl Fn(&str) -> bool) -> Result<(String, Options)> {
+        let connector = def.option("connector").ok_or_else(|| {
+            SqlError::plan(
+                def.location,
+                format!("table `{}` needs WITH (connector = '…')", def.name),
+            )
+        })?;
+        let options = Options::new(
+            def.options
+                .iter()
+                .filter(|(k, _, _)| !TABLE_OPTIONS.contains(&k.as_str()) || keep(k))
+                .map(|(k, v, _)| (k.clone(), v.clone())),
+        )
+        .map_err(|e| connector_error(def, e))?;
+        Ok((connector.to_ascii_lowercase(), options))
+    }
+
+    fn check_new_name(&self, name: &str, location: Location) -> Result<()> {
+        if self.sources.contains_key(name)
+            || self.sinks.contains_key(name)
+            || self.views.contains_key(name)
+        {
+            return Err(SqlError::plan(
+                location,
+                format!("`{name}` is declared twice"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Declares a table; `is_sink` says whether some INSERT writes it (else it is a source).
+    pub fn declare_table(&mut self, def: &TableDef, is_sink: bool) -> Result<()> {
+        self.check_new_name(&def.name, def.location)?;
+        let (connector, options) = Self::connector_options(def, |_| false)?;
+        if is_sink {
+            if def.option("idle_timeout").is_some() {
+                return Err(SqlError::plan(
+                    def.location,
+                    format!(
+                        "table `{}`: `idle_timeout` applies to sources only",
+                        def.name
+                    ),
+                ));
+            }
+            build_sink(&def.name, &connector, options).map_err(|e| connector_error(def, e))?;
+            if let Some(columns) = &def.columns {
+                self.register_schema(
+                    &def.name,
+                    Arc::new(Schema::new(columns.clone())),
+                    def.location,
+                )?;
+            }
+            self.sinks.insert(def.name.clone(), def.clone());
+            return Ok(());
+        }
+        let Some(columns) = &def.columns else {
+            return Err(SqlError::plan(
+                def.location,
+                format!(
+                    "table `{}` is read from, so it needs a column list: CREATE TABLE {} (col TYPE, …) WITH (…)",
+                    def.name, def.name
+                ),
+            ));
+        };
+        let schema = Arc::new(Schema::new(columns.clone()));
+        build_source(&def.name, schema.clone(), &connector, options)
+            .map_err(|e| connector_error(def, e))?;
+        let idle_timeout = match def.option("idle_timeout") {
+            None => DEFAULT_IDLE_TIMEOUT,
+            Some(v) => parse_duration(v).ok_or_else(|| {
+                SqlError::plan(
+                    def.location,
+                    format!("option `idle_timeout` must be a duration such as '30s', not '{v}'"),
+                )
+            })?,
+        };
+        let watermark = match &def.watermark {
+            None => None,
+            Some(w) => {
+                let df_schema = DFSchema::try_from(schema.as_ref().clone())
+                    .map_err(|e| from_datafusion(e, w.location))?;
+                let expr = self
+                    .ctx
+                    .parse_sql_expr(&w.expr.to_string(), &df_schema)
+                    .map_err(|e| from_datafusion(e, w.location))?;
+                let physical = self
+                    .ctx
+                    .create_physical_expr(expr, &df_schema)
+                    .map_err(|e| from_datafusion(e, w.location))?;
+                let t = physical
+                    .data_type(&schema)
+                    .map_err(|e| from_datafusion(e, w.location))?;
+                if !matches!(t, datafusion::arrow::datatypes::DataType::Timestamp(_, _)) {
+                    return Err(SqlError::plan(
+                        w.location,
+                        format!("the WATERMARK expression is {t}, not a TIMESTAMP"),
+                    ));
+                }
+                Some(physical)
+            }
+        };
+        self.register_schema(&def.name, schema.clone(), def.location)?;
+        self.sources.insert(
+            def.name.clone(),
+            SourceTable {
+                def: def.clone(),
+                schema,
+                watermark,
+                idle_timeout,
+            },
+        );
+        Ok(())
+    }
+
+    fn register_schema(&self, name: &str, schema: SchemaRef, location: Location) -> Result<()> {
+        self.ctx
+            .register_table(name, Arc::new(StreamTable::new(name, schema.clone())))
+            .map_err(|e| from_datafusion(e, location))?;
+        self.relations
+            .lock()
+            .map_err(|_| SqlError::plan(location, "internal: relations lock poisoned"))?
+            .insert(name.to_string(), schema);
+        Ok(())
+    }
+
+    /// Declares a view.
+    pub async fn declare_view(
+        &mut self,
+        name: &str,
+        statement: &SqlStatement,
+        location: Location,
+    ) -> Result<()> {
+        self.check_new_name(name, location)?;
+        let plan = self
+            .ctx
+            .state()
+            .statement_to_plan(DfStatement::Statement(Box::new(statement.clone())))
+            .await
+            .map_err(|e| from_datafusion(e, location))?;
+        let LogicalPlan::Ddl(DdlStatement::CreateView(view)) = plan else {
+            return Err(SqlError::plan(location, "expected CREATE VIEW"));
+        };
+        let input = view.input.as_ref().clone();
+        let schema: SchemaRef = Arc::new(input.schema().as_arrow().clone());
+        self.ctx
+            .register_table(
+                name,
+                Arc::new(ViewTable::new(input.clone(), view.definition.clone())),
+            )
+            .map_err(|e| from_datafusion(e, location))?;
+        self.relations
+            .lock()
+            .map_err(|_| SqlError::plan(location, "internal: relations lock poisoned"))?
+            .insert(name.to_string(), schema);
+        self.views.insert(name.to_string(), input);
+        Ok(())
+    }
+
+    /// Plans and optimizes a query.
+    pub async fn plan_query(&self, query: &Query, location: Location) -> Result<LogicalPlan> {
+        let state = self.ctx.state();
+        let plan = state
+            .statement_to_plan(DfStatement::Statement(Box::new(SqlStatement::Query(
+                Box::new(query.clone()),
+            ))))
+            .await
+            .map_err(|e| from_datafusion(e, location))?;
+        state
+            .optimize(&plan)
+            .map_err(|e| from_datafusion(e, location))
+    }
+
+    /// Starts a dataflow built from this planner's declarations.
+    pub fn builder(&self) -> PipelineBuilder<'_> {
+        PipelineBuilder {
+            planner: self,
+            state: BuilderState {
+                planner: self,
+                source_nodes: HashMap::new(),
+                bounded: true,
+            },
+            dataflow: Dataflow::new(),
+        }
+    }
+}
+
+struct BuilderState<'p> {
+    planner: &'p Planner,
+    source_nodes: HashMap<String, NodeId>,
+    bounded: bool,
+}
+
+impl Relations for BuilderState<'_> {
+    fn source_node(
+        &mut self,
+        dataflow: &mut Dataflow,
+        name: &str,
+        location: Location,
+    ) -> Result<NodeId> {
+        if let Some(id) = self.source_nodes.get(name) {
+            return Ok(*id);
+        }
+        let table = self.planner.sources.get(name).ok_or_else(|| {
+            SqlError::plan(
+                location,
+                format!(
+                    "`{name}` is written by an INSERT in this pipeline and cannot also be read from"
+                ),
+            )
+        })?;
+        let (connector, options) = Planner::connector_options(&table.def, |_| false)?;
+        let built = build_source(name, table.schema.clone(), &connector, options)
+            .map_err(|e| connector_error(&table.def, e))?;
+        self.bounded &= built.bounded;
+        let strategy = match &table.watermark {
+            Some(expr) => WatermarkStrategy::EventTime {
+                expr: expr.clone(),
+                idle_timeout: table.idle_timeout,
+            },
+            None => WatermarkStrategy::ProcessingTime,
+        };
+        let mut description = built.description;
+        match &table.def.watermark {
+            Some(w) => description.push_str(&format!("; watermark {}", w.expr)),
+            None => description.push_str("; processing time"),
+        }
+        let id = dataflow.add_source(name, description, built.source, strategy, built.bad_records);
+        self.source_nodes.insert(name.to_string(), id);
+        Ok(id)
+    }
+
+    fn view_plan(&self, name: &str) -> Option<LogicalPlan> {
+        self.planner.views.get(name).cloned()
+    }
+}
+
+/// Adds queries and sinks to one dataflow.
+pub struct PipelineBuilder<'p> {
+    planner: &'p Planner,
+    state: BuilderState<'p>,
+    dataflow: Dataflow,
+}
+
+/// A query's output inside a dataflow under construction.
+#[derive(Debug, Clone)]
+pub struct QueryOutput {
+    /// The node producing the rows.
+    pub node: NodeId,
+    /// Their logical schema.
+    pub schema: DFSchemaRef,
+    /// The statement's location.
+    pub location: Location,
+}
+
+impl<'p> PipelineBuilder<'p> {
+    /// Translates an optimized query plan into the dataflow.
+    pub fn add_query(&mut self, plan: &LogicalPlan, location: Location) -> Result<QueryOutput> {
+        let mut translator = Translator {
+            ctx: &self.planner.ctx,
+            dataflow: &mut self.dataflow,
+            sources: &mut self.state,
+            location,
+            session_keys_hint: None,
+        };
+        let stream = translator.translate(plan)?;
+        Ok(QueryOutput {
+            node: stream.node,
+            schema: stream.schema,
+            location,
+        })
+    }
+
+    /// Casts and renames a query's columns to a sink's declared columns (by position).
+    fn conform(&mut self, output: &QueryOutput, def: &TableDef) -> Result<NodeId> {
+        let Some(columns) = &def.columns else {
+            return Ok(output.node);
+        };
+        let fields = output.schema.fields();
+        if fields.len() != columns.len() {
+            return Err(SqlError::plan(
+                output.location,
+                format!(
+                    "the query produces {} columns but `{}` declares {}",
+                    fields.len(),
+                    def.name,
+                    columns.len()
+                ),
+            ));
+        }
+        let mut exprs = Vec::with_capacity(columns.len());
+        for (i, target) in columns.iter().enumerate() {
+            let (q, f) = output.schema.qualified_field(i);
+            if !can_cast_types(f.data_type(), target.data_type()) {
+                return Err(SqlError::plan(
+                    output.location,
+                    format!(
+                        "column {} (`{}`) of the query is {} and cannot be written to `{}`.`{}` of type {}",
+                        i + 1,
+                        f.name(),
+                        f.data_type(),
+                        def.name,
+                        target.name(),
+                        target.data_type()
+                    ),
+                ));
+            }
+            let column = Expr::Column(Column::from((q, f)));
+            let e = cast(column, target.data_type().clone());
+            exprs.push(
+                self.planner
+                    .ctx
+                    .state()
+                    .create_physical_expr(e, &output.schema)
+                    .map_err(|e| from_datafusion(e, output.location))?,
+            );
+        }
+        let schema = Arc::new(Schema::new(
+            columns
+                .iter()
+                .map(|c| c.clone().with_nullable(true))
+                .collect::<Vec<_>>(),
+        ));
+        Ok(self.dataflow.add_operator(
+            "conform",
+            format!("cast to the columns of `{}`", def.name),
+            Box::new(ProjectionOperator::new(exprs, schema)),
+            vec![output.node],
+        )?)
+    }
+
+    /// Adds the sink of table `sink` fed by `outputs` (several INSERTs into one table are
+    /// merged with a union).
+    pub fn add_table_sink(&mut self, sink: &str, outputs: &[QueryOutput]) -> Result<NodeId> {
+        let location = outputs.first().map(|o| o.location).unwrap_or_default();
+        let def = self.planner.sinks.get(sink).ok_or_else(|| {
+            SqlError::plan(location, format!("no table named `{sink}`: declare it with CREATE TABLE {sink} WITH (connector = …)"))
+        })?;
+        let mut inputs = Vec::with_capacity(outputs.len());
+        for o in outputs {
+            inputs.push(self.conform(o, def)?);
+        }
+        let input = self.merge(sink, inputs, location)?;
+        let (connector, options) = Planner::connector_options(def, |_| false)?;
+        let built = build_sink(sink, &connector, options).map_err(|e| connector_error(def, e))?;
+        Ok(self
+            .dataflow
+            .add_sink(sink, built.description, built.sink, input)?)
+    }
+
+    fn merge(&mut self, sink: &str, inputs: Vec<NodeId>, location: Location) -> Result<NodeId> {
+        if inputs.len() == 1 {
+            return Ok(inputs[0]);
+        }
+        let first = self.dataflow.schema(inputs[0]);
+        for i in &inputs[1..] {
+            let other = self.dataflow.schema(*i);
+            let types = |s: &Schema| {
+                s.fields()
+                    .iter()
+                    .map(|f| f.data_type().clone())
+                    .collect::<Vec<_>>()
+            };
+            if types(&first) != types(&other) {
+                return Err(SqlError::plan(
+                    location,
+                    format!(
+                        "the INSERT statements into `{sink}` produce different column types; make them agree"
+                    ),
+                ));
+            }
+        }
+        let schema = Arc::new(Schema::new(
+            first
+                .fields()
+                .iter()
+                .map(|f| f.as_ref().clone().with_nullable(true))
+                .collect::<Vec<_>>(),
+        ));
+        Ok(self.dataflow.add_operator(
+            "union",
+            format!("{} INSERTs into `{sink}`", inputs.len()),
+            Box::new(UnionOperator::new(schema)),
+            inputs,
+        )?)
+    }
+
+    /// Adds a sink that is not declared in SQL (tests, embedding).
+    pub fn add_sink(
+        &mut self,
+        name: &str,
+        description: &str,
+        sink: Box<dyn Sink>,
+        input: NodeId,
+    ) -> Result<NodeId> {
+        Ok(self.dataflow.add_sink(name, description, sink, input)?)
+    }
+
+    /// The finished pipeline.
+    pub fn finish(self) -> PlannedPipeline {
+        PlannedPipeline {
+            dataflow: self.dataflow,
+            bounded: self.state.bounded,
+        }
+    }
+}
+
+/// Plans a whole script: every `INSERT INTO` becomes part of one dataflow sharing sources.
+pub async fn plan_script(script: &Script) -> Result<PlannedPipeline> {
+    let sinks: HashSet<&str> = script
+        .statements
+        .iter()
+        .filter_map(|s| match s {
+            Statement::Insert { sink, .. } => Some(sink.as_str()),
+            _ => None,
+        })
+        .collect();
+    let mut planner = Planner::new();
+    let mut queries: Vec<(String, LogicalPlan, Location)> = Vec::new();
+    for statement in &script.statements {
+        match statement {
+            Statement::CreateTable(def) => {
+                planner.declare_table(def, sinks.contains(def.name.as_str()))?
+            }
+            Statement::CreateView {
+                name,
+                statement,
+                location,
+            } => planner.declare_view(name, statement, *location).await?,
+            Statement::Insert {
+                sink,
+                query,
+                location,
+            } => {
+                if !planner.sinks.contains_key(sink) {
+                    return Err(SqlError::plan(
+                        *location,
+                        format!(
+                            "no table named `{sink}` is declared before this INSERT; declare it with CREATE TABLE {sink} WITH (connector = …)"
+                        ),
+                    ));
+                }
+                let plan = planner.plan_query(query, *location).await?;
+                queries.push((sink.clone(), plan, *location));
+            }
+        }
+    }
+    if queries.is_empty() {
+        return Err(SqlError::plan(
+            Location { line: 1, column: 1 },
+            "the script has no INSERT INTO statement: nothing to run",
+        ));
+    }
+    let mut builder = planner.builder();
+    let mut by_sink: BTreeMap<String, Vec<QueryOutput>> = BTreeMap::new();
+    for (sink, plan, location) in &queries {
+        let output = builder.add_query(plan, *location)?;
+        by_sink.entry(sink.clone()).or_default().push(output);
+    }
+    for (sink, outputs) in &by_sink {
+        builder.add_table_sink(sink, outputs)?;
+    }
+    Ok(builder.finish())
+}

@@ -1,0 +1,237 @@
+//! Splits a SQL script into located statements and parses each one.
+
+use datafusion::sql::sqlparser::ast::{Query, Statement as SqlStatement, TableObject};
+use datafusion::sql::sqlparser::dialect::GenericDialect;
+use datafusion::sql::sqlparser::keywords::Keyword;
+use datafusion::sql::sqlparser::parser::Parser;
+use datafusion::sql::sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer};
+
+use crate::ddl::{TableDef, normalize_ident, parse_create_table};
+use crate::error::{Location, Result, SqlError};
+
+/// One statement of a pipeline script.
+#[derive(Debug, Clone)]
+pub enum Statement {
+    /// `CREATE TABLE … WITH (…)`: a source or sink.
+    CreateTable(TableDef),
+    /// `CREATE VIEW name AS SELECT …`: a named intermediate query.
+    CreateView {
+        /// The view's name.
+        name: String,
+        /// The statement, planned by DataFusion.
+        statement: Box<SqlStatement>,
+        /// Where it starts.
+        location: Location,
+    },
+    /// `INSERT INTO sink SELECT …`: a continuous query.
+    Insert {
+        /// The sink table.
+        sink: String,
+        /// The query producing its rows.
+        query: Box<Query>,
+        /// Where it starts.
+        location: Location,
+    },
+}
+
+impl Statement {
+    /// Where the statement starts.
+    pub fn location(&self) -> Location {
+        match self {
+            Statement::CreateTable(t) => t.location,
+            Statement::CreateView { location, .. } | Statement::Insert { location, .. } => {
+                *location
+            }
+        }
+    }
+}
+
+/// A parsed pipeline script.
+#[derive(Debug, Clone, Default)]
+pub struct Script {
+    /// Statements in file order.
+    pub statements: Vec<Statement>,
+}
+
+fn is_trivia(t: &Token) -> bool {
+    matches!(t, Token::Whitespace(_))
+}
+
+/// Parses a script of `;`-separated statements.
+pub fn parse_script(sql: &str) -> Result<Script> {
+    let dialect = GenericDialect {};
+    let tokens = Tokenizer::new(&dialect, sql)
+        .tokenize_with_location()
+        .map_err(|e| SqlError::Syntax {
+            location: Location {
+                line: e.location.line,
+                column: e.location.column,
+            },
+            message: e.message.clone(),
+        })?;
+    let mut statements = Vec::new();
+    let mut current: Vec<TokenWithSpan> = Vec::new();
+    for token in tokens
+        .into_iter()
+        .chain(std::iter::once(TokenWithSpan::wrap(Token::SemiColon)))
+    {
+        if token.token == Token::SemiColon || token.token == Token::EOF {
+            if current.iter().any(|t| !is_trivia(&t.token)) {
+                statements.push(parse_statement(&dialect, std::mem::take(&mut current))?);
+            }
+            current.clear();
+        } else {
+            current.push(token);
+        }
+    }
+    Ok(Script { statements })
+}
+
+fn parse_statement(dialect: &GenericDialect, tokens: Vec<TokenWithSpan>) -> Result<Statement> {
+    let first = tokens
+        .iter()
+        .find(|t| !is_trivia(&t.token))
+        .expect("statement has a non-trivia token");
+    let location: Location = first.span.start.into();
+    let mut parser = Parser::new(dialect).with_tokens_with_locations(tokens.clone());
+    let is_create_table = {
+        let mut probe = Parser::new(dialect).with_tokens_with_locations(tokens);
+        probe.parse_keywords(&[Keyword::CREATE, Keyword::TABLE])
+    };
+    if is_create_table {
+        return parse_create_table(&mut parser, location).map(Statement::CreateTable);
+    }
+    let statement = parser.parse_statement().map_err(|e| {
+        let message = e.to_string();
+        SqlError::Syntax {
+            location: parser.peek_token().span.start.into(),
+            message: message
+                .strip_prefix("sql parser error: ")
+                .unwrap_or(&message)
+                .to_string(),
+        }
+    })?;
+    let trailing = parser.peek_token();
+    if trailing.token != Token::EOF {
+        return Err(SqlError::Syntax {
+            location: trailing.span.start.into(),
+            message: format!("unexpected `{}` (is a `;` missing?)", trailing.token),
+        });
+    }
+    match statement {
+        SqlStatement::CreateView(view) => {
+            let name = view
+                .name
+                .0
+                .last()
+                .and_then(|p| p.as_ident())
+                .map(normalize_ident)
+                .ok_or_else(|| SqlError::plan(location, "expected a view name"))?;
+            Ok(Statement::CreateView {
+                name,
+                statement: Box::new(SqlStatement::CreateView(view)),
+                location,
+            })
+        }
+        SqlStatement::Insert(insert) => {
+            let TableObject::TableName(table) = &insert.table else {
+                return Err(SqlError::plan(location, "INSERT INTO needs a table name"));
+            };
+            if !insert.columns.is_empty() {
+                return Err(SqlError::plan(
+                    location,
+                    "INSERT INTO with a column list is not supported; name the columns in the SELECT",
+                ));
+            }
+            let sink = table
+                .0
+                .last()
+                .and_then(|p| p.as_ident())
+                .map(normalize_ident)
+                .ok_or_else(|| SqlError::plan(location, "expected a table name"))?;
+            let query = insert
+                .source
+                .ok_or_else(|| SqlError::plan(location, "INSERT INTO needs a SELECT query"))?;
+            Ok(Statement::Insert {
+                sink,
+                query,
+                location,
+            })
+        }
+        SqlStatement::Query(_) => Err(SqlError::plan(
+            location,
+            "a SELECT on its own has nowhere to send its rows in a pipeline: write `INSERT INTO <sink> SELECT …` (use `laketide query` for ad-hoc queries)",
+        )),
+        other => Err(SqlError::plan(
+            location,
+            format!(
+                "unsupported statement `{}`: a pipeline has CREATE TABLE, CREATE VIEW and INSERT INTO statements",
+                other
+                    .to_string()
+                    .split_whitespace()
+                    .take(3)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CLICKSTREAM: &str = "
+-- clicks arrive as JSON lines
+CREATE TABLE clicks (
+  event_id BIGINT, user_id TEXT, page TEXT, action TEXT, amount DOUBLE,
+  ts TIMESTAMP,
+  WATERMARK FOR ts AS ts - INTERVAL '2' SECOND
+) WITH (connector = 'file', path = 'examples/data/clicks/', format = 'json', csv.header = true);
+
+CREATE TABLE revenue WITH (connector = 'delta', path = 'lake/revenue');
+
+INSERT INTO revenue
+SELECT window_start, window_end, action, count(*) AS events, sum(amount) AS revenue
+FROM TUMBLE(clicks, ts, INTERVAL '1' MINUTE)
+GROUP BY window_start, window_end, action;
+";
+
+    #[test]
+    fn parses_tables_watermarks_options_and_inserts() {
+        let script = parse_script(CLICKSTREAM).unwrap();
+        assert_eq!(script.statements.len(), 3);
+        let Statement::CreateTable(clicks) = &script.statements[0] else {
+            panic!()
+        };
+        assert_eq!(clicks.name, "clicks");
+        assert_eq!(clicks.location, Location { line: 3, column: 1 });
+        assert_eq!(clicks.columns.as_ref().unwrap().len(), 6);
+        let w = clicks.watermark.as_ref().unwrap();
+        assert_eq!(w.column, "ts");
+        assert_eq!(w.expr.to_string(), "ts - INTERVAL '2' SECOND");
+        assert_eq!(clicks.option("csv.header"), Some("true"));
+        let Statement::CreateTable(revenue) = &script.statements[1] else {
+            panic!()
+        };
+        assert!(revenue.columns.is_none());
+        let Statement::Insert { sink, location, .. } = &script.statements[2] else {
+            panic!()
+        };
+        assert_eq!(sink, "revenue");
+        assert_eq!(location.line, 10);
+    }
+
+    #[test]
+    fn syntax_errors_have_line_and_column() {
+        let err =
+            parse_script("CREATE TABLE t (a BIGINT,\n  b WIBBLE(\n) WITH (connector = 'file')")
+                .unwrap_err();
+        assert_eq!(err.location().map(|l| l.line), Some(2), "{err}");
+        let err = parse_script("CREATE TABLE t (a BIGINT, WATERMARK FOR b AS b) WITH (x = 'y')")
+            .unwrap_err();
+        assert!(err.to_string().contains("no such column"), "{err}");
+        let err = parse_script("SELECT 1").unwrap_err();
+        assert!(err.to_string().contains("INSERT INTO"), "{err}");
+    }
+}

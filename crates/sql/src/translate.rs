@@ -1,0 +1,431 @@
+//! Translation of DataFusion's optimized logical plan into the engine's dataflow.
+//!
+//! Supported plan nodes: table scans of source tables and window table functions, projections,
+//! filters, aliases, windowed aggregates and UNION ALL. Everything else is reported as not
+//! supported in a streaming query, at the statement's location.
+
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::common::{DFSchema, DFSchemaRef};
+use datafusion::datasource::source_as_provider;
+use datafusion::execution::context::SessionContext;
+use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
+use datafusion::logical_expr::{Expr, LogicalPlan};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::aggregate::LoweredAggregateBuilder;
+use datafusion::physical_expr::expressions::Column as PhysicalColumn;
+
+use laketide_engine::operators::{
+    AggregateSpec, FilterOperator, ProjectionOperator, SessionAssign, SlidingWindow, UnionOperator,
+    WINDOW_END, WINDOW_START, WindowAggregate, WindowAssign,
+};
+use laketide_engine::{Dataflow, NodeId};
+
+use crate::error::{Location, Result, SqlError, from_datafusion};
+use crate::stream_table::StreamTable;
+use crate::window_functions::{WindowKind, WindowedTable};
+
+/// Where the window columns of a stream are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct WindowColumns {
+    start: Option<usize>,
+    /// `None` when the window end was projected away (then it cannot be grouped by).
+    end: Option<usize>,
+}
+
+/// A translated (sub)plan: the node producing it, its schema, and its window columns.
+#[derive(Debug, Clone)]
+pub struct Stream {
+    /// The dataflow node whose output this is.
+    pub node: NodeId,
+    /// The logical schema of its rows.
+    pub schema: DFSchemaRef,
+    window: Option<WindowColumns>,
+}
+
+/// The named relations a query can read: source tables (nodes built on first use and shared
+/// between statements) and views.
+pub trait Relations {
+    /// The node reading source table `name`, created on first use.
+    fn source_node(
+        &mut self,
+        dataflow: &mut Dataflow,
+        name: &str,
+        location: Location,
+    ) -> Result<NodeId>;
+
+    /// The logical plan of view `name`, if it is a view.
+    fn view_plan(&self, name: &str) -> Option<LogicalPlan>;
+}
+
+/// Translates plans of one pipeline into one dataflow.
+pub struct Translator<'a> {
+    pub(crate) ctx: &'a SessionContext,
+    pub(crate) dataflow: &'a mut Dataflow,
+    pub(crate) sources: &'a mut dyn Relations,
+    pub(crate) location: Location,
+    /// Plain-column GROUP BY keys of the aggregate being translated: a `SESSION` window
+    /// without explicit key arguments partitions its sessions by them.
+    pub(crate) session_keys_hint: Option<Vec<String>>,
+}
+
+fn arrow_schema(schema: &DFSchema) -> SchemaRef {
+    Arc::new(schema.as_arrow().clone())
+}
+
+impl Translator<'_> {
+    fn err(&self, message: impl Into<String>) -> SqlError {
+        SqlError::plan(self.location, message)
+    }
+
+    fn df(&self, e: datafusion::error::DataFusionError) -> SqlError {
+        from_datafusion(e, self.location)
+    }
+
+    fn physical(&self, expr: &Expr, schema: &DFSchema) -> Result<Arc<dyn PhysicalExpr>> {
+        self.ctx
+            .state()
+            .create_physical_expr(expr.clone(), schema)
+            .map_err(|e| self.df(e))
+    }
+
+    fn operator(
+        &mut self,
+        name: &str,
+        description: String,
+        op: Box<dyn laketide_engine::Operator>,
+        inputs: Vec<NodeId>,
+    ) -> Result<NodeId> {
+        Ok(self.dataflow.add_operator(name, description, op, inputs)?)
+    }
+
+    /// Translates `plan` into nodes and returns its output stream.
+    pub fn translate(&mut self, plan: &LogicalPlan) -> Result<Stream> {
+        match plan {
+            LogicalPlan::TableScan(scan) => {
+                let provider = source_as_provider(&scan.source).map_err(|e| self.df(e))?;
+                let mut stream = if let Some(windowed) = provider.downcast_ref::<WindowedTable>() {
+                    self.windowed(windowed)?
+                } else if let Some(table) = provider.downcast_ref::<StreamTable>() {
+                    let node = self.sources.source_node(self.dataflow, &table.name, self.location)?;
+                    let schema = DFSchema::try_from(self.dataflow.schema(node).as_ref().clone()).map_err(|e| self.df(e))?;
+                    Stream {
+                        node,
+                        schema: Arc::new(schema),
+                        window: None,
+                    }
+                } else {
+                    return Err(self.err(format!(
+                        "`{}` is not a streaming table: declare it with CREATE TABLE … WITH (connector = …)",
+                        scan.table_name
+                    )));
+                };
+                if let Some(projection) = &scan.projection {
+                    let input = arrow_schema(&stream.schema);
+                    let exprs: Vec<Arc<dyn PhysicalExpr>> = projection
+                        .iter()
+                        .map(|i| Arc::new(PhysicalColumn::new(input.field(*i).name(), *i)) as Arc<dyn PhysicalExpr>)
+                        .collect();
+                    let window = stream.window.map(|w| WindowColumns {
+                        start: w.start.and_then(|s| projection.iter().position(|i| *i == s)),
+                        end: w.end.and_then(|e| projection.iter().position(|i| *i == e)),
+                    });
+                    let schema = Arc::new(input.project(projection).map_err(|e| self.df(e.into()))?);
+                    let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+                    let node = self.operator(
+                        "project",
+                        format!("columns {}", names.join(", ")),
+                        Box::new(ProjectionOperator::new(exprs, schema)),
+                        vec![stream.node],
+                    )?;
+                    stream = Stream {
+                        node,
+                        schema: scan.projected_schema.clone(),
+                        window,
+                    };
+                } else {
+                    stream.schema = scan.projected_schema.clone();
+                }
+                if let Some(predicate) = datafusion::logical_expr::utils::conjunction(scan.filters.iter().cloned()) {
+                    let physical = self.physical(&predicate, &stream.schema)?;
+                    let node = self.operator(
+                        "filter",
+                        predicate.to_string(),
+                        Box::new(FilterOperator::new(physical, arrow_schema(&stream.schema))),
+                        vec![stream.node],
+                    )?;
+                    stream.node = node;
+                }
+                Ok(stream)
+            }
+            LogicalPlan::Projection(p) => {
+                let input = self.translate(&p.input)?;
+                let exprs = p
+                    .expr
+                    .iter()
+                    .map(|e| self.physical(e, &input.schema))
+                    .collect::<Result<Vec<_>>>()?;
+                let window = input.window.map(|w| {
+                    let find = |idx: usize| {
+                        let (q, f) = input.schema.qualified_field(idx);
+                        p.expr.iter().position(|e| matches!(e.clone().unalias(), Expr::Column(c) if c.name == *f.name() && (c.relation.is_none() || c.relation.as_ref() == q)))
+                    };
+                    WindowColumns {
+                        end: w.end.and_then(find),
+                        start: w.start.and_then(find),
+                    }
+                });
+                let names: Vec<String> = p.expr.iter().map(|e| e.to_string()).collect();
+                let node = self.operator(
+                    "project",
+                    names.join(", "),
+                    Box::new(ProjectionOperator::new(exprs, arrow_schema(&p.schema))),
+                    vec![input.node],
+                )?;
+                Ok(Stream {
+                    node,
+                    schema: p.schema.clone(),
+                    window,
+                })
+            }
+            LogicalPlan::Filter(f) => {
+                let input = self.translate(&f.input)?;
+                let predicate = self.physical(&f.predicate, &input.schema)?;
+                let node = self.operator(
+                    "filter",
+                    f.predicate.to_string(),
+                    Box::new(FilterOperator::new(predicate, arrow_schema(&input.schema))),
+                    vec![input.node],
+                )?;
+                Ok(Stream { node, ..input })
+            }
+            LogicalPlan::SubqueryAlias(a) => {
+                let input = self.translate(&a.input)?;
+                Ok(Stream {
+                    schema: a.schema.clone(),
+                    ..input
+                })
+            }
+            LogicalPlan::Aggregate(agg) => self.aggregate(agg),
+            LogicalPlan::Union(u) => {
+                let inputs = u.inputs.iter().map(|i| self.translate(i)).collect::<Result<Vec<_>>>()?;
+                let node = self.operator(
+                    "union",
+                    format!("{} inputs", inputs.len()),
+                    Box::new(UnionOperator::new(arrow_schema(&u.schema))),
+                    inputs.iter().map(|s| s.node).collect(),
+                )?;
+                Ok(Stream {
+                    node,
+                    schema: u.schema.clone(),
+                    window: None,
+                })
+            }
+            LogicalPlan::Join(_) => Err(self.err("JOIN is not supported in streaming queries yet")),
+            LogicalPlan::Sort(_) => Err(self.err("ORDER BY has no meaning on an unbounded stream; sort in the sink's readers")),
+            LogicalPlan::Limit(_) => Err(self.err("LIMIT is not supported in streaming queries")),
+            LogicalPlan::Window(_) => Err(self.err("OVER (…) window functions are not supported in streaming queries yet; use TUMBLE, HOP or SESSION")),
+            LogicalPlan::Distinct(_) => Err(self.err("SELECT DISTINCT is not supported in streaming queries; GROUP BY a window instead")),
+            other => Err(self.err(format!(
+                "{} is not supported in streaming queries",
+                other.display().to_string().split(':').next().unwrap_or("this query")
+            ))),
+        }
+    }
+
+    fn windowed(&mut self, windowed: &WindowedTable) -> Result<Stream> {
+        let input = self.relation(&windowed.input)?;
+        let input_schema = arrow_schema(&input.schema);
+        let time_index = input_schema.index_of(&windowed.time_column).map_err(|_| {
+            self.err(format!(
+                "`{}` has no column `{}`",
+                windowed.input, windowed.time_column
+            ))
+        })?;
+        let (name, kind, op): (&str, WindowKind, Box<dyn laketide_engine::Operator>) =
+            match &windowed.kind {
+                WindowKind::Tumble { size } => (
+                    "tumble",
+                    windowed.kind.clone(),
+                    Box::new(WindowAssign::new(
+                        SlidingWindow::tumbling(*size)?,
+                        &input_schema,
+                        time_index,
+                    )?),
+                ),
+                WindowKind::Hop { slide, size } => (
+                    "hop",
+                    windowed.kind.clone(),
+                    Box::new(WindowAssign::new(
+                        SlidingWindow::hopping(*slide, *size)?,
+                        &input_schema,
+                        time_index,
+                    )?),
+                ),
+                WindowKind::Session { gap, keys } => {
+                    let keys: Vec<String> = match (&self.session_keys_hint, keys.is_empty()) {
+                        (Some(hint), true) => hint
+                            .iter()
+                            .filter(|k| input_schema.index_of(k).is_ok())
+                            .cloned()
+                            .collect(),
+                        _ => keys.clone(),
+                    };
+                    let indices = keys
+                        .iter()
+                        .map(|k| {
+                            input_schema
+                                .index_of(k)
+                                .map_err(|_| self.err(format!("no column `{k}`")))
+                        })
+                        .collect::<Result<Vec<_>>>()?;
+                    (
+                        "session",
+                        WindowKind::Session { gap: *gap, keys },
+                        Box::new(SessionAssign::new(
+                            &input_schema,
+                            time_index,
+                            *gap,
+                            indices,
+                        )?),
+                    )
+                }
+            };
+        let output = op.output_schema();
+        let node = self.operator(
+            name,
+            format!("{} on {}", kind.describe(), windowed.time_column),
+            op,
+            vec![input.node],
+        )?;
+        let n = output.fields().len();
+        let schema = DFSchema::try_from_qualified_schema(windowed.input.as_str(), output.as_ref())
+            .map_err(|e| self.df(e))?;
+        Ok(Stream {
+            node,
+            schema: Arc::new(schema),
+            window: Some(WindowColumns {
+                start: Some(n - 2),
+                end: Some(n - 1),
+            }),
+        })
+    }
+
+    /// The stream of a named table or view (the first argument of a window function).
+    fn relation(&mut self, name: &str) -> Result<Stream> {
+        if let Some(plan) = self.sources.view_plan(name) {
+            let plan = self.ctx.state().optimize(&plan).map_err(|e| self.df(e))?;
+            return self.translate(&plan);
+        }
+        let node = self
+            .sources
+            .source_node(self.dataflow, name, self.location)?;
+        let schema = DFSchema::try_from_qualified_schema(name, self.dataflow.schema(node).as_ref())
+            .map_err(|e| self.df(e))?;
+        Ok(Stream {
+            node,
+            schema: Arc::new(schema),
+            window: None,
+        })
+    }
+
+    fn aggregate(&mut self, agg: &datafusion::logical_expr::Aggregate) -> Result<Stream> {
+        let hint: Vec<String> = agg
+            .group_expr
+            .iter()
+            .filter_map(|e| match e {
+                Expr::Column(c) if c.name != WINDOW_START && c.name != WINDOW_END => {
+                    Some(c.name.clone())
+                }
+                _ => None,
+            })
+            .collect();
+        let outer_hint = self.session_keys_hint.replace(hint);
+        let input = self.translate(&agg.input);
+        self.session_keys_hint = outer_hint;
+        let input = input?;
+        let Some(window) = input.window else {
+            return Err(self.err(
+                "GROUP BY on a stream needs a window: aggregate FROM TUMBLE(…), HOP(…) or SESSION(…) and GROUP BY window_start, window_end",
+            ));
+        };
+        let input_schema = arrow_schema(&input.schema);
+        let is_column = |e: &Expr, idx: usize| {
+            let (q, f) = input.schema.qualified_field(idx);
+            matches!(e, Expr::Column(c) if c.name == *f.name() && (c.relation.is_none() || c.relation.as_ref() == q))
+        };
+        if agg
+            .group_expr
+            .iter()
+            .any(|e| matches!(e, Expr::GroupingSet(_)))
+        {
+            return Err(
+                self.err("GROUPING SETS, ROLLUP and CUBE are not supported in streaming queries")
+            );
+        }
+        let Some(end_group) = window
+            .end
+            .and_then(|end| agg.group_expr.iter().position(|e| is_column(e, end)))
+        else {
+            return Err(self.err(format!(
+                "a windowed GROUP BY must include `{WINDOW_END}` (and usually `{WINDOW_START}`)"
+            )));
+        };
+        let start_group = window
+            .start
+            .and_then(|s| agg.group_expr.iter().position(|e| is_column(e, s)));
+        let group_exprs = agg
+            .group_expr
+            .iter()
+            .map(|e| self.physical(e, &input.schema))
+            .collect::<Result<Vec<_>>>()?;
+        let mut aggregates = Vec::with_capacity(agg.aggr_expr.len());
+        let state = self.ctx.state();
+        let planning = PhysicalPlanningContext::default();
+        for e in &agg.aggr_expr {
+            let lowered = LoweredAggregateBuilder::new(
+                e,
+                &input.schema,
+                &input_schema,
+                state.execution_props(),
+                &planning,
+            )
+            .build()
+            .map_err(|err| self.df(err))?;
+            aggregates.push(AggregateSpec {
+                function: lowered.aggregate,
+                filter: lowered.filter,
+            });
+        }
+        let output = arrow_schema(&agg.schema);
+        let description = format!(
+            "group by [{}] compute [{}]",
+            agg.group_expr
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            agg.aggr_expr
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let op = WindowAggregate::new(&input_schema, group_exprs, end_group, aggregates, output)?;
+        let node = self.operator(
+            "window_aggregate",
+            description,
+            Box::new(op),
+            vec![input.node],
+        )?;
+        Ok(Stream {
+            node,
+            schema: agg.schema.clone(),
+            window: Some(WindowColumns {
+                start: start_group,
+                end: Some(end_group),
+            }),
+        })
+    }
+}

@@ -1,0 +1,7 @@
+//! One module per subcommand.
+
+pub mod bench;
+pub mod check;
+pub mod generate;
+pub mod query;
+pub mod run;

@@ -1,0 +1,11 @@
+//! The `laketide` command: run streaming SQL pipelines, validate and explain them, and query
+//! the lake. The library part is what the binary and the end-to-end tests share.
+
+pub mod commands;
+pub mod datagen;
+mod error;
+pub mod lake;
+pub mod pipeline;
+pub mod progress;
+
+pub use error::{CliError, Result};

@@ -1,0 +1,128 @@
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use laketide::commands::{bench, check, generate, query, run};
+use laketide::datagen::{ClickstreamSpec, TimeFormat};
+
+/// Streaming SQL over files into a Delta lake: event-time windows, continuous queries, one binary.
+#[derive(Debug, Parser)]
+#[command(name = "laketide", version)]
+struct Cli {
+    /// Log filter (e.g. `info`, `laketide_engine=debug`); also read from RUST_LOG.
+    #[arg(long, global = true, env = "RUST_LOG", default_value = "warn,buoyant_kernel=off")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the continuous queries (INSERT INTO … SELECT) of a pipeline file.
+    Run {
+        /// The pipeline file.
+        file: PathBuf,
+        /// Do not show live progress (the summary is still printed).
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Validate a pipeline file without running it; errors are shown with line:column.
+    Check {
+        /// The pipeline file.
+        file: PathBuf,
+    },
+    /// Print the dataflow graph a pipeline file runs.
+    Explain {
+        /// The pipeline file.
+        file: PathBuf,
+    },
+    /// Ad-hoc SQL over the lake's Delta tables; without SQL, an interactive shell.
+    Query {
+        /// The SQL statement to run.
+        sql: Option<String>,
+        /// The lake root: every Delta table directly under it is a table named after its folder.
+        #[arg(long, default_value = "lake")]
+        lake: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = query::OutputFormat::Table)]
+        format: query::OutputFormat,
+    },
+    /// Generate clickstream events as JSON lines (bounded out-of-order event time).
+    Generate {
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// Number of events.
+        #[arg(long, default_value_t = 100_000)]
+        events: u64,
+        /// Number of files.
+        #[arg(long, default_value_t = 4)]
+        files: usize,
+        /// Largest out-of-orderness in milliseconds.
+        #[arg(long, default_value_t = 1_500)]
+        max_delay_ms: i64,
+        /// Event-time microseconds between consecutive events.
+        #[arg(long, default_value_t = 1_000)]
+        step_us: i64,
+        /// Random seed.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Timestamp encoding.
+        #[arg(long, value_enum, default_value_t = TimeFormat::Rfc3339)]
+        time_format: TimeFormat,
+    },
+    /// Benchmark: generate events and run the tumbling-window pipeline into a Delta table.
+    Bench {
+        /// Number of events.
+        #[arg(long, default_value_t = 4_000_000)]
+        events: u64,
+        /// Working directory (default: a temporary one).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Run { file, quiet } => run::run(&file, quiet).await,
+        Command::Check { file } => check::check(&file).await,
+        Command::Explain { file } => check::explain(&file).await,
+        Command::Query { sql, lake, format } => query::query(&lake, sql.as_deref(), format).await,
+        Command::Generate {
+            out,
+            events,
+            files,
+            max_delay_ms,
+            step_us,
+            seed,
+            time_format,
+        } => generate::generate(
+            &out,
+            &ClickstreamSpec {
+                events,
+                files,
+                max_delay_ms,
+                step_us,
+                seed,
+                time_format,
+                ..Default::default()
+            },
+        ),
+        Command::Bench { events, dir } => bench::bench(events, dir).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

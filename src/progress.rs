@@ -1,0 +1,112 @@
+//! Live progress of a running pipeline and its final summary.
+
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use laketide_engine::{
+    MetricsSnapshot, NodeRole, PipelineMetrics, RunSummary, time::format_event_time,
+};
+use tokio_util::sync::CancellationToken;
+
+fn watermark(metrics: &PipelineMetrics) -> Option<i64> {
+    metrics
+        .nodes()
+        .filter(|(role, _)| *role == NodeRole::Sink)
+        .map(|(_, m)| m.watermark.load(std::sync::atomic::Ordering::Relaxed))
+        .min()
+        .filter(|w| *w != i64::MIN)
+}
+
+fn line(s: &MetricsSnapshot, rate: f64, metrics: &PipelineMetrics) -> String {
+    let wm = watermark(metrics)
+        .map(format_event_time)
+        .unwrap_or_else(|| "none".into());
+    format!(
+        "records in {} ({}/s) | windows emitted {} | rows written {} | late {} | bad {} | watermark {wm}",
+        s.records_in,
+        human_rate(rate),
+        s.windows_emitted,
+        s.rows_written,
+        s.late_rows,
+        s.bad_records
+    )
+}
+
+/// Formats a rate such as 1.5M or 12.3k.
+pub fn human_rate(rate: f64) -> String {
+    if rate >= 1e6 {
+        format!("{:.2}M", rate / 1e6)
+    } else if rate >= 1e3 {
+        format!("{:.1}k", rate / 1e3)
+    } else {
+        format!("{rate:.0}")
+    }
+}
+
+/// Shows progress until `done` is cancelled: a spinner line on a terminal, or a log line every
+/// ten seconds otherwise.
+pub async fn show(metrics: PipelineMetrics, done: CancellationToken) {
+    let tty = std::io::stderr().is_terminal();
+    let bar = if tty {
+        let b = ProgressBar::new_spinner();
+        b.set_style(
+            ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}")
+                .expect("valid template"),
+        );
+        Some(b)
+    } else {
+        None
+    };
+    let period = if tty {
+        Duration::from_millis(250)
+    } else {
+        Duration::from_secs(10)
+    };
+    let mut last = (Instant::now(), 0u64);
+    loop {
+        tokio::select! {
+            _ = done.cancelled() => break,
+            _ = tokio::time::sleep(period) => {}
+        }
+        let s = metrics.snapshot();
+        let now = Instant::now();
+        let rate =
+            (s.records_in - last.1) as f64 / now.duration_since(last.0).as_secs_f64().max(1e-3);
+        last = (now, s.records_in);
+        match &bar {
+            Some(b) => {
+                b.set_message(line(&s, rate, &metrics));
+                b.tick();
+            }
+            None => eprintln!("{}", line(&s, rate, &metrics)),
+        }
+    }
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+}
+
+/// The run summary printed when a pipeline ends.
+pub fn summary(s: &RunSummary) -> String {
+    let t = &s.totals;
+    let secs = s.elapsed.as_secs_f64();
+    let mut out = format!(
+        "finished in {secs:.2}s: {} records in ({}/s), {} windows emitted, {} rows written, {} late rows dropped, {} bad records",
+        t.records_in,
+        human_rate(t.records_in as f64 / secs.max(1e-6)),
+        t.windows_emitted,
+        t.rows_written,
+        t.late_rows,
+        t.bad_records
+    );
+    for (name, sink) in &s.sinks {
+        out.push_str(&format!(
+            "\n  {name}: {} rows in {} commit{}",
+            sink.rows_written,
+            sink.commits,
+            if sink.commits == 1 { "" } else { "s" }
+        ));
+    }
+    out
+}

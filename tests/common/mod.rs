@@ -1,0 +1,111 @@
+//! Helpers shared by the end-to-end tests.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+use datafusion::prelude::{JsonReadOptions, SessionContext};
+
+/// The clickstream schema as the generator writes it.
+pub fn clicks_schema() -> Schema {
+    Schema::new(vec![
+        Field::new("event_id", DataType::Int64, true),
+        Field::new("user_id", DataType::Utf8, true),
+        Field::new("page", DataType::Utf8, true),
+        Field::new("action", DataType::Utf8, true),
+        Field::new("amount", DataType::Float64, true),
+        Field::new("ts", DataType::Timestamp(TimeUnit::Microsecond, None), true),
+    ])
+}
+
+/// A DataFusion session with the generated JSON files registered as `clicks`: the batch oracle.
+pub async fn oracle_context(data: &Path) -> SessionContext {
+    let ctx = SessionContext::new();
+    let schema = clicks_schema();
+    ctx.register_json(
+        "clicks",
+        data.to_str().unwrap(),
+        JsonReadOptions {
+            schema: Some(&schema),
+            file_extension: ".json",
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    ctx
+}
+
+/// Renders rows as `a|b|c` strings (NULL for nulls), in result order.
+pub fn rows(batches: &[RecordBatch]) -> Vec<String> {
+    let options = FormatOptions::default().with_null("NULL");
+    let mut out = Vec::new();
+    for b in batches {
+        let formatters: Vec<ArrayFormatter> = b
+            .columns()
+            .iter()
+            .map(|c| ArrayFormatter::try_new(c.as_ref(), &options).unwrap())
+            .collect();
+        for r in 0..b.num_rows() {
+            out.push(
+                formatters
+                    .iter()
+                    .map(|f| f.value(r).to_string())
+                    .collect::<Vec<_>>()
+                    .join("|"),
+            );
+        }
+    }
+    out
+}
+
+/// Runs `sql` in `ctx` and renders the rows.
+pub async fn query_rows(ctx: &SessionContext, sql: &str) -> Vec<String> {
+    let batches = ctx
+        .sql(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .collect()
+        .await
+        .unwrap();
+    rows(&batches)
+}
+
+/// Asserts two row lists are equal, printing the first differences.
+pub fn assert_same_rows(what: &str, streaming: &[String], oracle: &[String]) {
+    if streaming == oracle {
+        return;
+    }
+    let only_stream: Vec<&String> = streaming
+        .iter()
+        .filter(|r| !oracle.contains(r))
+        .take(10)
+        .collect();
+    let only_oracle: Vec<&String> = oracle
+        .iter()
+        .filter(|r| !streaming.contains(r))
+        .take(10)
+        .collect();
+    panic!(
+        "{what}: streaming result ({} rows) differs from the batch oracle ({} rows)\nonly in streaming: {only_stream:#?}\nonly in oracle: {only_oracle:#?}",
+        streaming.len(),
+        oracle.len()
+    );
+}
+
+/// A fresh session with the Delta table at `path` registered as `name`.
+pub async fn delta_context(name: &str, path: &Path) -> SessionContext {
+    let ctx = SessionContext::new();
+    laketide::lake::register_table(&ctx, name, path, None)
+        .await
+        .unwrap();
+    ctx
+}
+
+/// Keeps `Arc` used for callers building schemas.
+pub fn shared(schema: Schema) -> Arc<Schema> {
+    Arc::new(schema)
+}

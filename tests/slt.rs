@@ -1,0 +1,145 @@
+//! Runs the sqllogictest files under `tests/slt/`: `CREATE` statements declare tables and
+//! views; each `SELECT` runs as a bounded streaming pipeline whose rows are collected.
+
+mod common;
+
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
+use datafusion::sql::sqlparser::dialect::GenericDialect;
+use datafusion::sql::sqlparser::parser::Parser;
+use laketide_connectors::memory::MemorySink;
+use laketide_engine::RunOptions;
+use laketide_sql::{Location, Planner, Statement, parse_script};
+use sqllogictest::{DBOutput, DefaultColumnType};
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct SltError(String);
+
+fn err(e: impl std::fmt::Display) -> SltError {
+    SltError(e.to_string())
+}
+
+/// A laketide "database" for sqllogictest.
+#[derive(Default)]
+struct StreamingDb {
+    declarations: Vec<String>,
+}
+
+impl StreamingDb {
+    async fn planner(&self, extra: Option<&str>) -> Result<Planner, SltError> {
+        let mut text = self.declarations.join(";\n");
+        if let Some(e) = extra {
+            text.push_str(";\n");
+            text.push_str(e);
+        }
+        let script = parse_script(&text).map_err(err)?;
+        let mut planner = Planner::new();
+        for s in &script.statements {
+            match s {
+                Statement::CreateTable(def) => planner.declare_table(def, false).map_err(err)?,
+                Statement::CreateView {
+                    name,
+                    statement,
+                    location,
+                } => planner
+                    .declare_view(name, statement, *location)
+                    .await
+                    .map_err(err)?,
+                Statement::Insert { .. } => {
+                    return Err(SltError("use SELECT in .slt files".into()));
+                }
+            }
+        }
+        Ok(planner)
+    }
+
+    async fn select(&self, sql: &str) -> Result<DBOutput<DefaultColumnType>, SltError> {
+        let planner = self.planner(None).await?;
+        let statements = Parser::parse_sql(&GenericDialect {}, sql).map_err(err)?;
+        let [SqlStatement::Query(query)] = statements.as_slice() else {
+            return Err(SltError("expected one query".into()));
+        };
+        let location = Location { line: 1, column: 1 };
+        let plan = planner.plan_query(query, location).await.map_err(err)?;
+        let mut builder = planner.builder();
+        let output = builder.add_query(&plan, location).map_err(err)?;
+        let sink = MemorySink::new();
+        let collected = sink.handle();
+        builder
+            .add_sink("result", "memory", Box::new(sink), output.node)
+            .map_err(err)?;
+        let planned = builder.finish();
+        if !planned.bounded {
+            return Err(SltError(
+                "queries in .slt files must read bounded sources (mode = 'once')".into(),
+            ));
+        }
+        laketide_engine::run(planned.dataflow, RunOptions::default())
+            .await
+            .map_err(err)?;
+        let batches = collected.lock().unwrap().clone();
+        let rows = common::rows(&batches)
+            .into_iter()
+            .map(|r| r.split('|').map(str::to_string).collect::<Vec<_>>())
+            .collect::<Vec<_>>();
+        let width = output.schema.fields().len();
+        Ok(DBOutput::Rows {
+            types: vec![DefaultColumnType::Any; width],
+            rows,
+        })
+    }
+}
+
+#[async_trait]
+impl sqllogictest::AsyncDB for StreamingDb {
+    type Error = SltError;
+    type ColumnType = DefaultColumnType;
+
+    async fn run(&mut self, sql: &str) -> Result<DBOutput<Self::ColumnType>, Self::Error> {
+        let first = sql
+            .split_whitespace()
+            .next()
+            .unwrap_or("")
+            .to_ascii_uppercase();
+        if first == "CREATE" {
+            self.planner(Some(sql)).await?;
+            self.declarations.push(sql.to_string());
+            return Ok(DBOutput::StatementComplete(0));
+        }
+        self.select(sql).await
+    }
+
+    async fn shutdown(&mut self) {}
+
+    fn engine_name(&self) -> &str {
+        "laketide"
+    }
+
+    async fn sleep(dur: std::time::Duration) {
+        tokio::time::sleep(dur).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqllogictest_files() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/slt");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "slt"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty());
+    let mut failures = Vec::new();
+    for file in &files {
+        let mut runner = sqllogictest::Runner::new(|| async { Ok(StreamingDb::default()) });
+        runner.with_column_validator(|_, _| true);
+        if let Err(e) = runner.run_file_async(file).await {
+            failures.push(format!("{}: {}", file.display(), e.display(false)));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
