@@ -10,7 +10,12 @@ use laketide::datagen::{ClickstreamSpec, TimeFormat};
 #[command(name = "laketide", version)]
 struct Cli {
     /// Log filter (e.g. `info`, `laketide_engine=debug`); also read from RUST_LOG.
-    #[arg(long, global = true, env = "RUST_LOG", default_value = "warn,buoyant_kernel=off")]
+    #[arg(
+        long,
+        global = true,
+        env = "RUST_LOG",
+        default_value = "warn,buoyant_kernel=off"
+    )]
     log: String,
     #[command(subcommand)]
     command: Command,
