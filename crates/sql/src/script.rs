@@ -219,7 +219,7 @@ GROUP BY window_start, window_end, action;
             panic!()
         };
         assert_eq!(sink, "revenue");
-        assert_eq!(location.line, 10);
+        assert_eq!(location.line, 11);
     }
 
     #[test]
