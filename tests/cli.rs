@@ -103,6 +103,26 @@ fn clickstream_example_runs_into_the_lake_and_is_queryable() {
     );
     assert_eq!(stdout(&json).trim(), "{\"n\":22}");
 
+    // The interactive shell reads statements ending with `;` (here from a pipe).
+    let mut shell = Command::new(env!("CARGO_BIN_EXE_laketide"))
+        .args(["query", "--format", "csv"])
+        .current_dir(dir.path())
+        .env("HOME", dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(
+        shell.stdin.as_mut().unwrap(),
+        b"SELECT count(*)\n  AS n FROM revenue_per_minute;\nSELECT max(events) AS m FROM revenue_per_minute;\n\\q\n",
+    )
+    .unwrap();
+    let shell = shell.wait_with_output().unwrap();
+    assert!(shell.status.success(), "{}", stderr(&shell));
+    let out = stdout(&shell);
+    assert!(out.contains("n\n22") && out.contains("m\n"), "{out}");
+
     // A second run appends to the existing table (same schema).
     let again = laketide(dir.path(), &["run", "examples/clickstream.sql", "--quiet"]);
     assert!(again.status.success(), "{}", stderr(&again));

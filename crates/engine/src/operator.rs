@@ -49,17 +49,6 @@ impl Output {
             std::mem::take(&mut self.windows_emitted),
         )
     }
-
-    /// Rows emitted so far and not yet drained.
-    pub fn pending_rows(&self) -> usize {
-        self.messages
-            .iter()
-            .map(|m| match m {
-                Message::Batch(b) => b.num_rows(),
-                _ => 0,
-            })
-            .sum()
-    }
 }
 
 /// A streaming operator (projection, filter, window assignment, window aggregation, union …).

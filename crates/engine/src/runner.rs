@@ -177,7 +177,7 @@ async fn run_source(
     metrics: Arc<NodeMetrics>,
     stop: CancellationToken,
 ) -> Result<TaskEnd> {
-    source.open().await?;
+    source.open().await.map_err(|e| in_node(&name, e))?;
     let mut splits = SplitWatermarks::new();
     let processing_time = matches!(strategy, WatermarkStrategy::ProcessingTime);
     loop {
@@ -186,7 +186,7 @@ async fn run_source(
             break;
         }
         let now = Instant::now();
-        match source.poll_next().await? {
+        match source.poll_next().await.map_err(|e| in_node(&name, e))? {
             SourcePoll::Batch { split, batch } => {
                 let rows = batch.num_rows() as u64;
                 if rows == 0 {
@@ -194,7 +194,7 @@ async fn run_source(
                 }
                 NodeMetrics::add(&metrics.rows_in, rows);
                 NodeMetrics::add(&metrics.rows_out, rows);
-                let candidate = strategy.candidate(&batch)?;
+                let candidate = strategy.candidate(&batch).map_err(|e| in_node(&name, e))?;
                 let split = if processing_time {
                     CLOCK_SPLIT
                 } else {
@@ -208,8 +208,11 @@ async fn run_source(
             SourcePoll::Idle => {
                 if processing_time {
                     splits.observe(CLOCK_SPLIT, Some(crate::time::now()), now);
-                } else if let Some(timeout) = strategy.idle_timeout() {
-                    splits.mark_idle(timeout, now);
+                }
+            }
+            SourcePoll::SplitStarted(split) => {
+                if !processing_time {
+                    splits.start_split(&split, now);
                 }
             }
             SourcePoll::SplitFinished(split) => {
@@ -218,6 +221,9 @@ async fn run_source(
                 }
             }
             SourcePoll::Finished => break,
+        }
+        if let Some(timeout) = strategy.idle_timeout() {
+            splits.mark_idle(timeout, Instant::now());
         }
         if let Some(w) = splits.advance() {
             record_watermark(&metrics, w);

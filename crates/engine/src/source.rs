@@ -15,6 +15,9 @@ pub type SplitId = String;
 pub enum SourcePoll {
     /// Rows read from one split, in that split's order, with the source's schema.
     Batch { split: SplitId, batch: RecordBatch },
+    /// A split is about to deliver data: it holds the watermark back from now on, even before
+    /// its first batch (so a slow start cannot make its rows late).
+    SplitStarted(SplitId),
     /// Nothing is available right now. Sources return this within about their poll interval
     /// so that the runner can check idle timeouts, stop requests and checkpoints.
     Idle,

@@ -76,6 +76,10 @@ pub struct SplitWatermarks {
     splits: HashMap<SplitId, SplitState>,
     emitted: Option<EventTime>,
     idle_emitted: bool,
+    /// Last time any split had data or was started (the source's own activity).
+    last_activity: Instant,
+    /// No split is active and the source has been quiet for its idle timeout.
+    quiet: bool,
 }
 
 impl Default for SplitWatermarks {
@@ -91,7 +95,15 @@ impl SplitWatermarks {
             splits: HashMap::new(),
             emitted: None,
             idle_emitted: false,
+            last_activity: Instant::now(),
+            quiet: false,
         }
+    }
+
+    /// Registers a split that is about to deliver data; until its first batch it holds the
+    /// watermark where it is.
+    pub fn start_split(&mut self, split: &str, now: Instant) {
+        self.observe(split, None, now);
     }
 
     /// Records data on `split` with watermark candidate `candidate`.
@@ -106,6 +118,8 @@ impl SplitWatermarks {
         if let Some(c) = candidate {
             state.watermark = state.watermark.max(c);
         }
+        self.last_activity = now;
+        self.quiet = false;
     }
 
     /// Removes a finished split from the minimum.
@@ -113,12 +127,16 @@ impl SplitWatermarks {
         self.splits.remove(split);
     }
 
-    /// Marks splits idle that had no data for `timeout`.
+    /// Marks splits idle that had no data for `timeout`, and the whole source when it has no
+    /// split and no activity for `timeout`.
     pub fn mark_idle(&mut self, timeout: Duration, now: Instant) {
         for state in self.splits.values_mut() {
             if !state.idle && now.duration_since(state.last_data) >= timeout {
                 state.idle = true;
             }
+        }
+        if self.splits.is_empty() && now.duration_since(self.last_activity) >= timeout {
+            self.quiet = true;
         }
     }
 
@@ -133,7 +151,7 @@ impl SplitWatermarks {
                 Some(Watermark::EventTime(w))
             }
             Some(_) => None,
-            None if !self.splits.is_empty() && !self.idle_emitted => {
+            None if (!self.splits.is_empty() || self.quiet) && !self.idle_emitted => {
                 self.idle_emitted = true;
                 Some(Watermark::Idle)
             }
@@ -173,6 +191,9 @@ impl InputWatermarks {
     pub fn update(&mut self, i: usize, watermark: Watermark) -> Option<Watermark> {
         let state = &mut self.inputs[i];
         *state = match (watermark, *state) {
+            // The end of an input: it stops holding the minimum back, but it does not close
+            // windows for the other inputs.
+            (Watermark::EventTime(EventTime::MAX), _) => InputState::Ended,
             (Watermark::EventTime(w), InputState::At(prev)) => InputState::At(prev.max(w)),
             (Watermark::EventTime(w), InputState::Idle(Some(prev))) => InputState::At(prev.max(w)),
             (Watermark::EventTime(w), _) => InputState::At(w),
@@ -270,5 +291,36 @@ mod tests {
             c.update(0, Watermark::EventTime(30)),
             Some(Watermark::EventTime(30))
         );
+    }
+
+    #[test]
+    fn the_end_of_one_input_does_not_close_windows_of_an_idle_one() {
+        let mut c = InputWatermarks::new(2);
+        c.update(0, Watermark::EventTime(10));
+        c.update(1, Watermark::Idle);
+        assert_eq!(
+            c.update(0, Watermark::END),
+            Some(Watermark::Idle),
+            "only the idle input is left"
+        );
+        assert_eq!(
+            c.update(1, Watermark::EventTime(15)),
+            Some(Watermark::EventTime(15))
+        );
+    }
+
+    #[test]
+    fn a_source_without_splits_goes_idle_after_its_timeout() {
+        let t0 = Instant::now();
+        let mut w = SplitWatermarks::new();
+        w.start_split("f1", t0);
+        assert_eq!(w.advance(), None, "a started split holds the watermark");
+        w.observe("f1", Some(100), t0);
+        assert_eq!(w.advance(), Some(Watermark::EventTime(100)));
+        w.finish_split("f1");
+        w.mark_idle(Duration::from_secs(5), t0 + Duration::from_secs(1));
+        assert_eq!(w.advance(), None);
+        w.mark_idle(Duration::from_secs(5), t0 + Duration::from_secs(6));
+        assert_eq!(w.advance(), Some(Watermark::Idle));
     }
 }

@@ -93,7 +93,8 @@ impl Planner {
         &self.ctx
     }
 
-    fn connector_options(def: &TableDef, keep: impl Fn(&str) -> bool) -> Result<(String, Options)> {
+    /// The table's connector name and its options without the ones the SQL layer reads.
+    fn connector_options(def: &TableDef) -> Result<(String, Options)> {
         let connector = def.option("connector").ok_or_else(|| {
             SqlError::plan(
                 def.location,
@@ -103,7 +104,7 @@ impl Planner {
         let options = Options::new(
             def.options
                 .iter()
-                .filter(|(k, _, _)| !TABLE_OPTIONS.contains(&k.as_str()) || keep(k))
+                .filter(|(k, _, _)| !TABLE_OPTIONS.contains(&k.as_str()))
                 .map(|(k, v, _)| (k.clone(), v.clone())),
         )
         .map_err(|e| connector_error(def, e))?;
@@ -126,7 +127,7 @@ impl Planner {
     /// Declares a table; `is_sink` says whether some INSERT writes it (else it is a source).
     pub fn declare_table(&mut self, def: &TableDef, is_sink: bool) -> Result<()> {
         self.check_new_name(&def.name, def.location)?;
-        let (connector, options) = Self::connector_options(def, |_| false)?;
+        let (connector, options) = Self::connector_options(def)?;
         if is_sink {
             if def.option("idle_timeout").is_some() {
                 return Err(SqlError::plan(
@@ -303,7 +304,7 @@ impl Relations for BuilderState<'_> {
                 ),
             )
         })?;
-        let (connector, options) = Planner::connector_options(&table.def, |_| false)?;
+        let (connector, options) = Planner::connector_options(&table.def)?;
         let built = build_source(name, table.schema.clone(), &connector, options)
             .map_err(|e| connector_error(&table.def, e))?;
         self.bounded &= built.bounded;
@@ -326,6 +327,13 @@ impl Relations for BuilderState<'_> {
 
     fn view_plan(&self, name: &str) -> Option<LogicalPlan> {
         self.planner.views.get(name).cloned()
+    }
+
+    fn has_event_time(&self, name: &str) -> bool {
+        self.planner
+            .sources
+            .get(name)
+            .is_some_and(|t| t.watermark.is_some())
     }
 }
 
@@ -435,7 +443,7 @@ impl<'p> PipelineBuilder<'p> {
             inputs.push(self.conform(o, def)?);
         }
         let input = self.merge(sink, inputs, location)?;
-        let (connector, options) = Planner::connector_options(def, |_| false)?;
+        let (connector, options) = Planner::connector_options(def)?;
         let built = build_sink(sink, &connector, options).map_err(|e| connector_error(def, e))?;
         Ok(self
             .dataflow

@@ -42,6 +42,9 @@ pub struct Stream {
     /// The logical schema of its rows.
     pub schema: DFSchemaRef,
     window: Option<WindowColumns>,
+    /// Whether the rows carry event time (their sources declare a WATERMARK); otherwise time
+    /// is processing time.
+    event_time: bool,
 }
 
 /// The named relations a query can read: source tables (nodes built on first use and shared
@@ -57,6 +60,9 @@ pub trait Relations {
 
     /// The logical plan of view `name`, if it is a view.
     fn view_plan(&self, name: &str) -> Option<LogicalPlan>;
+
+    /// Whether source table `name` declares a WATERMARK (event time).
+    fn has_event_time(&self, name: &str) -> bool;
 }
 
 /// Translates plans of one pipeline into one dataflow.
@@ -65,9 +71,9 @@ pub struct Translator<'a> {
     pub(crate) dataflow: &'a mut Dataflow,
     pub(crate) sources: &'a mut dyn Relations,
     pub(crate) location: Location,
-    /// Plain-column GROUP BY keys of the aggregate being translated: a `SESSION` window
-    /// without explicit key arguments partitions its sessions by them.
-    pub(crate) session_keys_hint: Option<Vec<String>>,
+    /// The non-window GROUP BY expressions of the aggregate being translated: a `SESSION`
+    /// window without explicit key arguments partitions its sessions by them.
+    pub(crate) session_keys_hint: Option<Vec<Expr>>,
 }
 
 fn arrow_schema(schema: &DFSchema) -> SchemaRef {
@@ -114,6 +120,7 @@ impl Translator<'_> {
                         node,
                         schema: Arc::new(schema),
                         window: None,
+                        event_time: self.sources.has_event_time(&table.name),
                     }
                 } else {
                     return Err(self.err(format!(
@@ -143,6 +150,7 @@ impl Translator<'_> {
                         node,
                         schema: scan.projected_schema.clone(),
                         window,
+                        event_time: stream.event_time,
                     };
                 } else {
                     stream.schema = scan.projected_schema.clone();
@@ -187,6 +195,7 @@ impl Translator<'_> {
                     node,
                     schema: p.schema.clone(),
                     window,
+                    event_time: input.event_time,
                 })
             }
             LogicalPlan::Filter(f) => {
@@ -220,6 +229,7 @@ impl Translator<'_> {
                     node,
                     schema: u.schema.clone(),
                     window: None,
+                    event_time: inputs.iter().all(|s| s.event_time),
                 })
             }
             LogicalPlan::Join(_) => Err(self.err("JOIN is not supported in streaming queries yet")),
@@ -248,28 +258,42 @@ impl Translator<'_> {
                 WindowKind::Tumble { size } => (
                     "tumble",
                     windowed.kind.clone(),
-                    Box::new(WindowAssign::new(
+                    Box::new(self.sliding_assign(
                         SlidingWindow::tumbling(*size)?,
-                        &input_schema,
+                        &input,
                         time_index,
                     )?),
                 ),
                 WindowKind::Hop { slide, size } => (
                     "hop",
                     windowed.kind.clone(),
-                    Box::new(WindowAssign::new(
+                    Box::new(self.sliding_assign(
                         SlidingWindow::hopping(*slide, *size)?,
-                        &input_schema,
+                        &input,
                         time_index,
                     )?),
                 ),
                 WindowKind::Session { gap, keys } => {
+                    if !input.event_time {
+                        return Err(self.err(format!(
+                            "SESSION needs event time: declare WATERMARK FOR {} AS … on `{}`",
+                            windowed.time_column, windowed.input
+                        )));
+                    }
                     let keys: Vec<String> = match (&self.session_keys_hint, keys.is_empty()) {
                         (Some(hint), true) => hint
                             .iter()
-                            .filter(|k| input_schema.index_of(k).is_ok())
-                            .cloned()
-                            .collect(),
+                            .map(|e| match e {
+                                Expr::Column(c) if input_schema.index_of(&c.name).is_ok() => {
+                                    Ok(c.name.clone())
+                                }
+                                other => Err(self.err(format!(
+                                    "SESSION without key arguments keeps sessions per GROUP BY key, but `{other}` is not a column of `{input}`; pass the keys explicitly: SESSION({input}, {time}, gap, key, …)",
+                                    input = windowed.input,
+                                    time = windowed.time_column
+                                ))),
+                            })
+                            .collect::<Result<_>>()?,
                         _ => keys.clone(),
                     };
                     let indices = keys
@@ -305,10 +329,27 @@ impl Translator<'_> {
         Ok(Stream {
             node,
             schema: Arc::new(schema),
+            event_time: input.event_time,
             window: Some(WindowColumns {
                 start: Some(n - 2),
                 end: Some(n - 1),
             }),
+        })
+    }
+
+    /// Window assignment for TUMBLE and HOP: by event time, or by processing time when the
+    /// input has no WATERMARK.
+    fn sliding_assign(
+        &self,
+        window: SlidingWindow,
+        input: &Stream,
+        time_index: usize,
+    ) -> Result<WindowAssign> {
+        let assign = WindowAssign::new(window, &arrow_schema(&input.schema), time_index)?;
+        Ok(if input.event_time {
+            assign
+        } else {
+            assign.by_processing_time()
         })
     }
 
@@ -327,19 +368,18 @@ impl Translator<'_> {
             node,
             schema: Arc::new(schema),
             window: None,
+            event_time: self.sources.has_event_time(name),
         })
     }
 
     fn aggregate(&mut self, agg: &datafusion::logical_expr::Aggregate) -> Result<Stream> {
-        let hint: Vec<String> = agg
+        let hint: Vec<Expr> = agg
             .group_expr
             .iter()
-            .filter_map(|e| match e {
-                Expr::Column(c) if c.name != WINDOW_START && c.name != WINDOW_END => {
-                    Some(c.name.clone())
-                }
-                _ => None,
-            })
+            .filter(
+                |e| !matches!(e, Expr::Column(c) if c.name == WINDOW_START || c.name == WINDOW_END),
+            )
+            .cloned()
             .collect();
         let outer_hint = self.session_keys_hint.replace(hint);
         let input = self.translate(&agg.input);
@@ -422,6 +462,7 @@ impl Translator<'_> {
         Ok(Stream {
             node,
             schema: agg.schema.clone(),
+            event_time: input.event_time,
             window: Some(WindowColumns {
                 start: start_group,
                 end: Some(end_group),

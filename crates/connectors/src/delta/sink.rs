@@ -53,6 +53,8 @@ impl DeltaSink {
 
     async fn commit(&mut self) -> Result<()> {
         if self.buffer.is_empty() {
+            // Nothing to commit: the next rows wait a full interval, not just the next tick.
+            self.last_commit = Instant::now();
             return Ok(());
         }
         let table = self

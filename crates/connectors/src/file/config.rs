@@ -3,7 +3,7 @@ use std::time::Duration;
 use laketide_engine::OnError;
 
 use crate::error::{ConnectorError, Result};
-use crate::format::{FORMAT_OPTIONS, Format};
+use crate::format::Format;
 use crate::options::Options;
 
 /// Whether a file source ends after what is there, or keeps watching.
@@ -30,6 +30,8 @@ pub struct FileSourceConfig {
     pub batch_size: usize,
     /// What to do with malformed records.
     pub on_error: OnError,
+    /// Files read and decoded at the same time.
+    pub reader_threads: usize,
 }
 
 /// The option keys of the file source.
@@ -43,6 +45,8 @@ pub const FILE_SOURCE_OPTIONS: &[&str] = &[
     "batch_size",
     "on_error",
     "dead_letter_path",
+    "reader_threads",
+    "idle_timeout",
 ];
 
 impl FileSourceConfig {
@@ -69,11 +73,15 @@ impl FileSourceConfig {
         let on_error = options.take("on_error").unwrap_or_else(|| "fail".into());
         let dead_letter_path = options.take("dead_letter_path");
         let on_error = OnError::parse(&on_error, dead_letter_path.as_deref())?;
-        debug_assert!(
-            FORMAT_OPTIONS
-                .iter()
-                .all(|k| FILE_SOURCE_OPTIONS.contains(k))
-        );
+        let reader_threads = match options.take_u64("reader_threads")? {
+            Some(0) => {
+                return Err(ConnectorError::InvalidOption(
+                    "option `reader_threads` must be at least 1".into(),
+                ));
+            }
+            Some(n) => n as usize,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
+        };
         options.finish("file", FILE_SOURCE_OPTIONS)?;
         Ok(FileSourceConfig {
             path,
@@ -82,6 +90,7 @@ impl FileSourceConfig {
             poll_interval,
             batch_size,
             on_error,
+            reader_threads,
         })
     }
 }

@@ -1,12 +1,14 @@
-//! The file source's reader thread: lists, reads and decodes files, and hands batches over a
-//! bounded channel (so decoding runs beside the pipeline, and a slow pipeline slows reading).
+//! The file source's threads: a lister finds new files, readers read and decode them (several
+//! files at once) and hand batches over a bounded channel, so decoding runs beside the
+//! pipeline and a slow pipeline slows reading.
 
 use std::collections::HashSet;
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::mpsc::Receiver;
+use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::array::{ArrayRef, new_null_array};
 use datafusion::arrow::compute::cast;
@@ -21,75 +23,88 @@ use super::config::{FileMode, FileSourceConfig};
 use super::listing::list_files;
 use crate::format::{Format, RecordDecoder};
 
-/// What the reader thread reports.
+/// What the reader threads report.
 #[derive(Debug)]
 pub(crate) enum ReaderEvent {
-    /// Decoded rows.
-    Batch(RecordBatch),
+    /// A file is about to be read; sent before any of its batches, in path order, so that the
+    /// file holds the watermark back from the start.
+    FileStarted(PathBuf),
+    /// Decoded rows of one file.
+    Batch(PathBuf, RecordBatch),
     /// A file was read to its end.
     FileDone(PathBuf),
-    /// `mode = 'once'`: every file was read.
-    Finished,
     /// Reading failed; the source fails with this error.
     Failed(EngineError),
 }
 
-/// Stops the thread when the receiving source is gone.
+/// Stops a thread when the receiving source is gone.
 struct Gone;
 
-pub(crate) struct Reader {
+/// Starts the lister thread and `threads` reader threads. The lister sends every file not in
+/// `seen` (in path order) to the readers; each reader reads whole files, so the batches of one
+/// file stay in order. In `once` mode the event channel closes when every file is read.
+pub(crate) fn start_readers(
     config: FileSourceConfig,
     schema: SchemaRef,
-    decoder: RecordDecoder,
-    tx: Sender<ReaderEvent>,
+    bad: Arc<BadRecords>,
+    seen: HashSet<PathBuf>,
+    threads: usize,
+    events: Sender<ReaderEvent>,
+) -> std::io::Result<()> {
+    let (work_tx, work_rx) = std::sync::mpsc::sync_channel::<PathBuf>(threads);
+    let work_rx = Arc::new(Mutex::new(work_rx));
+    for i in 0..threads {
+        let reader = Reader {
+            decoder: RecordDecoder::new(schema.clone(), config.format.clone(), bad.clone()),
+            config: config.clone(),
+            schema: schema.clone(),
+            tx: events.clone(),
+        };
+        let work = work_rx.clone();
+        std::thread::Builder::new()
+            .name(format!("laketide-file-reader-{i}"))
+            .spawn(move || reader.work(&work))?;
+    }
+    let lister = Lister {
+        config,
+        tx: events,
+        work: work_tx,
+    };
+    std::thread::Builder::new()
+        .name("laketide-file-lister".into())
+        .spawn(move || {
+            let mut seen = seen;
+            let _ = lister.run(&mut seen);
+        })?;
+    Ok(())
 }
 
-impl Reader {
-    pub(crate) fn new(
-        config: FileSourceConfig,
-        schema: SchemaRef,
-        bad: Arc<BadRecords>,
-        tx: Sender<ReaderEvent>,
-    ) -> Self {
-        let decoder = RecordDecoder::new(schema.clone(), config.format.clone(), bad);
-        Reader {
-            config,
-            schema,
-            decoder,
-            tx,
-        }
-    }
+struct Lister {
+    config: FileSourceConfig,
+    tx: Sender<ReaderEvent>,
+    work: std::sync::mpsc::SyncSender<PathBuf>,
+}
 
-    /// Runs until every file is read (`once`) or the source is dropped (`continuous`).
-    pub(crate) fn run(self, mut seen: HashSet<PathBuf>) {
-        let _ = self.run_inner(&mut seen);
-    }
-
-    fn send(&self, event: ReaderEvent) -> Result<(), Gone> {
-        self.tx.blocking_send(event).map_err(|_| Gone)
-    }
-
-    fn run_inner(&self, seen: &mut HashSet<PathBuf>) -> Result<(), Gone> {
+impl Lister {
+    fn run(&self, seen: &mut HashSet<PathBuf>) -> Result<(), Gone> {
         let mut first_listing = true;
         loop {
             match list_files(&self.config.path) {
                 Ok(files) => {
                     for file in files {
-                        if seen.contains(&file) {
-                            continue;
+                        if seen.insert(file.clone()) {
+                            self.tx
+                                .blocking_send(ReaderEvent::FileStarted(file.clone()))
+                                .map_err(|_| Gone)?;
+                            self.work.send(file).map_err(|_| Gone)?;
                         }
-                        if let Err(e) = self.read_file(&file) {
-                            return match e {
-                                ReadError::Gone => Err(Gone),
-                                ReadError::Failed(e) => self.send(ReaderEvent::Failed(e)),
-                            };
-                        }
-                        seen.insert(file.clone());
-                        self.send(ReaderEvent::FileDone(file))?;
                     }
                 }
                 Err(e) if first_listing || self.config.mode == FileMode::Once => {
-                    return self.send(ReaderEvent::Failed(e.into()));
+                    return self
+                        .tx
+                        .blocking_send(ReaderEvent::Failed(e.into()))
+                        .map_err(|_| Gone);
                 }
                 Err(e) => {
                     tracing::warn!(path = %self.config.path, error = %e, "listing failed; retrying")
@@ -97,7 +112,7 @@ impl Reader {
             }
             first_listing = false;
             if self.config.mode == FileMode::Once {
-                return self.send(ReaderEvent::Finished);
+                return Ok(());
             }
             // Sleep in short steps so that a dropped source ends the thread promptly.
             let deadline = std::time::Instant::now() + self.config.poll_interval;
@@ -110,6 +125,51 @@ impl Reader {
                 );
             }
         }
+    }
+}
+
+struct Reader {
+    config: FileSourceConfig,
+    schema: SchemaRef,
+    decoder: RecordDecoder,
+    tx: Sender<ReaderEvent>,
+}
+
+impl Reader {
+    /// Reads files from `work` until the lister is done (or the source is gone).
+    fn work(self, work: &Mutex<Receiver<PathBuf>>) {
+        loop {
+            let next = match work.lock() {
+                Ok(rx) => rx.recv(),
+                Err(_) => return,
+            };
+            let Ok(file) = next else { return };
+            // A panic while decoding must fail the run, not silently lose the file.
+            let result =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.read_file(&file)))
+                    .unwrap_or_else(|_| {
+                        Err(ReadError::Failed(EngineError::Internal(format!(
+                            "reading {} panicked",
+                            file.display()
+                        ))))
+                    });
+            match result {
+                Ok(()) => {
+                    if self.send(ReaderEvent::FileDone(file)).is_err() {
+                        return;
+                    }
+                }
+                Err(ReadError::Gone) => return,
+                Err(ReadError::Failed(e)) => {
+                    let _ = self.send(ReaderEvent::Failed(e));
+                    return;
+                }
+            }
+        }
+    }
+
+    fn send(&self, event: ReaderEvent) -> Result<(), Gone> {
+        self.tx.blocking_send(event).map_err(|_| Gone)
     }
 
     fn read_file(&self, path: &Path) -> Result<(), ReadError> {
@@ -172,7 +232,7 @@ impl Reader {
         let location = |i: usize| format!("{}:{}", path.display(), lines[i]);
         match self.decoder.decode(buffer, records, &location) {
             Ok(Some(batch)) => self
-                .send(ReaderEvent::Batch(batch))
+                .send(ReaderEvent::Batch(path.to_path_buf(), batch))
                 .map_err(|_| ReadError::Gone),
             Ok(None) => Ok(()),
             Err(e) => Err(ReadError::Failed(e)),
@@ -197,7 +257,7 @@ impl Reader {
             let aligned = align_to_schema(&batch, &self.schema).map_err(|e| {
                 ReadError::Failed(EngineError::User(format!("{}: {e}", path.display())))
             })?;
-            self.send(ReaderEvent::Batch(aligned))
+            self.send(ReaderEvent::Batch(path.to_path_buf(), aligned))
                 .map_err(|_| ReadError::Gone)?;
         }
         Ok(())

@@ -9,14 +9,12 @@ use tokio::sync::mpsc::{Receiver, channel};
 
 use laketide_engine::{BadRecords, EngineError, Result, Source, SourcePoll};
 
-use super::config::FileSourceConfig;
-use super::reader::{Reader, ReaderEvent};
+use super::config::{FileMode, FileSourceConfig};
+use super::reader::{ReaderEvent, start_readers};
 
-/// The split id of a file source: files are read one after another, in path order, so the
-/// source has one ordered split.
-const SPLIT: &str = "files";
-
-/// Reads JSON-lines, CSV or Parquet files; see [`FileSourceConfig`].
+/// Reads JSON-lines, CSV or Parquet files; see [`FileSourceConfig`]. Each file is a split:
+/// its rows arrive in file order, and the source's watermark is the minimum over the files
+/// started and not yet finished (`reader_threads` at a time, started in path order).
 pub struct FileSource {
     config: FileSourceConfig,
     schema: SchemaRef,
@@ -43,6 +41,10 @@ impl FileSource {
     }
 }
 
+fn split_of(path: &std::path::Path) -> String {
+    path.display().to_string()
+}
+
 #[async_trait]
 impl Source for FileSource {
     fn schema(&self) -> SchemaRef {
@@ -50,18 +52,17 @@ impl Source for FileSource {
     }
 
     async fn open(&mut self) -> Result<()> {
-        let (tx, rx) = channel(4);
-        let reader = Reader::new(
+        let threads = self.config.reader_threads.max(1);
+        let (tx, rx) = channel(4 * threads);
+        start_readers(
             self.config.clone(),
             self.schema.clone(),
             self.bad.clone(),
+            self.files_read.clone(),
+            threads,
             tx,
-        );
-        let seen = self.files_read.clone();
-        std::thread::Builder::new()
-            .name("laketide-file-reader".into())
-            .spawn(move || reader.run(seen))
-            .map_err(|e| EngineError::external("starting the file reader thread", e))?;
+        )
+        .map_err(|e| EngineError::external("starting the file reader threads", e))?;
         self.events = Some(rx);
         Ok(())
     }
@@ -74,19 +75,24 @@ impl Source for FileSource {
         let wait = self.config.poll_interval.min(Duration::from_millis(500));
         match tokio::time::timeout(wait, events.recv()).await {
             Err(_elapsed) => Ok(SourcePoll::Idle),
+            // The lister and every reader are done: only a bounded source ends this way.
+            Ok(None) if self.config.mode == FileMode::Once => Ok(SourcePoll::Finished),
             Ok(None) => Err(EngineError::Internal(
-                "the file reader thread stopped unexpectedly".into(),
+                "the file reader threads stopped unexpectedly".into(),
             )),
-            Ok(Some(ReaderEvent::Batch(batch))) => Ok(SourcePoll::Batch {
-                split: SPLIT.to_string(),
+            Ok(Some(ReaderEvent::FileStarted(path))) => {
+                Ok(SourcePoll::SplitStarted(split_of(&path)))
+            }
+            Ok(Some(ReaderEvent::Batch(path, batch))) => Ok(SourcePoll::Batch {
+                split: split_of(&path),
                 batch,
             }),
             Ok(Some(ReaderEvent::FileDone(path))) => {
                 tracing::debug!(file = %path.display(), "file read");
+                let split = split_of(&path);
                 self.files_read.insert(path);
-                Ok(SourcePoll::Idle)
+                Ok(SourcePoll::SplitFinished(split))
             }
-            Ok(Some(ReaderEvent::Finished)) => Ok(SourcePoll::Finished),
             Ok(Some(ReaderEvent::Failed(e))) => Err(e),
         }
     }

@@ -137,3 +137,74 @@ impl Sink for FilesystemSink {
         Ok(self.summary.clone())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::filesystem::config::FileFormat;
+    use datafusion::arrow::array::Int64Array;
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    fn batch(schema: &SchemaRef, n: i64) -> RecordBatch {
+        RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(Int64Array::from_iter_values(0..n))],
+        )
+        .unwrap()
+    }
+
+    fn visible_files(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[tokio::test]
+    async fn rolls_files_by_size_and_by_time_and_hides_open_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)]));
+        let config = FilesystemSinkConfig {
+            path: dir.path().display().to_string(),
+            format: FileFormat::Csv,
+            rollover_size: 1000,
+            rollover_interval: Duration::from_millis(50),
+        };
+        let mut sink = FilesystemSink::new("t", config);
+        sink.open(schema.clone()).await.unwrap();
+        // Each batch is well over 1000 bytes in memory: every write rolls a file.
+        sink.write_batch(batch(&schema, 200)).await.unwrap();
+        sink.write_batch(batch(&schema, 200)).await.unwrap();
+        assert_eq!(visible_files(dir.path()).len(), 2);
+        // A small batch stays open (hidden) until the interval passes.
+        let mut small = FilesystemSink::new(
+            "t",
+            FilesystemSinkConfig {
+                path: dir.path().join("small").display().to_string(),
+                format: FileFormat::Json,
+                rollover_size: 1 << 30,
+                rollover_interval: Duration::from_millis(50),
+            },
+        );
+        small.open(schema.clone()).await.unwrap();
+        small.write_batch(batch(&schema, 3)).await.unwrap();
+        assert!(
+            visible_files(&dir.path().join("small")).is_empty(),
+            "an open file is hidden"
+        );
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        small.maintain().await.unwrap();
+        let files = visible_files(&dir.path().join("small"));
+        assert_eq!(files.len(), 1, "{files:?}");
+        let text = std::fs::read_to_string(dir.path().join("small").join(&files[0])).unwrap();
+        assert_eq!(text.lines().count(), 3);
+        let summary = sink.close().await.unwrap();
+        assert_eq!(summary.rows_written, 400);
+        assert_eq!(summary.commits, 2);
+    }
+}

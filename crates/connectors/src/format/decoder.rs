@@ -1,8 +1,8 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, BooleanArray};
-use datafusion::arrow::compute::{cast, concat_batches, filter_record_batch};
+use datafusion::arrow::array::{Array, ArrayRef, BooleanArray};
+use datafusion::arrow::compute::{cast, concat_batches};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::record_batch::RecordBatch;
@@ -169,39 +169,64 @@ impl RecordDecoder {
         location: &dyn Fn(usize) -> String,
     ) -> Result<Option<RecordBatch>, EngineError> {
         let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
-        let mut bad_rows: Vec<usize> = Vec::new();
+        let rows = batch.num_rows();
+        let mut keep = vec![true; rows];
+        let report = |row: usize,
+                      reason: String,
+                      keep: &mut Vec<bool>|
+         -> Result<(), EngineError> {
+            if keep[row] {
+                keep[row] = false;
+                let record = record_of_row.map_or(row, |m| m[row]);
+                self.bad
+                    .report(&location(record), &buffer[records[record].clone()], &reason)?;
+            }
+            Ok(())
+        };
         for &c in &self.timestamp_columns {
             let target = self.target.field(c);
             let (converted, bad) = coerce_timestamps(&columns[c], target.data_type())?;
             columns[c] = converted;
             for (row, text) in bad {
-                let record = record_of_row.map_or(row, |m| m[row]);
-                self.bad.report(
-                    &location(record),
-                    &buffer[records[record].clone()],
-                    &format!(
+                report(
+                    row,
+                    format!(
                         "column `{}`: '{text}' is neither an RFC 3339 timestamp nor epoch milliseconds",
                         target.name()
                     ),
+                    &mut keep,
                 )?;
-                bad_rows.push(row);
             }
         }
         for (c, field) in self.target.fields().iter().enumerate() {
             if columns[c].data_type() != field.data_type() {
                 columns[c] = cast(&columns[c], field.data_type())?;
             }
+            if !field.is_nullable() && columns[c].null_count() > 0 {
+                for row in 0..rows {
+                    if columns[c].is_null(row) {
+                        report(
+                            row,
+                            format!(
+                                "column `{}` is NOT NULL but the record has no value for it",
+                                field.name()
+                            ),
+                            &mut keep,
+                        )?;
+                    }
+                }
+            }
         }
-        let mut out = RecordBatch::try_new(self.target.clone(), columns).map_err(|e| {
+        if keep.iter().any(|k| !k) {
+            let mask = BooleanArray::from(keep);
+            columns = columns
+                .iter()
+                .map(|c| datafusion::arrow::compute::filter(c.as_ref(), &mask))
+                .collect::<std::result::Result<_, _>>()?;
+        }
+        let out = RecordBatch::try_new(self.target.clone(), columns).map_err(|e| {
             EngineError::User(format!("records do not fit the table's schema: {e}"))
         })?;
-        if !bad_rows.is_empty() {
-            let mut keep = vec![true; out.num_rows()];
-            for r in bad_rows {
-                keep[r] = false;
-            }
-            out = filter_record_batch(&out, &BooleanArray::from(keep))?;
-        }
         Ok((out.num_rows() > 0).then_some(out))
     }
 }
@@ -295,6 +320,36 @@ mod tests {
             .decode(&buf, &recs, &|i| format!("f:{}", i + 1))
             .unwrap_err();
         assert!(err.to_string().contains("f:2"), "{err}");
+    }
+
+    #[test]
+    fn missing_not_null_values_are_bad_records() {
+        let s = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new(
+                "ts",
+                DataType::Timestamp(TimeUnit::Microsecond, None),
+                false,
+            ),
+        ]));
+        let skip = Arc::new(BadRecords::new("t", OnError::Skip));
+        let d = RecordDecoder::new(s, Format::Json, skip.clone());
+        let (buf, recs) = lines(
+            "{\"id\":1,\"ts\":1}\n{\"ts\":2}\n{\"id\":3,\"ts\":\"never\"}\n{\"id\":4,\"ts\":4}\n",
+        );
+        let b = d
+            .decode(&buf, &recs, &|i| format!("f:{}", i + 1))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            b.column(0).as_primitive::<Int64Type>().values().to_vec(),
+            vec![1, 4]
+        );
+        assert_eq!(
+            skip.count(),
+            2,
+            "the missing id and the bad time, each reported once"
+        );
     }
 
     #[test]

@@ -282,12 +282,10 @@ impl Operator for WindowAggregate {
         if values.iter().all(|e| *e == first) {
             return self.update(first, &keys, &args, &filters);
         }
-        let mut partitions: Vec<(i64, Vec<u32>)> = Vec::new();
+        let mut partitions: std::collections::HashMap<i64, Vec<u32>> =
+            std::collections::HashMap::new();
         for (row, end) in values.iter().enumerate() {
-            match partitions.iter_mut().find(|(e, _)| e == end) {
-                Some((_, rows)) => rows.push(row as u32),
-                None => partitions.push((*end, vec![row as u32])),
-            }
+            partitions.entry(*end).or_default().push(row as u32);
         }
         for (end, rows) in partitions {
             let indices = UInt32Array::from(rows);
@@ -323,6 +321,3 @@ impl Operator for WindowAggregate {
         self.emit_until(None, out)
     }
 }
-
-// Arrow's `Array` trait is needed for `len()` on primitive arrays above.
-const _: fn(&dyn Array) -> usize = |a| a.len();

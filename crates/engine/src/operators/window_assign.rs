@@ -60,6 +60,9 @@ pub struct WindowAssign {
     size: i64,
     slide: i64,
     schema: SchemaRef,
+    /// Assign by the time rows are processed (the wall clock) instead of the time column.
+    processing_time: bool,
+    per_unit: i64,
 }
 
 impl WindowAssign {
@@ -81,7 +84,16 @@ impl WindowAssign {
             size: window.size_nanos / per_unit,
             slide: window.slide_nanos / per_unit,
             schema: super::schema_with_window_columns(input, field.data_type()),
+            processing_time: false,
+            per_unit,
         })
+    }
+
+    /// Windows by processing time: every row is assigned by the wall-clock time it is
+    /// processed at (for sources without a WATERMARK, whose watermark is the wall clock).
+    pub fn by_processing_time(mut self) -> Self {
+        self.processing_time = true;
+        self
     }
 
     /// The window definition.
@@ -96,8 +108,12 @@ impl Operator for WindowAssign {
     }
 
     fn process_batch(&mut self, _input: usize, batch: RecordBatch, out: &mut Output) -> Result<()> {
-        let times = timestamp_values(batch.column(self.time_column))?;
         let rows = batch.num_rows();
+        let times = if self.processing_time {
+            Int64Array::from_value(crate::time::now().div_euclid(self.per_unit), rows)
+        } else {
+            timestamp_values(batch.column(self.time_column))?
+        };
         let per_row = self.window.windows_per_row();
         let (size, slide) = (self.size, self.slide);
 
