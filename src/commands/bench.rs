@@ -10,24 +10,15 @@ use crate::error::{CliError, Result};
 use crate::pipeline::run_sql;
 use crate::progress::human_rate;
 
-/// The benchmarked pipeline: the README's clickstream example over the generated files.
+/// The benchmarked pipeline: the README's example (`examples/clickstream.sql`), reading the
+/// generated files and writing into the benchmark's lake.
 pub fn bench_sql(data: &Path, lake: &Path) -> String {
-    format!(
-        "CREATE TABLE clicks (
-  event_id BIGINT, user_id TEXT, page TEXT, action TEXT, amount DOUBLE, ts TIMESTAMP,
-  WATERMARK FOR ts AS ts - INTERVAL '2' SECOND
-) WITH (connector = 'file', path = '{}', format = 'json', mode = 'once');
-
-CREATE TABLE revenue_per_minute WITH (connector = 'delta', path = '{}');
-
-INSERT INTO revenue_per_minute
-SELECT window_start, window_end, action, count(*) AS events, sum(amount) AS revenue
-FROM TUMBLE(clicks, ts, INTERVAL '1' MINUTE)
-GROUP BY window_start, window_end, action;
-",
-        data.display(),
-        lake.join("revenue_per_minute").display()
-    )
+    include_str!("../../examples/clickstream.sql")
+        .replace("'examples/data/clicks/'", &format!("'{}'", data.display()))
+        .replace(
+            "'lake/revenue_per_minute'",
+            &format!("'{}'", lake.join("revenue_per_minute").display()),
+        )
 }
 
 /// Peak resident memory of this process in bytes (Linux), if known.
@@ -84,4 +75,21 @@ pub async fn bench(events: u64, dir: Option<PathBuf>) -> Result<()> {
     );
     let _ = std::fs::remove_dir_all(&data);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_benchmark_runs_the_readme_example_on_the_generated_data() {
+        let sql = bench_sql(Path::new("/tmp/b/clicks"), Path::new("/tmp/b/lake"));
+        assert!(sql.contains("path = '/tmp/b/clicks'"), "{sql}");
+        assert!(
+            sql.contains("path = '/tmp/b/lake/revenue_per_minute'"),
+            "{sql}"
+        );
+        assert!(!sql.contains("examples/data"), "{sql}");
+        assert!(laketide_sql::parse_script(&sql).is_ok());
+    }
 }

@@ -264,6 +264,12 @@ async fn flush_output(
     metrics: &NodeMetrics,
 ) -> bool {
     let (late, windows) = out.take_counters();
+    if late > 0 && metrics.late_rows.load(Ordering::Relaxed) == 0 {
+        tracing::warn!(
+            operator = %metrics.name,
+            "rows arrived after their window closed: they are dropped and counted as late (see the run summary); a larger WATERMARK delay keeps them"
+        );
+    }
     NodeMetrics::add(&metrics.late_rows, late);
     NodeMetrics::add(&metrics.windows_emitted, windows);
     let messages: Vec<Message> = out.drain().collect();
