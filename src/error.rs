@@ -21,6 +21,9 @@ pub enum CliError {
     /// DataFusion failed (ad-hoc queries).
     #[error("{0}")]
     DataFusion(#[from] datafusion::error::DataFusionError),
+    /// A connector could not be configured or read.
+    #[error("{0}")]
+    Connector(#[from] laketide_connectors::ConnectorError),
     /// A Delta table could not be read.
     #[error("{context}: {source}")]
     Delta {
@@ -47,6 +50,7 @@ impl CliError {
             CliError::Sql { source, .. } | CliError::Query(source) => source.kind(),
             CliError::Run(e) => e.kind(),
             CliError::DataFusion(_) => ErrorKind::User,
+            CliError::Connector(e) => e.kind(),
             CliError::Delta { .. } | CliError::Io { .. } => ErrorKind::External,
             CliError::Usage(_) => ErrorKind::User,
         }

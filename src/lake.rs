@@ -1,4 +1,5 @@
-//! The lake: Delta tables under a root directory, registered by name for ad-hoc queries.
+//! Tables for ad-hoc queries: the Delta tables under a lake root, or the tables a pipeline file
+//! declares.
 
 use std::path::Path;
 
@@ -68,6 +69,91 @@ pub async fn register_table(
     let provider = table.table_provider().await?;
     ctx.register_table(name, provider)?;
     Ok(())
+}
+
+/// Registers the tables declared in a pipeline file: its sources as a snapshot of what they
+/// hold now (read with the pipeline's own decoding rules), its `delta` sinks as Delta tables
+/// and its `filesystem` sinks as listing tables. Sinks that hold nothing yet are skipped with a
+/// note. Returns the registered names.
+pub async fn register_pipeline(ctx: &SessionContext, file: &Path) -> Result<Vec<String>> {
+    use datafusion::arrow::datatypes::Schema;
+    use datafusion::datasource::MemTable;
+    use laketide_connectors::{Options, snapshot_source};
+    use laketide_sql::Statement;
+
+    let script = crate::pipeline::load(file)?;
+    let sinks: std::collections::HashSet<&str> = script
+        .statements
+        .iter()
+        .filter_map(|s| match s {
+            Statement::Insert { sink, .. } => Some(sink.as_str()),
+            _ => None,
+        })
+        .collect();
+    let mut names = Vec::new();
+    for statement in &script.statements {
+        let Statement::CreateTable(def) = statement else {
+            continue;
+        };
+        let connector = def.connector().unwrap_or_default();
+        let mut options = Options::new(def.connector_option_pairs())?;
+        if !sinks.contains(def.name.as_str()) {
+            let Some(columns) = &def.columns else {
+                continue;
+            };
+            let schema = std::sync::Arc::new(Schema::new(columns.clone()));
+            let batches = snapshot_source(&def.name, schema.clone(), &connector, options).await?;
+            ctx.register_table(
+                def.name.as_str(),
+                std::sync::Arc::new(MemTable::try_new(schema, vec![batches])?),
+            )?;
+            names.push(def.name.clone());
+            continue;
+        }
+        let Some(path) = options.take("path") else {
+            continue;
+        };
+        let path_ref = Path::new(&path);
+        match connector.as_str() {
+            "delta" if path_ref.join("_delta_log").is_dir() => {
+                register_table(ctx, &def.name, path_ref, None).await?;
+            }
+            "filesystem"
+                if path_ref.is_dir()
+                    && std::fs::read_dir(path_ref).is_ok_and(|mut d| d.next().is_some()) =>
+            {
+                let format = options
+                    .take("format")
+                    .unwrap_or_else(|| "parquet".into())
+                    .to_ascii_lowercase();
+                match format.as_str() {
+                    "json" => {
+                        ctx.register_json(def.name.as_str(), &path, Default::default())
+                            .await?
+                    }
+                    "csv" => {
+                        ctx.register_csv(def.name.as_str(), &path, Default::default())
+                            .await?
+                    }
+                    _ => {
+                        ctx.register_parquet(def.name.as_str(), &path, Default::default())
+                            .await?
+                    }
+                }
+            }
+            "delta" | "filesystem" => {
+                eprintln!(
+                    "note: `{}` has no data at {path} yet; run the pipeline first",
+                    def.name
+                );
+                continue;
+            }
+            _ => continue,
+        }
+        names.push(def.name.clone());
+    }
+    names.sort();
+    Ok(names)
 }
 
 /// A session for ad-hoc queries.

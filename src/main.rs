@@ -46,8 +46,12 @@ enum Command {
         /// The SQL statement to run.
         sql: Option<String>,
         /// The lake root: every Delta table directly under it is a table named after its folder.
-        #[arg(long, default_value = "lake")]
+        #[arg(long, default_value = "lake", conflicts_with = "file")]
         lake: PathBuf,
+        /// Query the tables a pipeline file declares instead: its sources (what they hold now)
+        /// and its Delta and filesystem sinks.
+        #[arg(short = 'f', long = "file")]
+        file: Option<PathBuf>,
         /// Output format.
         #[arg(long, value_enum, default_value_t = query::OutputFormat::Table)]
         format: query::OutputFormat,
@@ -100,7 +104,18 @@ async fn main() -> ExitCode {
         Command::Run { file, quiet } => run::run(&file, quiet).await,
         Command::Check { file } => check::check(&file).await,
         Command::Explain { file } => check::explain(&file).await,
-        Command::Query { sql, lake, format } => query::query(&lake, sql.as_deref(), format).await,
+        Command::Query {
+            sql,
+            lake,
+            file,
+            format,
+        } => {
+            let tables = match &file {
+                Some(f) => query::Tables::Pipeline(f),
+                None => query::Tables::Lake(&lake),
+            };
+            query::query(tables, sql.as_deref(), format).await
+        }
         Command::Generate {
             out,
             events,

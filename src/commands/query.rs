@@ -7,7 +7,7 @@ use datafusion::arrow::util::pretty::pretty_format_batches;
 use datafusion::prelude::SessionContext;
 
 use crate::error::{CliError, Result};
-use crate::lake::{query_context, register_lake};
+use crate::lake::{query_context, register_lake, register_pipeline};
 
 /// How results are printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -54,16 +54,28 @@ pub async fn execute(ctx: &SessionContext, sql: &str, format: OutputFormat) -> R
     format_batches(&batches, format)
 }
 
-/// Runs `sql`, or an interactive shell without it, over the Delta tables under `lake`.
-pub async fn query(lake: &Path, sql: Option<&str>, format: OutputFormat) -> Result<()> {
+/// Where the tables of an ad-hoc query come from.
+#[derive(Debug, Clone)]
+pub enum Tables<'a> {
+    /// Every Delta table directly under a lake root.
+    Lake(&'a Path),
+    /// The tables a pipeline file declares.
+    Pipeline(&'a Path),
+}
+
+/// Runs `sql`, or an interactive shell without it, over `tables`.
+pub async fn query(tables: Tables<'_>, sql: Option<&str>, format: OutputFormat) -> Result<()> {
     let ctx = query_context();
-    let tables = register_lake(&ctx, lake).await?;
+    let names = match tables {
+        Tables::Lake(root) => register_lake(&ctx, root).await?,
+        Tables::Pipeline(file) => register_pipeline(&ctx, file).await?,
+    };
     match sql {
         Some(sql) => {
             println!("{}", execute(&ctx, sql, format).await?);
             Ok(())
         }
-        None => shell(&ctx, &tables, format).await,
+        None => shell(&ctx, &names, format).await,
     }
 }
 

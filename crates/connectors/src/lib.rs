@@ -15,4 +15,5 @@ pub use error::{ConnectorError, Result};
 pub use options::{Options, parse_bytes, parse_duration};
 pub use registry::{
     BuiltSink, BuiltSource, SINK_CONNECTORS, SOURCE_CONNECTORS, build_sink, build_source,
+    snapshot_source,
 };

@@ -4,7 +4,8 @@
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::SchemaRef;
-use laketide_engine::{BadRecords, Sink, Source};
+use datafusion::arrow::record_batch::RecordBatch;
+use laketide_engine::{BadRecords, OnError, Sink, Source, SourcePoll};
 
 use crate::console::ConsoleSink;
 use crate::delta::{DeltaSink, DeltaSinkConfig};
@@ -87,6 +88,37 @@ pub fn build_source(
                 bad_records: Some(bad),
                 bounded,
             })
+        }
+        other => Err(unknown(other, "source", SOURCE_CONNECTORS)),
+    }
+}
+
+/// Reads everything a source holds right now (a bounded read), for ad-hoc queries over a
+/// pipeline's inputs. Bad records are skipped and counted rather than dead-lettered again.
+pub async fn snapshot_source(
+    table: &str,
+    schema: SchemaRef,
+    connector: &str,
+    options: Options,
+) -> Result<Vec<RecordBatch>> {
+    match connector {
+        "file" => {
+            let mut config = FileSourceConfig::from_options(options)?;
+            config.mode = FileMode::Once;
+            if matches!(config.on_error, OnError::DeadLetter(_)) {
+                config.on_error = OnError::Skip;
+            }
+            let bad = Arc::new(BadRecords::new(table, config.on_error.clone()));
+            let mut source = FileSource::new(config, schema, bad);
+            source.open().await?;
+            let mut batches = Vec::new();
+            loop {
+                match source.poll_next().await? {
+                    SourcePoll::Batch { batch, .. } => batches.push(batch),
+                    SourcePoll::Finished => return Ok(batches),
+                    _ => {}
+                }
+            }
         }
         other => Err(unknown(other, "source", SOURCE_CONNECTORS)),
     }

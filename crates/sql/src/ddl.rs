@@ -37,7 +37,23 @@ pub struct TableDef {
     pub location: Location,
 }
 
+/// Table options the SQL layer reads itself; every other option belongs to the connector.
+pub const TABLE_OPTIONS: &[&str] = &["connector", "idle_timeout"];
+
 impl TableDef {
+    /// The connector's name, lower-cased.
+    pub fn connector(&self) -> Option<String> {
+        self.option("connector").map(|c| c.to_ascii_lowercase())
+    }
+
+    /// The options that belong to the connector (all but [`TABLE_OPTIONS`]).
+    pub fn connector_option_pairs(&self) -> impl Iterator<Item = (String, String)> + '_ {
+        self.options
+            .iter()
+            .filter(|(k, _, _)| !TABLE_OPTIONS.contains(&k.as_str()))
+            .map(|(k, v, _)| (k.clone(), v.clone()))
+    }
+
     /// The value of option `key`.
     pub fn option(&self, key: &str) -> Option<&str> {
         self.options

@@ -30,9 +30,6 @@ use crate::window_functions::KnownRelations;
 /// Default idle timeout of a source's splits (`idle_timeout` option).
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Table options the SQL layer reads itself; everything else goes to the connector.
-const TABLE_OPTIONS: &[&str] = &["connector", "idle_timeout"];
-
 /// A declared source table, validated.
 struct SourceTable {
     def: TableDef,
@@ -95,20 +92,15 @@ impl Planner {
 
     /// The table's connector name and its options without the ones the SQL layer reads.
     fn connector_options(def: &TableDef) -> Result<(String, Options)> {
-        let connector = def.option("connector").ok_or_else(|| {
+        let connector = def.connector().ok_or_else(|| {
             SqlError::plan(
                 def.location,
                 format!("table `{}` needs WITH (connector = '…')", def.name),
             )
         })?;
-        let options = Options::new(
-            def.options
-                .iter()
-                .filter(|(k, _, _)| !TABLE_OPTIONS.contains(&k.as_str()))
-                .map(|(k, v, _)| (k.clone(), v.clone())),
-        )
-        .map_err(|e| connector_error(def, e))?;
-        Ok((connector.to_ascii_lowercase(), options))
+        let options =
+            Options::new(def.connector_option_pairs()).map_err(|e| connector_error(def, e))?;
+        Ok((connector, options))
     }
 
     fn check_new_name(&self, name: &str, location: Location) -> Result<()> {
