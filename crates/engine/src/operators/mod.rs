@@ -3,6 +3,7 @@
 mod filter;
 mod projection;
 mod session_assign;
+mod session_state;
 mod union;
 mod window_aggregate;
 mod window_assign;

@@ -1,9 +1,10 @@
-use datafusion::arrow::array::{ArrayRef, Int64Array, UInt32Array};
-use datafusion::arrow::compute::{SortColumn, concat_batches, lexsort_to_indices, take};
+use datafusion::arrow::array::{BooleanArray, Int64Array};
+use datafusion::arrow::compute::filter_record_batch;
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::row::{RowConverter, SortField};
 
+use super::session_state::Sessions;
 use crate::error::{EngineError, Result};
 use crate::message::Watermark;
 use crate::operator::{Operator, Output};
@@ -12,7 +13,7 @@ use crate::time::{nanos_per_unit, timestamp_array, timestamp_unit, timestamp_val
 /// Session windows (`SESSION` table function): per key, rows closer than `gap` to each other
 /// form one session `[first time, last time + gap)`.
 ///
-/// Rows are buffered until the watermark passes their session's end, then emitted with
+/// Rows are held until the watermark passes their session's end, then emitted with
 /// `window_start` and `window_end` appended. Because a session's end is only known when it
 /// closes, its rows wait here (state is bounded by the rows of open sessions). A row whose
 /// session would already have closed (`time + gap <= watermark`) is late: dropped and counted.
@@ -24,10 +25,7 @@ pub struct SessionAssign {
     key_columns: Vec<usize>,
     key_converter: Option<RowConverter>,
     schema: SchemaRef,
-    input_schema: SchemaRef,
-    buffer: Vec<RecordBatch>,
-    /// No session can close before this time (in the column's unit).
-    earliest_close: i64,
+    sessions: Sessions,
     watermark: Option<i64>,
 }
 
@@ -36,6 +34,7 @@ impl std::fmt::Debug for SessionAssign {
         f.debug_struct("SessionAssign")
             .field("gap", &self.gap)
             .field("keys", &self.key_columns)
+            .field("buffered_rows", &self.sessions.buffered_rows())
             .finish()
     }
 }
@@ -67,126 +66,43 @@ impl SessionAssign {
                     .collect(),
             )?)
         };
+        let gap = gap_nanos / per_unit;
         Ok(SessionAssign {
             time_column,
             time_type: field.data_type().clone(),
-            gap: gap_nanos / per_unit,
+            gap,
             per_unit,
             key_columns,
             key_converter,
             schema: super::schema_with_window_columns(input, field.data_type()),
-            input_schema: input.clone(),
-            buffer: Vec::new(),
-            earliest_close: i64::MAX,
+            sessions: Sessions::new(gap),
             watermark: None,
         })
     }
 
     /// Rows waiting for their session to close.
     pub fn buffered_rows(&self) -> usize {
-        self.buffer.iter().map(|b| b.num_rows()).sum()
+        self.sessions.buffered_rows()
     }
 
     /// Emits every session that ends at or before `watermark` (all of them for `None`).
     fn close_sessions(&mut self, watermark: Option<i64>, out: &mut Output) -> Result<()> {
-        if self.buffer.is_empty() {
+        let closed = self.sessions.close(watermark);
+        if closed.is_empty() {
             return Ok(());
         }
-        let all = concat_batches(&self.input_schema, &self.buffer)?;
-        self.buffer.clear();
-        let mut sort_columns: Vec<SortColumn> = self
-            .key_columns
-            .iter()
-            .map(|i| SortColumn {
-                values: all.column(*i).clone(),
-                options: None,
-            })
-            .collect();
-        sort_columns.push(SortColumn {
-            values: all.column(self.time_column).clone(),
-            options: None,
-        });
-        let order = lexsort_to_indices(&sort_columns, None)?;
-        let times = timestamp_values(all.column(self.time_column))?;
-        let times = times.values();
-        let keys = match &self.key_converter {
-            Some(c) => Some(
-                c.convert_columns(
-                    &self
-                        .key_columns
-                        .iter()
-                        .map(|i| all.column(*i).clone())
-                        .collect::<Vec<ArrayRef>>(),
-                )?,
-            ),
-            None => None,
-        };
-
-        let mut closed_rows: Vec<u32> = Vec::new();
-        let mut closed_start: Vec<i64> = Vec::new();
-        let mut closed_end: Vec<i64> = Vec::new();
-        let mut open_rows: Vec<u32> = Vec::new();
-        let mut earliest_open_end = i64::MAX;
-
-        let order = order.values();
-        let mut segment_begin = 0usize;
-        while segment_begin < order.len() {
-            // Extend the session while the key is the same and the gap is not reached.
-            let first = order[segment_begin] as usize;
-            let mut last = first;
-            let mut next = segment_begin + 1;
-            while next < order.len() {
-                let row = order[next] as usize;
-                let same_key = keys.as_ref().is_none_or(|k| k.row(row) == k.row(first));
-                if !same_key || times[row] - times[last] >= self.gap {
-                    break;
-                }
-                last = row;
-                next += 1;
-            }
-            let start = times[first];
-            let end = times[last] + self.gap;
-            let segment = &order[segment_begin..next];
-            if watermark.is_none_or(|w| end <= w) {
-                closed_rows.extend_from_slice(segment);
-                closed_start.extend(std::iter::repeat_n(start, segment.len()));
-                closed_end.extend(std::iter::repeat_n(end, segment.len()));
-            } else {
-                open_rows.extend_from_slice(segment);
-                earliest_open_end = earliest_open_end.min(end);
-            }
-            segment_begin = next;
+        let mut starts = Vec::new();
+        let mut ends = Vec::new();
+        for s in &closed {
+            starts.extend(std::iter::repeat_n(s.start, s.len()));
+            ends.extend(std::iter::repeat_n(s.end, s.len()));
         }
-
-        if !open_rows.is_empty() {
-            let indices = UInt32Array::from(open_rows);
-            self.buffer.push(take_batch(&all, &indices)?);
-        }
-        self.earliest_close = earliest_open_end;
-        if !closed_rows.is_empty() {
-            let indices = UInt32Array::from(closed_rows);
-            let mut columns = take_batch(&all, &indices)?.columns().to_vec();
-            columns.push(timestamp_array(
-                Int64Array::from(closed_start),
-                &self.time_type,
-            )?);
-            columns.push(timestamp_array(
-                Int64Array::from(closed_end),
-                &self.time_type,
-            )?);
-            out.batch(RecordBatch::try_new(self.schema.clone(), columns)?);
-        }
+        let mut columns = self.sessions.take_rows(&closed)?;
+        columns.push(timestamp_array(Int64Array::from(starts), &self.time_type)?);
+        columns.push(timestamp_array(Int64Array::from(ends), &self.time_type)?);
+        out.batch(RecordBatch::try_new(self.schema.clone(), columns)?);
         Ok(())
     }
-}
-
-fn take_batch(batch: &RecordBatch, indices: &UInt32Array) -> Result<RecordBatch> {
-    let columns = batch
-        .columns()
-        .iter()
-        .map(|c| take(c.as_ref(), indices, None))
-        .collect::<std::result::Result<Vec<_>, _>>()?;
-    Ok(RecordBatch::try_new(batch.schema(), columns)?)
 }
 
 impl Operator for SessionAssign {
@@ -196,29 +112,39 @@ impl Operator for SessionAssign {
 
     fn process_batch(&mut self, _input: usize, batch: RecordBatch, out: &mut Output) -> Result<()> {
         let times = timestamp_values(batch.column(self.time_column))?;
-        let gap = self.gap;
-        let live = |t: Option<i64>| match (t, self.watermark) {
-            (None, _) => false,
-            (Some(t), Some(w)) => t + gap > w,
-            (Some(_), None) => true,
-        };
-        let keep: Vec<bool> = times.iter().map(live).collect();
+        let (gap, watermark) = (self.gap, self.watermark);
+        let keep: Vec<bool> = times
+            .iter()
+            .map(|t| match (t, watermark) {
+                (None, _) => false,
+                (Some(t), Some(w)) => t + gap > w,
+                (Some(_), None) => true,
+            })
+            .collect();
         let kept = keep.iter().filter(|k| **k).count();
         out.count_late((keep.len() - kept) as u64);
+        if kept == 0 {
+            return Ok(());
+        }
         let batch = if kept == keep.len() {
             batch
         } else {
-            let mask = datafusion::arrow::array::BooleanArray::from(keep);
-            datafusion::arrow::compute::filter_record_batch(&batch, &mask)?
+            filter_record_batch(&batch, &BooleanArray::from(keep))?
         };
-        if batch.num_rows() == 0 {
-            return Ok(());
-        }
         let times = timestamp_values(batch.column(self.time_column))?;
-        if let Some(min) = datafusion::arrow::compute::min(&times) {
-            self.earliest_close = self.earliest_close.min(min + gap);
-        }
-        self.buffer.push(batch);
+        let keys = match &self.key_converter {
+            Some(c) => Some(
+                c.convert_columns(
+                    &self
+                        .key_columns
+                        .iter()
+                        .map(|i| batch.column(*i).clone())
+                        .collect::<Vec<_>>(),
+                )?,
+            ),
+            None => None,
+        };
+        self.sessions.add(batch, times.values(), keys.as_ref());
         Ok(())
     }
 
@@ -226,7 +152,7 @@ impl Operator for SessionAssign {
         if let Watermark::EventTime(t) = watermark {
             let w = t.div_euclid(self.per_unit);
             self.watermark = Some(self.watermark.map_or(w, |c| c.max(w)));
-            if w >= self.earliest_close {
+            if self.sessions.earliest_end().is_some_and(|end| end <= w) {
                 self.close_sessions(Some(w), out)?;
             }
         }
@@ -320,5 +246,83 @@ mod tests {
             vec![("a".into(), 130, 130, 145), ("a".into(), 135, 130, 145)]
         );
         assert_eq!(out.take_counters(), (1, 0));
+    }
+
+    #[test]
+    fn a_row_bridging_two_sessions_merges_them() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("user", DataType::Utf8, false),
+            Field::new(
+                "ts",
+                DataType::Timestamp(TimeUnit::Millisecond, None),
+                false,
+            ),
+        ]));
+        let mut op = SessionAssign::new(&schema, 1, 10_000_000, vec![0]).unwrap(); // 10 ms gap
+        let mut out = Output::default();
+        op.process_batch(0, batch(&schema, &["a", "a"], &[100, 115]), &mut out)
+            .unwrap();
+        op.process_batch(0, batch(&schema, &["a"], &[108]), &mut out)
+            .unwrap();
+        op.process_watermark(Watermark::EventTime(124_000_000), &mut out)
+            .unwrap();
+        assert!(sessions(&mut out).is_empty());
+        op.process_watermark(Watermark::EventTime(125_000_000), &mut out)
+            .unwrap();
+        assert_eq!(
+            sessions(&mut out),
+            vec![
+                ("a".into(), 100, 100, 125),
+                ("a".into(), 108, 100, 125),
+                ("a".into(), 115, 100, 125)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_long_session_does_not_pin_emitted_batches() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("user", DataType::Utf8, false),
+            Field::new(
+                "ts",
+                DataType::Timestamp(TimeUnit::Millisecond, None),
+                false,
+            ),
+        ]));
+        let mut op = SessionAssign::new(&schema, 1, 1_000_000_000, vec![0]).unwrap(); // 1 s gap
+        let mut out = Output::default();
+        for b in 0..20i64 {
+            // One row of the long session "x" (ends at base + 1000, still open at the watermark
+            // base + 999) and 999 rows of short sessions (end base + 700) that close.
+            let base = b * 500;
+            let mut keys = vec!["x"];
+            let mut times = vec![base];
+            let names: Vec<String> = (0..999).map(|i| format!("y{b}-{i}")).collect();
+            keys.extend(names.iter().map(|n| n.as_str()));
+            times.extend(std::iter::repeat_n(base - 300, 999));
+            op.process_batch(0, batch(&schema, &keys, &times), &mut out)
+                .unwrap();
+            op.process_watermark(Watermark::EventTime((base + 999) * 1_000_000), &mut out)
+                .unwrap();
+        }
+        assert_eq!(
+            op.buffered_rows(),
+            20,
+            "only the long session's rows are held"
+        );
+        assert!(
+            op.sessions.stored_rows_for_test() <= 20 + 2 * 999 + 8192,
+            "emitted batches were released"
+        );
+        let closed = sessions(&mut out);
+        assert_eq!(closed.len(), 20 * 999);
+        let mut last = Output::default();
+        op.finish(&mut last).unwrap();
+        let long = sessions(&mut last);
+        assert_eq!(long.len(), 20);
+        assert!(
+            long.iter()
+                .all(|(k, _, s, e)| k == "x" && *s == 0 && *e == 19 * 500 + 1000)
+        );
     }
 }
