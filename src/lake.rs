@@ -1,6 +1,7 @@
 //! Tables for ad-hoc queries: the Delta tables under a lake root, or the tables a pipeline file
 //! declares.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use datafusion::prelude::SessionContext;
@@ -54,17 +55,28 @@ pub async fn register_table(
     path: &Path,
     version: Option<u64>,
 ) -> Result<()> {
+    register_location(ctx, name, &path.to_string_lossy(), version, HashMap::new()).await
+}
+
+/// Registers the Delta table at `location` (a local path or `s3://…` URL) as `name`.
+pub async fn register_location(
+    ctx: &SessionContext,
+    name: &str,
+    location: &str,
+    version: Option<u64>,
+    storage: HashMap<String, String>,
+) -> Result<()> {
     let delta = |context: String| move |source| CliError::Delta { context, source };
-    let url = deltalake::ensure_table_uri(path.to_string_lossy())
-        .map_err(delta(format!("locating {}", path.display())))?;
-    let mut table = deltalake::open_table(url)
+    let url =
+        deltalake::ensure_table_uri(location).map_err(delta(format!("locating {location}")))?;
+    let mut table = deltalake::open_table_with_storage_options(url, storage)
         .await
-        .map_err(delta(format!("opening Delta table {}", path.display())))?;
+        .map_err(delta(format!("opening Delta table {location}")))?;
     if let Some(v) = version {
         table
             .load_version(v)
             .await
-            .map_err(delta(format!("loading version {v} of {}", path.display())))?;
+            .map_err(delta(format!("loading version {v} of {location}")))?;
     }
     let provider = table.table_provider().await?;
     ctx.register_table(name, provider)?;
@@ -78,6 +90,7 @@ pub async fn register_table(
 pub async fn register_pipeline(ctx: &SessionContext, file: &Path) -> Result<Vec<String>> {
     use datafusion::arrow::datatypes::Schema;
     use datafusion::datasource::MemTable;
+    use laketide_connectors::storage::StorageConfig;
     use laketide_connectors::{Options, snapshot_source};
     use laketide_sql::Statement;
 
@@ -114,9 +127,24 @@ pub async fn register_pipeline(ctx: &SessionContext, file: &Path) -> Result<Vec<
             continue;
         };
         let path_ref = Path::new(&path);
+        let remote = path.contains("://");
         match connector.as_str() {
-            "delta" if path_ref.join("_delta_log").is_dir() => {
-                register_table(ctx, &def.name, path_ref, None).await?;
+            "delta" if remote || path_ref.join("_delta_log").is_dir() => {
+                let storage = StorageConfig::from_options(&mut options)?.storage_options();
+                match register_location(ctx, &def.name, &path, None, storage).await {
+                    Ok(()) => {}
+                    Err(CliError::Delta {
+                        source: deltalake::DeltaTableError::NotATable(_),
+                        ..
+                    }) => {
+                        eprintln!(
+                            "note: `{}` has no data at {path} yet; run the pipeline first",
+                            def.name
+                        );
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
             }
             "filesystem"
                 if path_ref.is_dir()

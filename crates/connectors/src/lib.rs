@@ -10,6 +10,7 @@ pub mod format;
 pub mod memory;
 mod options;
 mod registry;
+pub mod storage;
 
 pub use error::{ConnectorError, Result};
 pub use options::{Options, parse_bytes, parse_duration};

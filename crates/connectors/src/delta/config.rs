@@ -2,12 +2,15 @@ use std::time::Duration;
 
 use crate::error::{ConnectorError, Result};
 use crate::options::Options;
+use crate::storage::StorageConfig;
 
 /// Configuration of a Delta sink (`connector = 'delta'`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeltaSinkConfig {
-    /// Table location: a local directory.
+    /// Table location: a local directory or an `s3://bucket/prefix` URL.
     pub path: String,
+    /// Object-storage settings for `s3://` locations.
+    pub storage: StorageConfig,
     /// Partition columns of a new table (must match an existing table's).
     pub partition_by: Vec<String>,
     /// Buffered rows are committed at least this often.
@@ -25,6 +28,9 @@ pub const DELTA_SINK_OPTIONS: &[&str] = &[
     "commit_interval",
     "max_buffer_size",
     "target_file_size",
+    "endpoint",
+    "region",
+    "allow_http",
 ];
 
 impl DeltaSinkConfig {
@@ -45,9 +51,11 @@ impl DeltaSinkConfig {
                 "option `target_file_size` must be positive".into(),
             ));
         }
+        let storage = StorageConfig::from_options(&mut options)?;
         options.finish("delta", DELTA_SINK_OPTIONS)?;
         Ok(DeltaSinkConfig {
             path,
+            storage,
             partition_by,
             commit_interval,
             max_buffer_bytes,

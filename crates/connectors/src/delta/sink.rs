@@ -99,9 +99,12 @@ impl Sink for DeltaSink {
         }
         let url = deltalake::ensure_table_uri(&self.config.path)
             .map_err(|e| self.delta_error("locating", e))?;
-        let table = DeltaTable::try_from_url(url)
-            .await
-            .map_err(|e| self.delta_error("opening", e))?;
+        let table = DeltaTable::try_from_url_with_storage_options(
+            url,
+            self.config.storage.storage_options(),
+        )
+        .await
+        .map_err(|e| self.delta_error("opening", e))?;
         let table = if table.version().is_none() {
             let kernel_schema: StructType = schema.as_ref().try_into_kernel().map_err(|e| {
                 EngineError::User(format!("the query's schema cannot be stored in Delta: {e}"))
