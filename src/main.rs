@@ -2,7 +2,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use laketide::commands::{bench, check, generate, query, run};
+use laketide::commands::{bench, check, generate, maintain, query, run};
 use laketide::datagen::{ClickstreamSpec, TimeFormat};
 
 /// Streaming SQL over files into a Delta lake: event-time windows, continuous queries, one binary.
@@ -80,6 +80,11 @@ enum Command {
         #[arg(long, value_enum, default_value_t = TimeFormat::Rfc3339)]
         time_format: TimeFormat,
     },
+    /// Delta table maintenance: compact small files, delete unreferenced ones.
+    Lake {
+        #[command(subcommand)]
+        action: LakeCommand,
+    },
     /// Benchmark: generate events and run the tumbling-window pipeline into a Delta table.
     Bench {
         /// Number of events.
@@ -89,6 +94,47 @@ enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum LakeCommand {
+    /// Compact the small files of a Delta table (optionally of some partitions).
+    Optimize {
+        /// A table name under the lake root, or a table path or s3:// URL.
+        table: String,
+        /// The lake root (a directory or s3://bucket/prefix).
+        #[arg(long, default_value = "lake")]
+        lake: String,
+        /// Target file size, e.g. 128MB.
+        #[arg(long, value_parser = parse_size)]
+        target_size: Option<u64>,
+        /// Only partitions where column=value (repeatable).
+        #[arg(long)]
+        partition: Vec<String>,
+    },
+    /// Delete files a Delta table no longer references, older than the retention period.
+    Vacuum {
+        /// A table name under the lake root, or a table path or s3:// URL.
+        table: String,
+        /// The lake root (a directory or s3://bucket/prefix).
+        #[arg(long, default_value = "lake")]
+        lake: String,
+        /// Keep unreferenced files younger than this (readers of old versions may need them).
+        #[arg(long, default_value = "7d", value_parser = parse_retention)]
+        retain: std::time::Duration,
+        /// Only list what would be deleted.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    laketide_connectors::parse_bytes(s).ok_or_else(|| format!("not a size: {s} (e.g. 128MB)"))
+}
+
+fn parse_retention(s: &str) -> Result<std::time::Duration, String> {
+    laketide_connectors::parse_duration(s)
+        .ok_or_else(|| format!("not a duration: {s} (e.g. 7d, 12h)"))
 }
 
 #[tokio::main]
@@ -137,6 +183,24 @@ async fn main() -> ExitCode {
             },
         ),
         Command::Bench { events, dir } => bench::bench(events, dir).await,
+        Command::Lake { action } => match action {
+            LakeCommand::Optimize {
+                table,
+                lake,
+                target_size,
+                partition,
+            } => maintain::optimize(&maintain::locate(&table, &lake), target_size, &partition)
+                .await
+                .map(|s| println!("{s}")),
+            LakeCommand::Vacuum {
+                table,
+                lake,
+                retain,
+                dry_run,
+            } => maintain::vacuum(&maintain::locate(&table, &lake), retain, dry_run)
+                .await
+                .map(|s| println!("{s}")),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

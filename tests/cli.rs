@@ -45,6 +45,19 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+fn parquet_files(dir: &Path) -> usize {
+    let mut n = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            n += parquet_files(&path);
+        } else if path.extension().is_some_and(|e| e == "parquet") {
+            n += 1;
+        }
+    }
+    n
+}
+
 fn golden(name: &str, actual: &str) {
     let path = repo().join("tests/golden").join(name);
     if std::env::var_os("LAKETIDE_BLESS").is_some() {
@@ -147,6 +160,57 @@ fn clickstream_example_runs_into_the_lake_and_is_queryable() {
     // A second run appends to the existing table (same schema).
     let again = laketide(dir.path(), &["run", "examples/clickstream.sql", "--quiet"]);
     assert!(again.status.success(), "{}", stderr(&again));
+    let total = laketide(
+        dir.path(),
+        &[
+            "query",
+            "--format",
+            "csv",
+            "SELECT sum(events) AS e FROM revenue_per_minute",
+        ],
+    );
+    assert_eq!(stdout(&total).trim(), "e\n6000");
+
+    // Maintenance: the two runs left two small files; optimize compacts them, vacuum deletes
+    // the replaced ones (after a dry run), and the table reads the same throughout.
+    let table = dir.path().join("lake/revenue_per_minute");
+    assert_eq!(parquet_files(&table), 2);
+    let optimize = laketide(dir.path(), &["lake", "optimize", "revenue_per_minute"]);
+    assert!(optimize.status.success(), "{}", stderr(&optimize));
+    assert!(
+        stdout(&optimize).contains("2 files compacted into 1"),
+        "{}",
+        stdout(&optimize)
+    );
+    let dry = laketide(
+        dir.path(),
+        &[
+            "lake",
+            "vacuum",
+            "revenue_per_minute",
+            "--retain",
+            "0s",
+            "--dry-run",
+        ],
+    );
+    assert!(
+        stdout(&dry).contains("2 files would be deleted"),
+        "{}{}",
+        stdout(&dry),
+        stderr(&dry)
+    );
+    assert_eq!(parquet_files(&table), 3);
+    let vacuum = laketide(
+        dir.path(),
+        &["lake", "vacuum", "revenue_per_minute", "--retain", "0s"],
+    );
+    assert!(
+        stdout(&vacuum).contains("2 files deleted"),
+        "{}{}",
+        stdout(&vacuum),
+        stderr(&vacuum)
+    );
+    assert_eq!(parquet_files(&table), 1);
     let total = laketide(
         dir.path(),
         &[

@@ -3,5 +3,6 @@
 pub mod bench;
 pub mod check;
 pub mod generate;
+pub mod maintain;
 pub mod query;
 pub mod run;
