@@ -9,8 +9,79 @@ use datafusion::prelude::SessionContext;
 use crate::error::{CliError, Result};
 
 /// Registers every Delta table directly under `root` (a directory holding `_delta_log`) in
-/// `ctx`, under its directory name. Returns the names, sorted.
-pub async fn register_lake(ctx: &SessionContext, root: &Path) -> Result<Vec<String>> {
+/// `ctx`, under its directory name, at its latest version or at the version `versions` gives
+/// for it (time travel). Returns the names, sorted.
+pub async fn register_lake(
+    ctx: &SessionContext,
+    root: &Path,
+    versions: &HashMap<String, u64>,
+) -> Result<Vec<String>> {
+    let text = root.to_string_lossy();
+    let mut names = if text.contains("://") {
+        remote_tables(&text).await?
+    } else {
+        local_tables(root)?
+    };
+    names.sort();
+    if let Some(missing) = versions.keys().find(|t| !names.contains(t)) {
+        return Err(CliError::Usage(format!(
+            "--at names `{missing}`, which is not a Delta table under {text}"
+        )));
+    }
+    let storage = laketide_connectors::storage::StorageConfig::default().storage_options();
+    for name in &names {
+        let location = format!("{}/{name}", text.trim_end_matches('/'));
+        register_location(
+            ctx,
+            name,
+            &location,
+            versions.get(name).copied(),
+            storage.clone(),
+        )
+        .await?;
+    }
+    Ok(names)
+}
+
+/// The Delta tables (folders with a `_delta_log`) directly under an `s3://` lake root.
+async fn remote_tables(root: &str) -> Result<Vec<String>> {
+    let delta = |source| CliError::Delta {
+        context: format!("listing the lake {root}"),
+        source,
+    };
+    let url = deltalake::ensure_table_uri(root).map_err(delta)?;
+    let storage = laketide_connectors::storage::StorageConfig::default().storage_options();
+    let store = deltalake::DeltaTableBuilder::from_url(url)
+        .map_err(delta)?
+        .with_storage_options(storage)
+        .build_storage()
+        .map_err(delta)?
+        .object_store(None);
+    let list = |e: deltalake::ObjectStoreError| CliError::Delta {
+        context: format!("listing the lake {root}"),
+        source: e.into(),
+    };
+    let listing = store.list_with_delimiter(None).await.map_err(list)?;
+    let mut names = Vec::new();
+    for prefix in listing.common_prefixes {
+        let log = prefix.clone().join("_delta_log");
+        if !store
+            .list_with_delimiter(Some(&log))
+            .await
+            .map_err(list)?
+            .objects
+            .is_empty()
+        {
+            if let Some(name) = prefix.parts().last() {
+                names.push(name.as_ref().to_string());
+            }
+        }
+    }
+    Ok(names)
+}
+
+/// The Delta tables (folders with a `_delta_log`) directly under a local lake root.
+fn local_tables(root: &Path) -> Result<Vec<String>> {
     let mut names = Vec::new();
     let entries = match std::fs::read_dir(root) {
         Ok(e) => e,
@@ -41,10 +112,8 @@ pub async fn register_lake(ctx: &SessionContext, root: &Path) -> Result<Vec<Stri
         else {
             continue;
         };
-        register_table(ctx, &name, &path, None).await?;
         names.push(name);
     }
-    names.sort();
     Ok(names)
 }
 

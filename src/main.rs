@@ -52,6 +52,9 @@ enum Command {
         /// and its Delta and filesystem sinks.
         #[arg(short = 'f', long = "file")]
         file: Option<PathBuf>,
+        /// Time travel: read TABLE as of Delta version N (repeatable), e.g. --at revenue=3.
+        #[arg(long = "at", value_name = "TABLE=VERSION", value_parser = parse_version, conflicts_with = "file")]
+        at: Vec<(String, u64)>,
         /// Output format.
         #[arg(long, value_enum, default_value_t = query::OutputFormat::Table)]
         format: query::OutputFormat,
@@ -128,6 +131,15 @@ enum LakeCommand {
     },
 }
 
+fn parse_version(s: &str) -> Result<(String, u64), String> {
+    let (table, version) = s.split_once('=').ok_or("expected TABLE=VERSION")?;
+    let version = version
+        .trim()
+        .parse()
+        .map_err(|_| format!("not a version number: {version}"))?;
+    Ok((table.trim().to_string(), version))
+}
+
 fn parse_size(s: &str) -> Result<u64, String> {
     laketide_connectors::parse_bytes(s).ok_or_else(|| format!("not a size: {s} (e.g. 128MB)"))
 }
@@ -154,11 +166,13 @@ async fn main() -> ExitCode {
             sql,
             lake,
             file,
+            at,
             format,
         } => {
+            let versions: std::collections::HashMap<String, u64> = at.into_iter().collect();
             let tables = match &file {
                 Some(f) => query::Tables::Pipeline(f),
-                None => query::Tables::Lake(&lake),
+                None => query::Tables::Lake(&lake, &versions),
             };
             query::query(tables, sql.as_deref(), format).await
         }

@@ -171,6 +171,26 @@ fn clickstream_example_runs_into_the_lake_and_is_queryable() {
     );
     assert_eq!(stdout(&total).trim(), "e\n6000");
 
+    // Time travel: version 0 created the table, version 1 is the first run's commit.
+    let v1 = laketide(
+        dir.path(),
+        &[
+            "query",
+            "--at",
+            "revenue_per_minute=1",
+            "--format",
+            "csv",
+            "SELECT sum(events) AS e FROM revenue_per_minute",
+        ],
+    );
+    assert_eq!(stdout(&v1).trim(), "e\n3000", "{}", stderr(&v1));
+    let unknown = laketide(dir.path(), &["query", "--at", "nope=1", "SELECT 1"]);
+    assert!(
+        stderr(&unknown).contains("--at names `nope`"),
+        "{}",
+        stderr(&unknown)
+    );
+
     // Maintenance: the two runs left two small files; optimize compacts them, vacuum deletes
     // the replaced ones (after a dry run), and the table reads the same throughout.
     let table = dir.path().join("lake/revenue_per_minute");

@@ -186,6 +186,27 @@ fn delta_sink_writes_a_partitioned_table_to_s3_that_queries_read_back() {
         ],
     );
     assert_eq!(String::from_utf8_lossy(&q.stdout).trim(), "e\n6000");
+
+    // The lake root on S3: every table under it is registered by name.
+    let lake = format!("s3://{bucket}/lake");
+    let q = laketide(
+        dir.path(),
+        &endpoint,
+        &[
+            "query",
+            "--lake",
+            &lake,
+            "--format",
+            "csv",
+            "SELECT sum(events) AS e FROM revenue",
+        ],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&q.stdout).trim(),
+        "e\n6000",
+        "{}",
+        String::from_utf8_lossy(&q.stderr)
+    );
 }
 
 #[test]

@@ -1,5 +1,6 @@
 //! `laketide query`: ad-hoc SQL over the lake's Delta tables, one statement or a shell.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use datafusion::arrow::record_batch::RecordBatch;
@@ -57,8 +58,8 @@ pub async fn execute(ctx: &SessionContext, sql: &str, format: OutputFormat) -> R
 /// Where the tables of an ad-hoc query come from.
 #[derive(Debug, Clone)]
 pub enum Tables<'a> {
-    /// Every Delta table directly under a lake root.
-    Lake(&'a Path),
+    /// Every Delta table directly under a lake root, some at given versions.
+    Lake(&'a Path, &'a HashMap<String, u64>),
     /// The tables a pipeline file declares.
     Pipeline(&'a Path),
 }
@@ -67,7 +68,7 @@ pub enum Tables<'a> {
 pub async fn query(tables: Tables<'_>, sql: Option<&str>, format: OutputFormat) -> Result<()> {
     let ctx = query_context();
     let names = match tables {
-        Tables::Lake(root) => register_lake(&ctx, root).await?,
+        Tables::Lake(root, versions) => register_lake(&ctx, root, versions).await?,
         Tables::Pipeline(file) => register_pipeline(&ctx, file).await?,
     };
     match sql {
