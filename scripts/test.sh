@@ -6,5 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/emulators.sh
 trap 'kill $LAKETIDE_EMU_PIDS 2>/dev/null || true' EXIT
+# An independent Delta reader for the interoperability test.
+python3 -c "import deltalake, pyarrow" 2>/dev/null || \
+  python3 -m pip install --quiet --disable-pip-version-check "deltalake==1.6.6" "pyarrow>=18"
 export LAKETIDE_EMULATORS=1
 cargo test --workspace --locked "$@"
