@@ -223,3 +223,31 @@ fn a_missing_bucket_is_a_clear_error() {
         "{err}"
     );
 }
+
+#[test]
+fn bad_credentials_are_a_clear_error() {
+    let Some(endpoint) = s3_server() else { return };
+    let bucket = unique("laketide-creds");
+    create_bucket(&endpoint, &bucket);
+    let dir = tempfile::tempdir().unwrap();
+    pipeline(dir.path(), &bucket);
+    let run = Command::new(env!("CARGO_BIN_EXE_laketide"))
+        .args(["run", "p.sql", "--quiet"])
+        .current_dir(dir.path())
+        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ENDPOINT_URL_S3", &endpoint)
+        .output()
+        .unwrap();
+    assert!(!run.status.success());
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        err.contains(&format!("s3://{bucket}/lake/revenue")),
+        "{err}"
+    );
+    assert!(
+        err.contains("403") || err.contains("SignatureDoesNotMatch"),
+        "{err}"
+    );
+}
