@@ -96,6 +96,9 @@ enum Command {
         /// Working directory (default: a temporary one).
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// Also run it into a Delta table under this s3:// lake root and report the ratio.
+        #[arg(long)]
+        s3_lake: Option<String>,
     },
 }
 
@@ -196,7 +199,11 @@ async fn main() -> ExitCode {
                 ..Default::default()
             },
         ),
-        Command::Bench { events, dir } => bench::bench(events, dir).await,
+        Command::Bench {
+            events,
+            dir,
+            s3_lake,
+        } => bench::bench(events, dir, s3_lake.as_deref()).await,
         Command::Lake { action } => match action {
             LakeCommand::Optimize {
                 table,

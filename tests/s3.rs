@@ -251,3 +251,37 @@ fn bad_credentials_are_a_clear_error() {
         "{err}"
     );
 }
+
+#[test]
+fn the_benchmark_has_an_s3_variant() {
+    let Some(endpoint) = s3_server() else { return };
+    let bucket = unique("laketide-bench");
+    create_bucket(&endpoint, &bucket);
+    let dir = tempfile::tempdir().unwrap();
+    let lake = format!("s3://{bucket}/lake");
+    let out = laketide(
+        dir.path(),
+        &endpoint,
+        &[
+            "bench",
+            "--events",
+            "20000",
+            "--dir",
+            &dir.path().display().to_string(),
+            "--s3-lake",
+            &lake,
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("(local disk): 20000 events"), "{text}");
+    assert!(
+        text.contains(&format!("({lake}/bench-"))
+            && text.contains("bench S3 / local-disk throughput:"),
+        "{text}"
+    );
+}
