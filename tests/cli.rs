@@ -338,6 +338,11 @@ fn check_and_explain() {
         stdout(&ok)
     );
 
+    let s3 = laketide(dir.path(), &["check", "examples/clickstream_s3.sql"]);
+    assert!(s3.status.success(), "{}", stderr(&s3));
+    let views = laketide(dir.path(), &["check", "examples/sessions_and_views.sql"]);
+    assert!(views.status.success(), "{}", stderr(&views));
+
     let explain = laketide(dir.path(), &["explain", "examples/clickstream.sql"]);
     let text = stdout(&explain);
     for part in [

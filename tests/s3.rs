@@ -285,3 +285,45 @@ fn the_benchmark_has_an_s3_variant() {
         "{text}"
     );
 }
+
+#[test]
+fn the_s3_example_runs_as_documented() {
+    let Some(endpoint) = s3_server() else { return };
+    let bucket = unique("laketide-example");
+    create_bucket(&endpoint, &bucket);
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    let sql = std::fs::read_to_string(repo.join("examples/clickstream_s3.sql"))
+        .unwrap()
+        .replace("s3://laketide/", &format!("s3://{bucket}/"))
+        .replace(
+            "'examples/data/clicks/'",
+            &format!("'{}'", repo.join("examples/data/clicks").display()),
+        );
+    std::fs::write(dir.path().join("example.sql"), sql).unwrap();
+    let run = laketide(dir.path(), &endpoint, &["run", "example.sql", "--quiet"]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let lake = format!("s3://{bucket}/lake");
+    let q = laketide(
+        dir.path(),
+        &endpoint,
+        &[
+            "query",
+            "--lake",
+            &lake,
+            "--format",
+            "csv",
+            "SELECT count(*) AS windows, sum(events) AS events FROM revenue_per_minute",
+        ],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&q.stdout).trim(),
+        "windows,events\n22,3000",
+        "{}",
+        String::from_utf8_lossy(&q.stderr)
+    );
+}
