@@ -327,3 +327,70 @@ fn the_s3_example_runs_as_documented() {
         String::from_utf8_lossy(&q.stderr)
     );
 }
+
+fn s3_get(endpoint: &str, path_and_query: &str) -> String {
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "-f",
+            "--aws-sigv4",
+            "aws:amz:us-east-1:s3",
+            "--user",
+            &format!("{ACCESS_KEY}:{SECRET_KEY}"),
+            "-H",
+            "x-amz-content-sha256: e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+            &format!("{endpoint}/{path_and_query}"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "GET {path_and_query}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+#[test]
+fn filesystem_sink_uploads_complete_files_to_s3() {
+    let Some(endpoint) = s3_server() else { return };
+    let bucket = unique("laketide-files");
+    create_bucket(&endpoint, &bucket);
+    let dir = tempfile::tempdir().unwrap();
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/data/clicks");
+    std::fs::write(
+        dir.path().join("p.sql"),
+        format!(
+            "CREATE TABLE clicks (event_id BIGINT, user_id TEXT, ts TIMESTAMP)
+               WITH (connector = 'file', path = '{}', mode = 'once');
+             CREATE TABLE out WITH (connector = 'filesystem', path = 's3://{bucket}/out', format = 'json', rollover_size = '16KB');
+             INSERT INTO out SELECT event_id, user_id FROM clicks;",
+            data.display()
+        ),
+    )
+    .unwrap();
+    let run = laketide(dir.path(), &endpoint, &["run", "p.sql", "--quiet"]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+
+    let listing = s3_get(&endpoint, &format!("{bucket}?list-type=2&prefix=out%2F"));
+    let keys: Vec<&str> = listing
+        .split("<Key>")
+        .skip(1)
+        .filter_map(|k| k.split("</Key>").next())
+        .collect();
+    assert!(keys.len() > 1, "rolled into several files: {keys:?}");
+    assert!(
+        keys.iter()
+            .all(|k| k.starts_with("out/part-") && k.ends_with(".json")),
+        "{keys:?}"
+    );
+    let rows: usize = keys
+        .iter()
+        .map(|k| s3_get(&endpoint, &format!("{bucket}/{k}")).lines().count())
+        .sum();
+    assert_eq!(rows, 3000);
+}

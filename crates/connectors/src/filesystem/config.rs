@@ -2,6 +2,7 @@ use std::time::Duration;
 
 use crate::error::Result;
 use crate::options::Options;
+use crate::storage::StorageConfig;
 
 /// File format of the filesystem sink.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,8 +29,10 @@ impl FileFormat {
 /// Configuration of a filesystem sink (`connector = 'filesystem'`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FilesystemSinkConfig {
-    /// Output directory (created if absent).
+    /// Output directory (created if absent) or `s3://bucket/prefix`.
     pub path: String,
+    /// Object-storage settings for `s3://` paths.
+    pub storage: StorageConfig,
     /// File format.
     pub format: FileFormat,
     /// A file is closed when it reaches this size.
@@ -39,8 +42,15 @@ pub struct FilesystemSinkConfig {
 }
 
 /// The option keys of the filesystem sink.
-pub const FILESYSTEM_SINK_OPTIONS: &[&str] =
-    &["path", "format", "rollover_size", "rollover_interval"];
+pub const FILESYSTEM_SINK_OPTIONS: &[&str] = &[
+    "path",
+    "format",
+    "rollover_size",
+    "rollover_interval",
+    "endpoint",
+    "region",
+    "allow_http",
+];
 
 impl FilesystemSinkConfig {
     /// Reads and validates the options; unknown keys are errors.
@@ -58,9 +68,11 @@ impl FilesystemSinkConfig {
         let rollover_interval = options
             .take_duration("rollover_interval")?
             .unwrap_or(Duration::from_secs(60));
+        let storage = StorageConfig::from_options(&mut options)?;
         options.finish("filesystem", FILESYSTEM_SINK_OPTIONS)?;
         Ok(FilesystemSinkConfig {
             path,
+            storage,
             format,
             rollover_size,
             rollover_interval,

@@ -1,6 +1,11 @@
 use std::fs::File;
+use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
+
+use deltalake::ObjectStore;
+use deltalake::logstore::object_store::WriteMultipart;
 
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::SchemaRef;
@@ -19,12 +24,15 @@ struct OpenFile {
     approx_bytes: u64,
 }
 
-/// Writes rows to files under a directory. A file is written under a hidden `.inprogress`
-/// name and renamed to `part-<n>-<id>.<ext>` when it is rolled (by size or age) or when the
-/// sink closes, so readers (including laketide's own file source) never see a partial file.
+/// Writes rows to files under a directory or an `s3://` prefix. A file is written under a
+/// hidden `.inprogress` name and, when it is rolled (by size or age) or the sink closes,
+/// renamed to `part-<n>-<id>.<ext>` (local) or uploaded under that name (object storage, where
+/// an upload appears whole), so readers never see a partial file.
 pub struct FilesystemSink {
     name: String,
     config: FilesystemSinkConfig,
+    /// For `s3://` paths: the store the finished files are uploaded to.
+    remote: Option<Arc<dyn ObjectStore>>,
     schema: Option<SchemaRef>,
     current: Option<OpenFile>,
     run_id: String,
@@ -39,6 +47,7 @@ impl FilesystemSink {
         FilesystemSink {
             name: name.into(),
             config,
+            remote: None,
             schema: None,
             current: None,
             run_id: uuid::Uuid::new_v4().simple().to_string()[..12].to_string(),
@@ -63,7 +72,8 @@ impl FilesystemSink {
         self.sequence += 1;
         let ext = self.config.format.extension();
         let base = format!("part-{:05}-{}.{ext}", self.sequence, self.run_id);
-        let dir = Path::new(&self.config.path);
+        let dir = self.local_dir();
+        let dir = dir.as_path();
         let temp_path = dir.join(format!(".{base}.inprogress"));
         let final_path = dir.join(base);
         let file = File::create(&temp_path).map_err(|e| self.err("creating", &temp_path, e))?;
@@ -79,15 +89,43 @@ impl FilesystemSink {
         Ok(())
     }
 
-    fn roll(&mut self) -> Result<()> {
+    /// Where files are written: the sink's directory, or a staging directory for uploads.
+    fn local_dir(&self) -> PathBuf {
+        if self.remote.is_some() {
+            std::env::temp_dir().join(format!("laketide-{}-{}", self.name, self.run_id))
+        } else {
+            PathBuf::from(&self.config.path)
+        }
+    }
+
+    async fn roll(&mut self) -> Result<()> {
         let Some(file) = self.current.take() else {
             return Ok(());
         };
         file.writer
             .finish()
             .map_err(|e| self.err("finishing", &file.temp_path, e))?;
-        std::fs::rename(&file.temp_path, &file.final_path)
-            .map_err(|e| self.err("renaming", &file.temp_path, e))?;
+        match &self.remote {
+            None => std::fs::rename(&file.temp_path, &file.final_path)
+                .map_err(|e| self.err("renaming", &file.temp_path, e))?,
+            Some(store) => {
+                let name = file
+                    .final_path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or_default();
+                upload(store.as_ref(), &file.temp_path, name)
+                    .await
+                    .map_err(|e| {
+                        self.err(
+                            "uploading",
+                            Path::new(&format!("{}/{name}", self.config.path)),
+                            e,
+                        )
+                    })?;
+                let _ = std::fs::remove_file(&file.temp_path);
+            }
+        }
         self.summary.commits += 1;
         self.summary.rows_written += self.rows_in_file;
         self.rows_in_file = 0;
@@ -95,10 +133,53 @@ impl FilesystemSink {
     }
 }
 
+/// Uploads a local file in parts (so large files never sit in memory whole).
+async fn upload(
+    store: &dyn ObjectStore,
+    file: &Path,
+    name: &str,
+) -> std::result::Result<(), String> {
+    let location = deltalake::Path::from(name);
+    let upload = store
+        .put_multipart_opts(&location, Default::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut writer = WriteMultipart::new(upload);
+    let mut source = File::open(file).map_err(|e| e.to_string())?;
+    let mut chunk = vec![0u8; 8 << 20];
+    loop {
+        let n = source.read(&mut chunk).map_err(|e| e.to_string())?;
+        if n == 0 {
+            break;
+        }
+        writer
+            .wait_for_capacity(4)
+            .await
+            .map_err(|e| e.to_string())?;
+        writer.write(&chunk[..n]);
+    }
+    writer.finish().await.map_err(|e| e.to_string())?;
+    Ok(())
+}
+
 #[async_trait]
 impl Sink for FilesystemSink {
     async fn open(&mut self, schema: SchemaRef) -> Result<()> {
-        let dir = PathBuf::from(&self.config.path);
+        if self.config.path.contains("://") {
+            let location = self.config.path.clone();
+            let failed = |e: deltalake::DeltaTableError| {
+                EngineError::external(format!("{}: opening {location}", self.name), e)
+            };
+            let url = deltalake::ensure_table_uri(&location).map_err(failed)?;
+            let store = deltalake::DeltaTableBuilder::from_url(url)
+                .map_err(failed)?
+                .with_storage_options(self.config.storage.storage_options())
+                .build_storage()
+                .map_err(failed)?
+                .object_store(None);
+            self.remote = Some(store);
+        }
+        let dir = self.local_dir();
         std::fs::create_dir_all(&dir).map_err(|e| self.err("creating directory", &dir, e))?;
         self.schema = Some(schema);
         Ok(())
@@ -116,7 +197,7 @@ impl Sink for FilesystemSink {
         file.approx_bytes += batch.get_array_memory_size() as u64;
         self.rows_in_file += batch.num_rows() as u64;
         if file.writer.size(file.approx_bytes) >= self.config.rollover_size {
-            self.roll()?;
+            self.roll().await?;
         }
         Ok(())
     }
@@ -127,13 +208,13 @@ impl Sink for FilesystemSink {
             .as_ref()
             .is_some_and(|f| f.opened.elapsed() >= self.config.rollover_interval)
         {
-            self.roll()?;
+            self.roll().await?;
         }
         Ok(())
     }
 
     async fn close(&mut self) -> Result<SinkSummary> {
-        self.roll()?;
+        self.roll().await?;
         Ok(self.summary.clone())
     }
 }
@@ -171,6 +252,7 @@ mod tests {
         let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)]));
         let config = FilesystemSinkConfig {
             path: dir.path().display().to_string(),
+            storage: Default::default(),
             format: FileFormat::Csv,
             rollover_size: 1000,
             rollover_interval: Duration::from_millis(50),
@@ -186,6 +268,7 @@ mod tests {
             "t",
             FilesystemSinkConfig {
                 path: dir.path().join("small").display().to_string(),
+                storage: Default::default(),
                 format: FileFormat::Json,
                 rollover_size: 1 << 30,
                 rollover_interval: Duration::from_millis(50),
