@@ -215,6 +215,10 @@ impl Sink for FilesystemSink {
 
     async fn close(&mut self) -> Result<SinkSummary> {
         self.roll().await?;
+        if self.remote.is_some() {
+            // The staging directory of uploads is empty once the last file is uploaded.
+            let _ = std::fs::remove_dir(self.local_dir());
+        }
         Ok(self.summary.clone())
     }
 }
