@@ -164,14 +164,7 @@ pub async fn register_pipeline(ctx: &SessionContext, file: &Path) -> Result<Vec<
     use laketide_sql::Statement;
 
     let script = crate::pipeline::load(file)?;
-    let sinks: std::collections::HashSet<&str> = script
-        .statements
-        .iter()
-        .filter_map(|s| match s {
-            Statement::Insert { sink, .. } => Some(sink.as_str()),
-            _ => None,
-        })
-        .collect();
+    let sinks = script.sink_names();
     let mut names = Vec::new();
     for statement in &script.statements {
         let Statement::CreateTable(def) = statement else {

@@ -1,7 +1,7 @@
 //! Plans a pipeline script into a dataflow: declares tables and views, plans each
 //! `INSERT INTO … SELECT` with DataFusion, translates it, and attaches sinks.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -501,14 +501,7 @@ impl<'p> PipelineBuilder<'p> {
 
 /// Plans a whole script: every `INSERT INTO` becomes part of one dataflow sharing sources.
 pub async fn plan_script(script: &Script) -> Result<PlannedPipeline> {
-    let sinks: HashSet<&str> = script
-        .statements
-        .iter()
-        .filter_map(|s| match s {
-            Statement::Insert { sink, .. } => Some(sink.as_str()),
-            _ => None,
-        })
-        .collect();
+    let sinks = script.sink_names();
     let mut planner = Planner::new();
     let mut queries: Vec<(String, LogicalPlan, Location)> = Vec::new();
     for statement in &script.statements {

@@ -53,6 +53,19 @@ pub struct Script {
     pub statements: Vec<Statement>,
 }
 
+impl Script {
+    /// The tables written by an `INSERT INTO` (the sinks); every other table is a source.
+    pub fn sink_names(&self) -> std::collections::HashSet<&str> {
+        self.statements
+            .iter()
+            .filter_map(|s| match s {
+                Statement::Insert { sink, .. } => Some(sink.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
 fn is_trivia(t: &Token) -> bool {
     matches!(t, Token::Whitespace(_))
 }
