@@ -41,7 +41,8 @@ fn unique(prefix: &str) -> String {
     format!("{prefix}-{}-{nanos}", std::process::id())
 }
 
-fn create_bucket(endpoint: &str, bucket: &str) {
+/// A signed S3 request with curl (`curl --aws-sigv4`); returns the response body.
+fn s3_request(endpoint: &str, method: &str, path_and_query: &str) -> String {
     let out = Command::new("curl")
         .args([
             "-sS",
@@ -54,30 +55,53 @@ fn create_bucket(endpoint: &str, bucket: &str) {
             "-H",
             "x-amz-content-sha256: e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
             "-X",
-            "PUT",
-            &format!("{endpoint}/{bucket}"),
+            method,
+            &format!("{endpoint}/{path_and_query}"),
         ])
         .output()
         .unwrap();
     assert!(
         out.status.success(),
-        "creating bucket {bucket}: {}",
+        "{method} {path_and_query}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+fn create_bucket(endpoint: &str, bucket: &str) {
+    s3_request(endpoint, "PUT", bucket);
 }
 
 fn laketide(dir: &Path, endpoint: &str, args: &[&str]) -> Output {
+    laketide_with_secret(dir, endpoint, SECRET_KEY, args)
+}
+
+fn laketide_with_secret(dir: &Path, endpoint: &str, secret: &str, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_laketide"))
         .args(args)
         .current_dir(dir)
         .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", secret)
         .env("AWS_REGION", "us-east-1")
         .env("AWS_ENDPOINT_URL_S3", endpoint)
         .env_remove("AWS_ENDPOINT_URL")
         .env_remove("AWS_ALLOW_HTTP")
         .output()
         .unwrap()
+}
+
+/// Runs `laketide query … --format csv SQL` (after `query_args`) and returns its trimmed output.
+fn query_csv(dir: &Path, endpoint: &str, query_args: &[&str], sql: &str) -> String {
+    let mut args = vec!["query"];
+    args.extend_from_slice(query_args);
+    args.extend_from_slice(&["--format", "csv", sql]);
+    let out = laketide(dir, endpoint, &args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 fn pipeline(dir: &Path, bucket: &str) {
@@ -113,21 +137,13 @@ fn delta_sink_writes_a_partitioned_table_to_s3_that_queries_read_back() {
         String::from_utf8_lossy(&run.stderr)
     );
 
-    let q = laketide(
-        dir.path(),
-        &endpoint,
-        &[
-            "query",
-            "-f",
-            "p.sql",
-            "--format",
-            "csv",
-            "SELECT count(*) AS windows, sum(events) AS events, count(DISTINCT action) AS actions FROM revenue",
-        ],
-    );
-    assert!(q.status.success(), "{}", String::from_utf8_lossy(&q.stderr));
     assert_eq!(
-        String::from_utf8_lossy(&q.stdout).trim(),
+        query_csv(
+            dir.path(),
+            &endpoint,
+            &["-f", "p.sql"],
+            "SELECT count(*) AS windows, sum(events) AS events, count(DISTINCT action) AS actions FROM revenue"
+        ),
         "windows,events,actions\n22,3000,4"
     );
 
@@ -138,19 +154,15 @@ fn delta_sink_writes_a_partitioned_table_to_s3_that_queries_read_back() {
         "{}",
         String::from_utf8_lossy(&again.stderr)
     );
-    let q = laketide(
-        dir.path(),
-        &endpoint,
-        &[
-            "query",
-            "-f",
-            "p.sql",
-            "--format",
-            "csv",
-            "SELECT sum(events) AS e FROM revenue",
-        ],
+    assert_eq!(
+        query_csv(
+            dir.path(),
+            &endpoint,
+            &["-f", "p.sql"],
+            "SELECT sum(events) AS e FROM revenue"
+        ),
+        "e\n6000"
     );
-    assert_eq!(String::from_utf8_lossy(&q.stdout).trim(), "e\n6000");
 
     // Maintenance on S3: two commits wrote one file per partition each; optimize compacts
     // each partition, vacuum deletes the replaced files, and the data reads the same.
@@ -173,39 +185,26 @@ fn delta_sink_writes_a_partitioned_table_to_s3_that_queries_read_back() {
         "{text}{}",
         String::from_utf8_lossy(&vacuum.stderr)
     );
-    let q = laketide(
-        dir.path(),
-        &endpoint,
-        &[
-            "query",
-            "-f",
-            "p.sql",
-            "--format",
-            "csv",
-            "SELECT sum(events) AS e FROM revenue",
-        ],
+    assert_eq!(
+        query_csv(
+            dir.path(),
+            &endpoint,
+            &["-f", "p.sql"],
+            "SELECT sum(events) AS e FROM revenue"
+        ),
+        "e\n6000"
     );
-    assert_eq!(String::from_utf8_lossy(&q.stdout).trim(), "e\n6000");
 
     // The lake root on S3: every table under it is registered by name.
     let lake = format!("s3://{bucket}/lake");
-    let q = laketide(
-        dir.path(),
-        &endpoint,
-        &[
-            "query",
-            "--lake",
-            &lake,
-            "--format",
-            "csv",
-            "SELECT sum(events) AS e FROM revenue",
-        ],
-    );
     assert_eq!(
-        String::from_utf8_lossy(&q.stdout).trim(),
-        "e\n6000",
-        "{}",
-        String::from_utf8_lossy(&q.stderr)
+        query_csv(
+            dir.path(),
+            &endpoint,
+            &["--lake", &lake],
+            "SELECT sum(events) AS e FROM revenue"
+        ),
+        "e\n6000"
     );
 }
 
@@ -231,15 +230,12 @@ fn bad_credentials_are_a_clear_error() {
     create_bucket(&endpoint, &bucket);
     let dir = tempfile::tempdir().unwrap();
     pipeline(dir.path(), &bucket);
-    let run = Command::new(env!("CARGO_BIN_EXE_laketide"))
-        .args(["run", "p.sql", "--quiet"])
-        .current_dir(dir.path())
-        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-        .env("AWS_SECRET_ACCESS_KEY", "not-the-secret")
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_ENDPOINT_URL_S3", &endpoint)
-        .output()
-        .unwrap();
+    let run = laketide_with_secret(
+        dir.path(),
+        &endpoint,
+        "not-the-secret",
+        &["run", "p.sql", "--quiet"],
+    );
     assert!(!run.status.success());
     let err = String::from_utf8_lossy(&run.stderr);
     assert!(
@@ -308,47 +304,15 @@ fn the_s3_example_runs_as_documented() {
         String::from_utf8_lossy(&run.stderr)
     );
     let lake = format!("s3://{bucket}/lake");
-    let q = laketide(
-        dir.path(),
-        &endpoint,
-        &[
-            "query",
-            "--lake",
-            &lake,
-            "--format",
-            "csv",
-            "SELECT count(*) AS windows, sum(events) AS events FROM revenue_per_minute",
-        ],
-    );
     assert_eq!(
-        String::from_utf8_lossy(&q.stdout).trim(),
-        "windows,events\n22,3000",
-        "{}",
-        String::from_utf8_lossy(&q.stderr)
+        query_csv(
+            dir.path(),
+            &endpoint,
+            &["--lake", &lake],
+            "SELECT count(*) AS windows, sum(events) AS events FROM revenue_per_minute"
+        ),
+        "windows,events\n22,3000"
     );
-}
-
-fn s3_get(endpoint: &str, path_and_query: &str) -> String {
-    let out = Command::new("curl")
-        .args([
-            "-sS",
-            "-f",
-            "--aws-sigv4",
-            "aws:amz:us-east-1:s3",
-            "--user",
-            &format!("{ACCESS_KEY}:{SECRET_KEY}"),
-            "-H",
-            "x-amz-content-sha256: e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
-            &format!("{endpoint}/{path_and_query}"),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "GET {path_and_query}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).to_string()
 }
 
 #[test]
@@ -376,7 +340,11 @@ fn filesystem_sink_uploads_complete_files_to_s3() {
         String::from_utf8_lossy(&run.stderr)
     );
 
-    let listing = s3_get(&endpoint, &format!("{bucket}?list-type=2&prefix=out%2F"));
+    let listing = s3_request(
+        &endpoint,
+        "GET",
+        &format!("{bucket}?list-type=2&prefix=out%2F"),
+    );
     let keys: Vec<&str> = listing
         .split("<Key>")
         .skip(1)
@@ -390,7 +358,11 @@ fn filesystem_sink_uploads_complete_files_to_s3() {
     );
     let rows: usize = keys
         .iter()
-        .map(|k| s3_get(&endpoint, &format!("{bucket}/{k}")).lines().count())
+        .map(|k| {
+            s3_request(&endpoint, "GET", &format!("{bucket}/{k}"))
+                .lines()
+                .count()
+        })
         .sum();
     assert_eq!(rows, 3000);
 }
