@@ -21,6 +21,17 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).to_string()
 }
 
+/// Runs `laketide query … --format csv SQL` (after `query_args`) in `dir`; fails the test on
+/// an error and returns the trimmed output.
+fn query_csv(dir: &Path, query_args: &[&str], sql: &str) -> String {
+    let mut args = vec!["query"];
+    args.extend_from_slice(query_args);
+    args.extend_from_slice(&["--format", "csv", sql]);
+    let out = laketide(dir, &args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    stdout(&out).trim().to_string()
+}
+
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -160,30 +171,24 @@ fn clickstream_example_runs_into_the_lake_and_is_queryable() {
     // A second run appends to the existing table (same schema).
     let again = laketide(dir.path(), &["run", "examples/clickstream.sql", "--quiet"]);
     assert!(again.status.success(), "{}", stderr(&again));
-    let total = laketide(
-        dir.path(),
-        &[
-            "query",
-            "--format",
-            "csv",
-            "SELECT sum(events) AS e FROM revenue_per_minute",
-        ],
+    assert_eq!(
+        query_csv(
+            dir.path(),
+            &[],
+            "SELECT sum(events) AS e FROM revenue_per_minute"
+        ),
+        "e\n6000"
     );
-    assert_eq!(stdout(&total).trim(), "e\n6000");
 
     // Time travel: version 0 created the table, version 1 is the first run's commit.
-    let v1 = laketide(
-        dir.path(),
-        &[
-            "query",
-            "--at",
-            "revenue_per_minute=1",
-            "--format",
-            "csv",
-            "SELECT sum(events) AS e FROM revenue_per_minute",
-        ],
+    assert_eq!(
+        query_csv(
+            dir.path(),
+            &["--at", "revenue_per_minute=1"],
+            "SELECT sum(events) AS e FROM revenue_per_minute"
+        ),
+        "e\n3000"
     );
-    assert_eq!(stdout(&v1).trim(), "e\n3000", "{}", stderr(&v1));
     let unknown = laketide(dir.path(), &["query", "--at", "nope=1", "SELECT 1"]);
     assert!(
         stderr(&unknown).contains("--at names `nope`"),
@@ -231,16 +236,14 @@ fn clickstream_example_runs_into_the_lake_and_is_queryable() {
         stderr(&vacuum)
     );
     assert_eq!(parquet_files(&table), 1);
-    let total = laketide(
-        dir.path(),
-        &[
-            "query",
-            "--format",
-            "csv",
-            "SELECT sum(events) AS e FROM revenue_per_minute",
-        ],
+    assert_eq!(
+        query_csv(
+            dir.path(),
+            &[],
+            "SELECT sum(events) AS e FROM revenue_per_minute"
+        ),
+        "e\n6000"
     );
-    assert_eq!(stdout(&total).trim(), "e\n6000");
 }
 
 #[test]
@@ -315,16 +318,14 @@ fn parquet_files_written_by_one_pipeline_are_read_by_another() {
     // delay holds for the files it writes.
     let second = laketide(dir.path(), &["run", "from_parquet.sql", "--quiet"]);
     assert!(second.status.success(), "{}", stderr(&second));
-    let q = laketide(
-        dir.path(),
-        &[
-            "query",
-            "--format",
-            "csv",
-            "SELECT count(*) AS windows, sum(n) AS n FROM per_minute",
-        ],
+    assert_eq!(
+        query_csv(
+            dir.path(),
+            &[],
+            "SELECT count(*) AS windows, sum(n) AS n FROM per_minute"
+        ),
+        "windows,n\n6,3000"
     );
-    assert_eq!(stdout(&q).trim(), "windows,n\n6,3000");
 }
 
 #[test]
