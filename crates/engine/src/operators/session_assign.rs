@@ -184,6 +184,17 @@ mod tests {
         .unwrap()
     }
 
+    fn user_and_time() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("user", DataType::Utf8, false),
+            Field::new(
+                "ts",
+                DataType::Timestamp(TimeUnit::Millisecond, None),
+                false,
+            ),
+        ]))
+    }
+
     fn sessions(out: &mut Output) -> Vec<(String, i64, i64, i64)> {
         let mut rows = Vec::new();
         for m in out.drain() {
@@ -210,14 +221,7 @@ mod tests {
 
     #[test]
     fn sessions_close_per_key_when_the_watermark_passes_their_end() {
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("user", DataType::Utf8, false),
-            Field::new(
-                "ts",
-                DataType::Timestamp(TimeUnit::Millisecond, None),
-                false,
-            ),
-        ]));
+        let schema = user_and_time();
         let mut op = SessionAssign::new(&schema, 1, 10_000_000, vec![0]).unwrap(); // 10 ms gap
         let mut out = Output::default();
         op.process_batch(
@@ -250,14 +254,7 @@ mod tests {
 
     #[test]
     fn a_row_bridging_two_sessions_merges_them() {
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("user", DataType::Utf8, false),
-            Field::new(
-                "ts",
-                DataType::Timestamp(TimeUnit::Millisecond, None),
-                false,
-            ),
-        ]));
+        let schema = user_and_time();
         let mut op = SessionAssign::new(&schema, 1, 10_000_000, vec![0]).unwrap(); // 10 ms gap
         let mut out = Output::default();
         op.process_batch(0, batch(&schema, &["a", "a"], &[100, 115]), &mut out)
@@ -281,14 +278,7 @@ mod tests {
 
     #[test]
     fn a_long_session_does_not_pin_emitted_batches() {
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("user", DataType::Utf8, false),
-            Field::new(
-                "ts",
-                DataType::Timestamp(TimeUnit::Millisecond, None),
-                false,
-            ),
-        ]));
+        let schema = user_and_time();
         let mut op = SessionAssign::new(&schema, 1, 1_000_000_000, vec![0]).unwrap(); // 1 s gap
         let mut out = Output::default();
         for b in 0..20i64 {
