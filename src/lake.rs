@@ -176,8 +176,22 @@ pub async fn register_pipeline(ctx: &SessionContext, file: &Path) -> Result<Vec<
             let Some(columns) = &def.columns else {
                 continue;
             };
+            if connector == "kinesis" {
+                eprintln!(
+                    "note: `{}` reads a Kinesis stream, which has no snapshot to query; query the tables it feeds",
+                    def.name
+                );
+                continue;
+            }
             let schema = std::sync::Arc::new(Schema::new(columns.clone()));
-            let batches = snapshot_source(&def.name, schema.clone(), &connector, options).await?;
+            let batches = snapshot_source(
+                &def.name,
+                schema.clone(),
+                &def.metadata,
+                &connector,
+                options,
+            )
+            .await?;
             ctx.register_table(
                 def.name.as_str(),
                 std::sync::Arc::new(MemTable::try_new(schema, vec![batches])?),

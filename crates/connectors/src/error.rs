@@ -22,6 +22,9 @@ pub enum ConnectorError {
         #[source]
         source: deltalake::DeltaTableError,
     },
+    /// A call to a remote service (Kinesis, DynamoDB) failed for good.
+    #[error("{context}: {message}")]
+    Service { context: String, message: String },
     /// The runtime reported an error.
     #[error(transparent)]
     Engine(#[from] EngineError),
@@ -32,9 +35,9 @@ impl ConnectorError {
     pub fn kind(&self) -> laketide_engine::ErrorKind {
         match self {
             ConnectorError::InvalidOption(_) => laketide_engine::ErrorKind::User,
-            ConnectorError::Io { .. } | ConnectorError::Delta { .. } => {
-                laketide_engine::ErrorKind::External
-            }
+            ConnectorError::Io { .. }
+            | ConnectorError::Delta { .. }
+            | ConnectorError::Service { .. } => laketide_engine::ErrorKind::External,
             ConnectorError::Engine(e) => e.kind(),
         }
     }
@@ -43,6 +46,13 @@ impl ConnectorError {
         ConnectorError::Io {
             context: context.into(),
             source,
+        }
+    }
+
+    pub(crate) fn service(context: impl Into<String>, message: impl Into<String>) -> Self {
+        ConnectorError::Service {
+            context: context.into(),
+            message: message.into(),
         }
     }
 
@@ -60,6 +70,7 @@ impl From<ConnectorError> for EngineError {
             ConnectorError::InvalidOption(m) => EngineError::User(m),
             ConnectorError::Io { context, source } => EngineError::external(context, source),
             ConnectorError::Delta { context, source } => EngineError::external(context, source),
+            ConnectorError::Service { context, message } => EngineError::external(context, message),
             ConnectorError::Engine(e) => e,
         }
     }

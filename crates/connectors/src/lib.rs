@@ -1,18 +1,22 @@
 //! laketide's connectors: one module per connector, each with a typed configuration read from
 //! `WITH (…)` options (unknown keys are errors) and its source and/or sink.
 
+pub mod aws;
 pub mod console;
 pub mod delta;
 mod error;
 pub mod file;
 pub mod filesystem;
 pub mod format;
+pub mod kinesis;
 pub mod memory;
+mod metadata;
 mod options;
 mod registry;
 pub mod storage;
 
 pub use error::{ConnectorError, Result};
+pub use metadata::MetadataColumn;
 pub use options::{Options, parse_bytes, parse_duration};
 pub use registry::{
     BuiltSink, BuiltSource, SINK_CONNECTORS, SOURCE_CONNECTORS, build_sink, build_source,

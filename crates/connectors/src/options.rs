@@ -27,6 +27,11 @@ impl Options {
         Ok(Options { values })
     }
 
+    /// Whether option `key` is present.
+    pub fn contains(&self, key: &str) -> bool {
+        self.values.contains_key(key)
+    }
+
     /// Removes and returns an option.
     pub fn take(&mut self, key: &str) -> Option<String> {
         self.values.remove(key)

@@ -12,12 +12,14 @@ use crate::delta::{DeltaSink, DeltaSinkConfig};
 use crate::error::{ConnectorError, Result};
 use crate::file::{FileMode, FileSource, FileSourceConfig};
 use crate::filesystem::{FilesystemSink, FilesystemSinkConfig};
+use crate::kinesis::{KinesisSink, KinesisSinkConfig, KinesisSource, KinesisSourceConfig};
+use crate::metadata::{MetadataColumn, split_schema};
 use crate::options::Options;
 
 /// Connectors that can be read from.
-pub const SOURCE_CONNECTORS: &[&str] = &["file"];
+pub const SOURCE_CONNECTORS: &[&str] = &["file", "kinesis"];
 /// Connectors that can be written to.
-pub const SINK_CONNECTORS: &[&str] = &["delta", "filesystem", "console"];
+pub const SINK_CONNECTORS: &[&str] = &["delta", "filesystem", "kinesis", "console"];
 
 /// A source ready to be added to a dataflow.
 pub struct BuiltSource {
@@ -60,15 +62,45 @@ fn unknown(connector: &str, role: &str, known: &[&str]) -> ConnectorError {
     ))
 }
 
-/// Builds the source of table `table` with rows of `schema`.
+/// Builds the source of table `table` with rows of `schema`, whose `metadata` columns are
+/// filled from record metadata (`col TYPE METADATA FROM 'key'`).
 pub fn build_source(
     table: &str,
     schema: SchemaRef,
+    metadata: &[MetadataColumn],
     connector: &str,
     options: Options,
 ) -> Result<BuiltSource> {
     match connector {
+        "kinesis" => {
+            let config = KinesisSourceConfig::from_options(options)?;
+            let bad = Arc::new(BadRecords::new(table, config.on_error.clone()));
+            let description = format!(
+                "kinesis {} ({}, from {})",
+                config.stream,
+                config.format.name(),
+                match config.start_position {
+                    crate::kinesis::StartPosition::Latest => "latest".to_string(),
+                    crate::kinesis::StartPosition::TrimHorizon => "trim_horizon".to_string(),
+                    crate::kinesis::StartPosition::AtTimestamp(t) => format!("timestamp {t}"),
+                }
+            );
+            let source = KinesisSource::new(
+                config,
+                schema,
+                metadata.to_vec(),
+                bad.clone(),
+                Default::default(),
+            )?;
+            Ok(BuiltSource {
+                source: Box::new(source),
+                description,
+                bad_records: Some(bad),
+                bounded: false,
+            })
+        }
         "file" => {
+            split_schema("file", &schema, metadata, &[])?;
             let config = FileSourceConfig::from_options(options)?;
             let bad = Arc::new(BadRecords::new(table, config.on_error.clone()));
             let description = format!(
@@ -95,14 +127,17 @@ pub fn build_source(
 
 /// Reads everything a source holds right now (a bounded read), for ad-hoc queries over a
 /// pipeline's inputs. Bad records are skipped and counted rather than dead-lettered again.
+/// Only file sources can be read this way.
 pub async fn snapshot_source(
     table: &str,
     schema: SchemaRef,
+    metadata: &[MetadataColumn],
     connector: &str,
     options: Options,
 ) -> Result<Vec<RecordBatch>> {
     match connector {
         "file" => {
+            split_schema("file", &schema, metadata, &[])?;
             let mut config = FileSourceConfig::from_options(options)?;
             config.mode = FileMode::Once;
             if matches!(config.on_error, OnError::DeadLetter(_)) {
@@ -120,6 +155,9 @@ pub async fn snapshot_source(
                 }
             }
         }
+        "kinesis" => Err(ConnectorError::InvalidOption(format!(
+            "table `{table}` reads a Kinesis stream, which has no snapshot to query; query the tables it feeds"
+        ))),
         other => Err(unknown(other, "source", SOURCE_CONNECTORS)),
     }
 }
@@ -146,6 +184,19 @@ pub fn build_sink(table: &str, connector: &str, options: Options) -> Result<Buil
             let description = format!("filesystem {} ({})", config.path, config.format.extension());
             Ok(BuiltSink {
                 sink: Box::new(FilesystemSink::new(table, config)),
+                description,
+            })
+        }
+        "kinesis" => {
+            let config = KinesisSinkConfig::from_options(options)?;
+            let description = format!(
+                "kinesis {} ({}, partition key {})",
+                config.stream,
+                config.format.name(),
+                config.partition_key.as_deref().unwrap_or("random")
+            );
+            Ok(BuiltSink {
+                sink: Box::new(KinesisSink::new(table, config)),
                 description,
             })
         }

@@ -76,6 +76,9 @@ impl Dataflow {
         if let Some(b) = bad_records {
             self.metrics.register_bad_records(b);
         }
+        if let Some(status) = source.status() {
+            self.metrics.register_source_status(name.clone(), status);
+        }
         self.push(Node {
             name,
             description: description.into(),

@@ -1,7 +1,8 @@
 //! Counters of a running pipeline, read by the progress display and the run summary.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use crate::message::EventTime;
 
@@ -40,6 +41,66 @@ impl NodeMetrics {
     }
 }
 
+/// Live gauges a source keeps about its splits and its calls to a remote service: how far each
+/// split is behind the newest data (a Kinesis shard's MillisBehindLatest), and how often the
+/// service throttled it or a call had to be retried. Updated by the source's tasks, read by
+/// anyone; thread-safe.
+#[derive(Debug, Default)]
+pub struct SourceStatus {
+    lag_millis: Mutex<BTreeMap<String, i64>>,
+    throttles: AtomicU64,
+    retries: AtomicU64,
+}
+
+impl SourceStatus {
+    /// Records how far `split` is behind the newest data, in milliseconds.
+    pub fn set_lag(&self, split: &str, millis: i64) {
+        let mut lags = self.lag_millis.lock().unwrap_or_else(|e| e.into_inner());
+        match lags.get_mut(split) {
+            Some(v) => *v = millis,
+            None => {
+                lags.insert(split.to_string(), millis);
+            }
+        }
+    }
+
+    /// Forgets a split that has finished.
+    pub fn remove_split(&self, split: &str) {
+        self.lag_millis
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(split);
+    }
+
+    /// Every split's lag, by split.
+    pub fn lags(&self) -> BTreeMap<String, i64> {
+        self.lag_millis
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Counts a throttled call.
+    pub fn count_throttle(&self) {
+        self.throttles.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a call retried after a failure other than throttling.
+    pub fn count_retry(&self) {
+        self.retries.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Throttled calls so far.
+    pub fn throttles(&self) -> u64 {
+        self.throttles.load(Ordering::Relaxed)
+    }
+
+    /// Retried calls so far.
+    pub fn retries(&self) -> u64 {
+        self.retries.load(Ordering::Relaxed)
+    }
+}
+
 /// The kind of a node, for aggregating counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NodeRole {
@@ -56,6 +117,7 @@ pub enum NodeRole {
 pub struct PipelineMetrics {
     nodes: Vec<(NodeRole, Arc<NodeMetrics>)>,
     bad_records: Vec<Arc<crate::BadRecords>>,
+    source_status: Vec<(String, Arc<SourceStatus>)>,
 }
 
 /// A point-in-time summary of a pipeline's counters.
@@ -71,6 +133,10 @@ pub struct MetricsSnapshot {
     pub late_rows: u64,
     /// Bad records skipped or dead-lettered by all sources.
     pub bad_records: u64,
+    /// The largest lag of any split of any source, in milliseconds, if a source reports lag.
+    pub max_lag_millis: Option<i64>,
+    /// Calls to remote services that were throttled, over all sources.
+    pub throttles: u64,
 }
 
 impl PipelineMetrics {
@@ -84,6 +150,16 @@ impl PipelineMetrics {
     /// Registers a source's bad-record handler so its count shows in summaries.
     pub fn register_bad_records(&mut self, handler: Arc<crate::BadRecords>) {
         self.bad_records.push(handler);
+    }
+
+    /// Registers a source's live gauges.
+    pub fn register_source_status(&mut self, source: impl Into<String>, status: Arc<SourceStatus>) {
+        self.source_status.push((source.into(), status));
+    }
+
+    /// Every source's gauges, by source name.
+    pub fn source_status(&self) -> impl Iterator<Item = (&str, &Arc<SourceStatus>)> {
+        self.source_status.iter().map(|(n, s)| (n.as_str(), s))
     }
 
     /// Every node's counters, in registration order.
@@ -105,6 +181,12 @@ impl PipelineMetrics {
             }
         }
         s.bad_records = self.bad_records.iter().map(|b| b.count()).sum();
+        for (_, status) in &self.source_status {
+            s.throttles += status.throttles();
+            if let Some(max) = status.lags().values().max() {
+                s.max_lag_millis = Some(s.max_lag_millis.map_or(*max, |m| m.max(*max)));
+            }
+        }
         s
     }
 }

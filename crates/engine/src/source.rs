@@ -4,7 +4,10 @@ use async_trait::async_trait;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 
+use std::sync::Arc;
+
 use crate::error::Result;
+use crate::metrics::SourceStatus;
 
 /// Identifies an independently ordered part of a source (a file, a Kinesis shard). Watermarks
 /// are tracked per split and combined as the minimum over active splits.
@@ -49,4 +52,10 @@ pub trait Source: Send {
 
     /// Returns the next batch, or says why there is none.
     async fn poll_next(&mut self) -> Result<SourcePoll>;
+
+    /// Live gauges (per-split lag, throttles) for progress output and metrics, if the source
+    /// keeps any. Called once, when the source is added to a dataflow.
+    fn status(&self) -> Option<Arc<SourceStatus>> {
+        None
+    }
 }

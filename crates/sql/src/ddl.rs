@@ -7,6 +7,8 @@ use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::parser::{Parser, ParserError};
 use datafusion::sql::sqlparser::tokenizer::Token;
 
+use laketide_connectors::MetadataColumn;
+
 use crate::error::{Location, Result, SqlError};
 use crate::types::arrow_type;
 
@@ -31,6 +33,8 @@ pub struct TableDef {
     pub columns: Option<Vec<Field>>,
     /// The event-time declaration, if any.
     pub watermark: Option<WatermarkDef>,
+    /// Columns filled from record metadata: `col TYPE METADATA FROM 'key'`.
+    pub metadata: Vec<MetadataColumn>,
     /// `WITH` options, keys lower-cased, in order.
     pub options: Vec<(String, String, Location)>,
     /// Where the statement starts.
@@ -123,6 +127,7 @@ pub fn parse_create_table(parser: &mut Parser, location: Location) -> Result<Tab
 
     let mut columns = None;
     let mut watermark = None;
+    let mut metadata = Vec::new();
     if parser.consume_token(&Token::LParen) {
         let mut fields: Vec<Field> = Vec::new();
         loop {
@@ -152,6 +157,20 @@ pub fn parse_create_table(parser: &mut Parser, location: Location) -> Result<Tab
                 let type_at = here(parser);
                 let sql_type = parser.parse_data_type().map_err(|e| syntax(parser, e))?;
                 let data_type = arrow_type(&sql_type).map_err(|m| SqlError::plan(type_at, m))?;
+                if peek_word(parser, "METADATA") {
+                    parser.next_token();
+                    let key = if parser.parse_keyword(Keyword::FROM) {
+                        parser
+                            .parse_literal_string()
+                            .map_err(|e| syntax(parser, e))?
+                    } else {
+                        column.clone()
+                    };
+                    metadata.push(MetadataColumn {
+                        column: column.clone(),
+                        key,
+                    });
+                }
                 let nullable = if parser.parse_keywords(&[Keyword::NOT, Keyword::NULL]) {
                     false
                 } else {
@@ -242,6 +261,7 @@ pub fn parse_create_table(parser: &mut Parser, location: Location) -> Result<Tab
         name,
         columns,
         watermark,
+        metadata,
         options,
         location,
     })

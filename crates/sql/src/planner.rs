@@ -130,6 +130,15 @@ impl Planner {
                     ),
                 ));
             }
+            if let Some(m) = def.metadata.first() {
+                return Err(SqlError::plan(
+                    def.location,
+                    format!(
+                        "table `{}`: column `{}` is METADATA, which only tables read from can have",
+                        def.name, m.column
+                    ),
+                ));
+            }
             build_sink(&def.name, &connector, options).map_err(|e| connector_error(def, e))?;
             if let Some(columns) = &def.columns {
                 self.register_schema(
@@ -151,8 +160,14 @@ impl Planner {
             ));
         };
         let schema = Arc::new(Schema::new(columns.clone()));
-        build_source(&def.name, schema.clone(), &connector, options)
-            .map_err(|e| connector_error(def, e))?;
+        build_source(
+            &def.name,
+            schema.clone(),
+            &def.metadata,
+            &connector,
+            options,
+        )
+        .map_err(|e| connector_error(def, e))?;
         let idle_timeout = match def.option("idle_timeout") {
             None => DEFAULT_IDLE_TIMEOUT,
             Some(v) => parse_duration(v).ok_or_else(|| {
@@ -297,8 +312,14 @@ impl Relations for BuilderState<'_> {
             )
         })?;
         let (connector, options) = Planner::connector_options(&table.def)?;
-        let built = build_source(name, table.schema.clone(), &connector, options)
-            .map_err(|e| connector_error(&table.def, e))?;
+        let built = build_source(
+            name,
+            table.schema.clone(),
+            &table.def.metadata,
+            &connector,
+            options,
+        )
+        .map_err(|e| connector_error(&table.def, e))?;
         self.bounded &= built.bounded;
         let strategy = match &table.watermark {
             Some(expr) => WatermarkStrategy::EventTime {

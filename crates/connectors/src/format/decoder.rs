@@ -124,6 +124,19 @@ impl RecordDecoder {
         records: &[Range<usize>],
         location: &dyn Fn(usize) -> String,
     ) -> Result<Option<RecordBatch>, EngineError> {
+        Ok(self
+            .decode_indexed(buffer, records, location)?
+            .map(|(batch, _)| batch))
+    }
+
+    /// Like [`RecordDecoder::decode`], and also says which record each row came from (bad
+    /// records leave gaps), so that callers can attach per-record metadata.
+    pub fn decode_indexed(
+        &self,
+        buffer: &[u8],
+        records: &[Range<usize>],
+        location: &dyn Fn(usize) -> String,
+    ) -> Result<Option<(RecordBatch, Vec<usize>)>, EngineError> {
         if records.is_empty() {
             return Ok(None);
         }
@@ -167,7 +180,7 @@ impl RecordDecoder {
         records: &[Range<usize>],
         record_of_row: Option<&[usize]>,
         location: &dyn Fn(usize) -> String,
-    ) -> Result<Option<RecordBatch>, EngineError> {
+    ) -> Result<Option<(RecordBatch, Vec<usize>)>, EngineError> {
         let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
         let rows = batch.num_rows();
         let mut keep = vec![true; rows];
@@ -217,7 +230,16 @@ impl RecordDecoder {
                 }
             }
         }
+        let mut record_of_row: Vec<usize> = match record_of_row {
+            Some(m) => m.to_vec(),
+            None => (0..rows).collect(),
+        };
         if keep.iter().any(|k| !k) {
+            record_of_row = record_of_row
+                .into_iter()
+                .zip(&keep)
+                .filter_map(|(r, k)| k.then_some(r))
+                .collect();
             let mask = BooleanArray::from(keep);
             columns = columns
                 .iter()
@@ -227,7 +249,7 @@ impl RecordDecoder {
         let out = RecordBatch::try_new(self.target.clone(), columns).map_err(|e| {
             EngineError::User(format!("records do not fit the table's schema: {e}"))
         })?;
-        Ok((out.num_rows() > 0).then_some(out))
+        Ok((out.num_rows() > 0).then_some((out, record_of_row)))
     }
 }
 

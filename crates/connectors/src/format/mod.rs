@@ -2,9 +2,11 @@
 //! with bad records handled by the source's `on_error` policy.
 
 mod decoder;
+mod encoder;
 mod timestamps;
 
 pub use decoder::RecordDecoder;
+pub use encoder::RowEncoder;
 
 use crate::error::{ConnectorError, Result};
 use crate::options::Options;

@@ -1,0 +1,265 @@
+//! The Kinesis API calls the connector makes, with the retry policy shared by all of them:
+//! throttling is retried with backoff for as long as it lasts (and counted); network failures
+//! and server errors are retried until the `retry_timeout`; anything else fails at once.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aws_sdk_kinesis::Client;
+use aws_sdk_kinesis::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_kinesis::primitives::DateTime;
+use aws_sdk_kinesis::types::ShardIteratorType;
+use laketide_engine::SourceStatus;
+
+use super::position::IteratorStart;
+use super::shards::ShardInfo;
+use crate::aws::{AwsOptions, Backoff, ErrorClass, classify, describe, error_code};
+use crate::error::{ConnectorError, Result};
+
+/// A stream, named either by name or by ARN.
+#[derive(Debug, Clone)]
+pub struct StreamRef {
+    name: Option<String>,
+    arn: Option<String>,
+}
+
+impl StreamRef {
+    /// `stream` is a name, or an ARN starting with `arn:`.
+    pub fn new(stream: &str) -> Self {
+        if stream.starts_with("arn:") {
+            StreamRef {
+                name: None,
+                arn: Some(stream.to_string()),
+            }
+        } else {
+            StreamRef {
+                name: Some(stream.to_string()),
+                arn: None,
+            }
+        }
+    }
+
+    /// The name, unless the stream was given by ARN.
+    pub fn name(&self) -> Option<String> {
+        self.name.clone()
+    }
+
+    /// The ARN, if the stream was given by ARN.
+    pub fn arn(&self) -> Option<String> {
+        self.arn.clone()
+    }
+
+    /// How the stream is named in messages.
+    pub fn display(&self) -> &str {
+        self.name.as_deref().or(self.arn.as_deref()).unwrap_or("?")
+    }
+}
+
+/// A Kinesis client for one stream, with its retry policy.
+#[derive(Debug, Clone)]
+pub struct StreamClient {
+    client: Client,
+    stream: StreamRef,
+    retry_timeout: Duration,
+    status: Arc<SourceStatus>,
+}
+
+/// What a failed call means to the caller after retries.
+#[derive(Debug)]
+pub enum CallError {
+    /// The service said the shard iterator expired: get a new one and go on.
+    ExpiredIterator,
+    /// The call failed for good.
+    Failed(ConnectorError),
+}
+
+impl From<ConnectorError> for CallError {
+    fn from(e: ConnectorError) -> Self {
+        CallError::Failed(e)
+    }
+}
+
+impl StreamClient {
+    /// Connects to the stream's service (no call yet).
+    pub async fn connect(
+        stream: &str,
+        aws: &AwsOptions,
+        retry_timeout: Duration,
+        status: Arc<SourceStatus>,
+    ) -> Result<Self> {
+        let config = aws.load("Kinesis").await?;
+        Ok(StreamClient {
+            client: Client::new(&config),
+            stream: StreamRef::new(stream),
+            retry_timeout,
+            status,
+        })
+    }
+
+    /// The stream.
+    pub fn stream(&self) -> &StreamRef {
+        &self.stream
+    }
+
+    /// The SDK client.
+    pub fn sdk(&self) -> &Client {
+        &self.client
+    }
+
+    /// The counters of throttles and retries.
+    pub fn status(&self) -> &Arc<SourceStatus> {
+        &self.status
+    }
+
+    /// Runs `call` under the retry policy. `what` names the call for messages.
+    pub async fn retrying<T, E, F, Fut>(&self, what: &str, mut call: F) -> Result<T, CallError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<
+            Output = std::result::Result<
+                T,
+                SdkError<E, aws_sdk_kinesis::config::http::HttpResponse>,
+            >,
+        >,
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        let mut failing_since: Option<Instant> = None;
+        loop {
+            let error = match call().await {
+                Ok(v) => return Ok(v),
+                Err(e) => e,
+            };
+            if error_code(&error) == Some("ExpiredIteratorException") {
+                return Err(CallError::ExpiredIterator);
+            }
+            let context = format!("{what} on Kinesis stream `{}`", self.stream.display());
+            match classify(&error) {
+                ErrorClass::Throttled => {
+                    self.status.count_throttle();
+                    let delay = backoff.next_delay();
+                    tracing::debug!(call = what, ?delay, "throttled by Kinesis; backing off");
+                    tokio::time::sleep(delay).await;
+                }
+                ErrorClass::Transient => {
+                    let since = *failing_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= self.retry_timeout {
+                        return Err(CallError::Failed(ConnectorError::service(
+                            context,
+                            format!(
+                                "still failing after retrying for {:?} (retry_timeout): {}",
+                                self.retry_timeout,
+                                describe(&error)
+                            ),
+                        )));
+                    }
+                    self.status.count_retry();
+                    let delay = backoff.next_delay();
+                    if backoff.attempts() == 1 || backoff.attempts() % 10 == 0 {
+                        tracing::warn!(
+                            call = what,
+                            error = %describe(&error),
+                            "Kinesis call failed; retrying"
+                        );
+                    }
+                    tokio::time::sleep(delay).await;
+                }
+                ErrorClass::Fatal => {
+                    return Err(CallError::Failed(ConnectorError::service(
+                        context,
+                        describe(&error),
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Lists every shard of the stream (following pagination).
+    pub async fn list_shards(&self) -> Result<Vec<ShardInfo>> {
+        let mut shards = Vec::new();
+        let mut next: Option<String> = None;
+        loop {
+            let token = next.clone();
+            let out = self
+                .retrying("ListShards", || {
+                    let request = self.client.list_shards();
+                    let request = match &token {
+                        Some(t) => request.next_token(t),
+                        None => request
+                            .set_stream_name(self.stream.name())
+                            .set_stream_arn(self.stream.arn()),
+                    };
+                    request.send()
+                })
+                .await
+                .map_err(call_failed)?;
+            for s in out.shards() {
+                shards.push(ShardInfo {
+                    id: s.shard_id().to_string(),
+                    parents: s
+                        .parent_shard_id()
+                        .into_iter()
+                        .chain(s.adjacent_parent_shard_id())
+                        .map(str::to_string)
+                        .collect(),
+                    closed: s
+                        .sequence_number_range()
+                        .and_then(|r| r.ending_sequence_number())
+                        .is_some(),
+                });
+            }
+            match out.next_token() {
+                Some(t) if !t.is_empty() => next = Some(t.to_string()),
+                _ => return Ok(shards),
+            }
+        }
+    }
+
+    /// A shard iterator at `start`.
+    pub async fn shard_iterator(&self, shard: &str, start: &IteratorStart) -> Result<String> {
+        let out = self
+            .retrying("GetShardIterator", || {
+                let request = self
+                    .client
+                    .get_shard_iterator()
+                    .set_stream_name(self.stream.name())
+                    .set_stream_arn(self.stream.arn())
+                    .shard_id(shard);
+                let request = match start {
+                    IteratorStart::Latest => request.shard_iterator_type(ShardIteratorType::Latest),
+                    IteratorStart::TrimHorizon => {
+                        request.shard_iterator_type(ShardIteratorType::TrimHorizon)
+                    }
+                    IteratorStart::AtTimestamp(millis) => request
+                        .shard_iterator_type(ShardIteratorType::AtTimestamp)
+                        .timestamp(DateTime::from_millis(*millis)),
+                    IteratorStart::After(seq) => request
+                        .shard_iterator_type(ShardIteratorType::AfterSequenceNumber)
+                        .starting_sequence_number(seq),
+                    IteratorStart::AtSkipping { sequence, .. } => request
+                        .shard_iterator_type(ShardIteratorType::AtSequenceNumber)
+                        .starting_sequence_number(sequence),
+                };
+                request.send()
+            })
+            .await
+            .map_err(call_failed)?;
+        out.shard_iterator().map(str::to_string).ok_or_else(|| {
+            ConnectorError::service(
+                format!("GetShardIterator on shard {shard}"),
+                "the response has no shard iterator",
+            )
+        })
+    }
+}
+
+/// An expired iterator cannot happen outside GetRecords; report it plainly if it does.
+fn call_failed(e: CallError) -> ConnectorError {
+    match e {
+        CallError::Failed(e) => e,
+        CallError::ExpiredIterator => {
+            ConnectorError::service("Kinesis", "unexpected ExpiredIteratorException")
+        }
+    }
+}
