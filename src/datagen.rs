@@ -75,16 +75,89 @@ const ACTIONS: &[(&str, u32)] = &[
     ("purchase", 5),
 ];
 
+/// The events of `spec` as JSON lines (without the newline), in event-id order.
+pub struct ClickstreamEvents {
+    spec: ClickstreamSpec,
+    rng: SmallRng,
+    next_id: u64,
+    total_weight: u32,
+}
+
+impl ClickstreamEvents {
+    /// The generator for `spec` (the same seed gives the same events).
+    pub fn new(spec: &ClickstreamSpec) -> Self {
+        ClickstreamEvents {
+            rng: SmallRng::seed_from_u64(spec.seed),
+            spec: spec.clone(),
+            next_id: 0,
+            total_weight: ACTIONS.iter().map(|(_, w)| w).sum(),
+        }
+    }
+
+    /// Writes the next event into `line` (cleared first); `false` when all were generated.
+    pub fn next_into(&mut self, line: &mut String) -> bool {
+        use std::fmt::Write as _;
+        let spec = &self.spec;
+        let id = self.next_id;
+        if id >= spec.events {
+            return false;
+        }
+        self.next_id += 1;
+        let rng = &mut self.rng;
+        let delay_us = if spec.max_delay_ms > 0 {
+            rng.random_range(0..spec.max_delay_ms * 1000)
+        } else {
+            0
+        };
+        let ts_us = spec.start_ms * 1000 + id as i64 * spec.step_us - delay_us;
+        let ts_ms = ts_us.div_euclid(1000);
+        let user = rng.random_range(0..spec.users.max(1));
+        let page = PAGES[rng.random_range(0..PAGES.len())];
+        let mut pick = rng.random_range(0..self.total_weight);
+        let action = ACTIONS
+            .iter()
+            .find(|(_, w)| {
+                if pick < *w {
+                    true
+                } else {
+                    pick -= w;
+                    false
+                }
+            })
+            .map(|(a, _)| *a)
+            .unwrap_or("view");
+        let amount = if action == "purchase" {
+            rng.random_range(100..50_000) as f64 / 100.0
+        } else {
+            0.0
+        };
+        line.clear();
+        let _ = write!(
+            line,
+            "{{\"event_id\":{id},\"user_id\":\"u{user}\",\"page\":\"{page}\",\"action\":\"{action}\",\"amount\":{amount},\"ts\":"
+        );
+        match spec.time_format {
+            TimeFormat::Millis => {
+                let _ = write!(line, "{ts_ms}}}");
+            }
+            TimeFormat::Rfc3339 => {
+                let t = chrono::DateTime::from_timestamp_millis(ts_ms).unwrap_or_default();
+                let _ = write!(line, "\"{}\"}}", t.format("%Y-%m-%dT%H:%M:%S%.3fZ"));
+            }
+        }
+        true
+    }
+}
+
 /// Writes the events as JSON lines into `dir/clicks-NNNN.json`; returns the files written.
 pub fn write_clickstream(dir: &Path, spec: &ClickstreamSpec) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir)
         .map_err(|e| CliError::io(format!("creating {}", dir.display()), e))?;
-    let mut rng = SmallRng::seed_from_u64(spec.seed);
+    let mut events = ClickstreamEvents::new(spec);
     let files = spec.files.max(1);
     let per_file = spec.events.div_ceil(files as u64);
     let mut paths = Vec::with_capacity(files);
     let mut line = String::with_capacity(256);
-    let total_weight: u32 = ACTIONS.iter().map(|(_, w)| w).sum();
     for f in 0..files {
         let first = f as u64 * per_file;
         let last = (first + per_file).min(spec.events);
@@ -96,49 +169,8 @@ pub fn write_clickstream(dir: &Path, spec: &ClickstreamSpec) -> Result<Vec<PathB
         // Written under a hidden name and renamed, so a watching source never reads half a file.
         let temp = dir.join(format!(".clicks-{f:04}.json.tmp"));
         let mut out = BufWriter::with_capacity(1 << 20, File::create(&temp).map_err(io)?);
-        for id in first..last {
-            let delay_us = if spec.max_delay_ms > 0 {
-                rng.random_range(0..spec.max_delay_ms * 1000)
-            } else {
-                0
-            };
-            let ts_us = spec.start_ms * 1000 + id as i64 * spec.step_us - delay_us;
-            let ts_ms = ts_us.div_euclid(1000);
-            let user = rng.random_range(0..spec.users.max(1));
-            let page = PAGES[rng.random_range(0..PAGES.len())];
-            let mut pick = rng.random_range(0..total_weight);
-            let action = ACTIONS
-                .iter()
-                .find(|(_, w)| {
-                    if pick < *w {
-                        true
-                    } else {
-                        pick -= w;
-                        false
-                    }
-                })
-                .map(|(a, _)| *a)
-                .unwrap_or("view");
-            let amount = if action == "purchase" {
-                rng.random_range(100..50_000) as f64 / 100.0
-            } else {
-                0.0
-            };
-            line.clear();
-            use std::fmt::Write as _;
-            let _ = write!(
-                line,
-                "{{\"event_id\":{id},\"user_id\":\"u{user}\",\"page\":\"{page}\",\"action\":\"{action}\",\"amount\":{amount},\"ts\":"
-            );
-            match spec.time_format {
-                TimeFormat::Millis => {
-                    let _ = write!(line, "{ts_ms}}}");
-                }
-                TimeFormat::Rfc3339 => {
-                    let t = chrono::DateTime::from_timestamp_millis(ts_ms).unwrap_or_default();
-                    let _ = write!(line, "\"{}\"}}", t.format("%Y-%m-%dT%H:%M:%S%.3fZ"));
-                }
-            }
+        for _ in first..last {
+            events.next_into(&mut line);
             line.push('\n');
             out.write_all(line.as_bytes()).map_err(io)?;
         }

@@ -2,7 +2,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use laketide::commands::{bench, check, generate, maintain, query, run};
+use laketide::commands::{bench, check, generate, maintain, produce, query, run};
 use laketide::datagen::{ClickstreamSpec, TimeFormat};
 
 /// Streaming SQL over files into a Delta lake: event-time windows, continuous queries, one binary.
@@ -14,7 +14,7 @@ struct Cli {
         long,
         global = true,
         env = "RUST_LOG",
-        default_value = "warn,buoyant_kernel=off"
+        default_value = "warn,buoyant_kernel=off,aws_config::imds=off"
     )]
     log: String,
     #[command(subcommand)]
@@ -82,6 +82,36 @@ enum Command {
         /// Timestamp encoding.
         #[arg(long, value_enum, default_value_t = TimeFormat::Rfc3339)]
         time_format: TimeFormat,
+    },
+    /// Write generated clickstream events (or the lines of files) into a Kinesis stream.
+    Produce {
+        /// Stream name or ARN.
+        #[arg(long)]
+        stream: String,
+        /// Send the lines of these files (a file, directory or glob) instead of generated events.
+        #[arg(long)]
+        file: Option<String>,
+        /// Number of generated events (their event times start now).
+        #[arg(long, default_value_t = 10_000, conflicts_with = "file")]
+        events: u64,
+        /// Records per second at most (0: as fast as the stream takes them).
+        #[arg(long, default_value_t = 0.0)]
+        rate: f64,
+        /// JSON field whose value is each record's partition key (default: random keys).
+        #[arg(long)]
+        partition_key: Option<String>,
+        /// Pack this many records into each Kinesis record, as the KPL does (1: no aggregation).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        aggregate: u32,
+        /// Create the stream with this many shards if it does not exist.
+        #[arg(long, value_name = "SHARDS")]
+        create: Option<i32>,
+        /// Kinesis endpoint (default: AWS_ENDPOINT_URL_KINESIS, AWS_ENDPOINT_URL, or AWS).
+        #[arg(long)]
+        endpoint: Option<String>,
+        /// AWS region (default: AWS_REGION or the profile's).
+        #[arg(long)]
+        region: Option<String>,
     },
     /// Delta table maintenance: compact small files, delete unreferenced ones.
     Lake {
@@ -204,6 +234,29 @@ async fn main() -> ExitCode {
             dir,
             s3_lake,
         } => bench::bench(events, dir, s3_lake.as_deref()).await,
+        Command::Produce {
+            stream,
+            file,
+            events,
+            rate,
+            partition_key,
+            aggregate,
+            create,
+            endpoint,
+            region,
+        } => {
+            produce::produce(&produce::ProduceSpec {
+                stream,
+                file,
+                events,
+                rate,
+                partition_key,
+                aggregate: aggregate as usize,
+                create_shards: create,
+                aws: laketide_connectors::aws::AwsOptions { endpoint, region },
+            })
+            .await
+        }
         Command::Lake { action } => match action {
             LakeCommand::Optimize {
                 table,

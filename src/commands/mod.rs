@@ -4,5 +4,6 @@ pub mod bench;
 pub mod check;
 pub mod generate;
 pub mod maintain;
+pub mod produce;
 pub mod query;
 pub mod run;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use aws_config::BehaviorVersion;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
-use aws_sdk_kinesis::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_kinesis::error::{ProvideErrorMetadata, SdkError};
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 
 use crate::error::{ConnectorError, Result};
@@ -138,14 +138,32 @@ pub fn error_code<E: ProvideErrorMetadata, R>(error: &SdkError<E, R>) -> Option<
     }
 }
 
-/// A one-line description of an SDK error with its causes (the SDK's `Display` alone says only
-/// "service error").
+/// A one-line description of an SDK error: the service's code and message, or the chain of
+/// causes of a network failure (the SDK's `Display` alone says only "service error").
 pub fn describe<E, R>(error: &SdkError<E, R>) -> String
 where
-    E: std::error::Error + 'static,
+    E: ProvideErrorMetadata + std::error::Error + 'static,
     R: std::fmt::Debug,
 {
-    DisplayErrorContext(error).to_string()
+    if let SdkError::ServiceError(e) = error {
+        let e = e.err();
+        return match (e.code(), e.message()) {
+            (Some(code), Some(message)) => format!("{code}: {message}"),
+            (Some(code), None) => code.to_string(),
+            _ => e.to_string(),
+        };
+    }
+    let mut text = error.to_string();
+    let mut cause = std::error::Error::source(error);
+    while let Some(c) = cause {
+        let part = c.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        cause = c.source();
+    }
+    text
 }
 
 /// Exponential backoff with jitter between `base` and `cap` (delays from `backon`), so that

@@ -175,6 +175,67 @@ impl StreamClient {
         }
     }
 
+    /// Creates the stream with `shards` shards (provisioned) unless it exists, then waits
+    /// until it is active. Returns whether it was created. Only a stream given by name can be
+    /// created.
+    pub async fn create_if_missing(&self, shards: i32) -> Result<bool> {
+        let name = self.stream.name().ok_or_else(|| {
+            ConnectorError::InvalidOption("a stream given by ARN cannot be created".into())
+        })?;
+        let exists = match self
+            .client
+            .describe_stream_summary()
+            .stream_name(&name)
+            .send()
+            .await
+        {
+            Ok(_) => true,
+            Err(e) if error_code(&e) == Some("ResourceNotFoundException") => false,
+            Err(e) => {
+                return Err(ConnectorError::service(
+                    format!("DescribeStreamSummary on Kinesis stream `{name}`"),
+                    describe(&e),
+                ));
+            }
+        };
+        if !exists {
+            self.retrying("CreateStream", || {
+                self.client
+                    .create_stream()
+                    .stream_name(&name)
+                    .shard_count(shards)
+                    .send()
+            })
+            .await
+            .map_err(call_failed)?;
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let out = self
+                .retrying("DescribeStreamSummary", || {
+                    self.client
+                        .describe_stream_summary()
+                        .stream_name(&name)
+                        .send()
+                })
+                .await
+                .map_err(call_failed)?;
+            let active = out.stream_description_summary().is_some_and(|d| {
+                d.stream_status() == &aws_sdk_kinesis::types::StreamStatus::Active
+            });
+            if active {
+                return Ok(!exists);
+            }
+            if Instant::now() > deadline {
+                return Err(ConnectorError::service(
+                    format!("Kinesis stream `{name}`"),
+                    "not active after 60 s",
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// Lists every shard of the stream (following pagination).
     pub async fn list_shards(&self) -> Result<Vec<ShardInfo>> {
         let mut shards = Vec::new();
