@@ -18,11 +18,11 @@ fn watermark(metrics: &PipelineMetrics) -> Option<i64> {
         .filter(|w| *w != i64::MIN)
 }
 
-fn line(s: &MetricsSnapshot, rate: f64, metrics: &PipelineMetrics) -> String {
+fn line(s: &MetricsSnapshot, rate: f64, metrics: &PipelineMetrics, per_split: bool) -> String {
     let wm = watermark(metrics)
         .map(format_event_time)
         .unwrap_or_else(|| "none".into());
-    format!(
+    let mut text = format!(
         "records in {} ({}/s) | windows emitted {} | rows written {} | late {} | bad {} | watermark {wm}",
         s.records_in,
         human_rate(rate),
@@ -30,7 +30,41 @@ fn line(s: &MetricsSnapshot, rate: f64, metrics: &PipelineMetrics) -> String {
         s.rows_written,
         s.late_rows,
         s.bad_records
-    )
+    );
+    if let Some(max) = s.max_lag_millis {
+        text.push_str(&format!(" | lag {}", human_millis(max)));
+    }
+    if s.throttles > 0 {
+        text.push_str(&format!(" | throttled {}", s.throttles));
+    }
+    if per_split {
+        for (source, status) in metrics.source_status() {
+            let lags = status.lags();
+            if lags.is_empty() {
+                continue;
+            }
+            let shards: Vec<String> = lags
+                .iter()
+                .map(|(split, ms)| format!("{split} {}", human_millis(*ms)))
+                .collect();
+            text.push_str(&format!(
+                "\n  {source} lag per shard: {}",
+                shards.join(", ")
+            ));
+        }
+    }
+    text
+}
+
+/// Formats milliseconds behind as `850ms`, `12.3s` or `4m05s`.
+pub fn human_millis(ms: i64) -> String {
+    if ms < 1_000 {
+        format!("{ms}ms")
+    } else if ms < 60_000 {
+        format!("{:.1}s", ms as f64 / 1e3)
+    } else {
+        format!("{}m{:02}s", ms / 60_000, (ms % 60_000) / 1_000)
+    }
 }
 
 /// Formats a rate such as 1.5M or 12.3k.
@@ -76,10 +110,10 @@ pub async fn show(metrics: PipelineMetrics, done: CancellationToken) {
         last = (now, s.records_in);
         match &bar {
             Some(b) => {
-                b.set_message(line(&s, rate, &metrics));
+                b.set_message(line(&s, rate, &metrics, false));
                 b.tick();
             }
-            None => eprintln!("{}", line(&s, rate, &metrics)),
+            None => eprintln!("{}", line(&s, rate, &metrics, true)),
         }
     }
     if let Some(b) = bar {
@@ -100,6 +134,12 @@ pub fn summary(s: &RunSummary) -> String {
         t.late_rows,
         t.bad_records
     );
+    if t.throttles > 0 {
+        out.push_str(&format!(
+            "; throttled {} times by the service (retried)",
+            t.throttles
+        ));
+    }
     for (name, sink) in &s.sinks {
         out.push_str(&format!(
             "\n  {name}: {} rows in {} commit{}",
@@ -109,4 +149,35 @@ pub fn summary(s: &RunSummary) -> String {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    use laketide_engine::SourceStatus;
+
+    #[test]
+    fn status_lines_show_shard_lag_and_throttles() {
+        let mut metrics = PipelineMetrics::default();
+        let status = Arc::new(SourceStatus::default());
+        status.set_lag("shardId-000000000000", 1_500);
+        status.set_lag("shardId-000000000001", 20);
+        status.count_throttle();
+        metrics.register_source_status("clicks", status);
+        let s = metrics.snapshot();
+        assert_eq!(s.max_lag_millis, Some(1_500));
+        let short = line(&s, 0.0, &metrics, false);
+        assert!(short.contains("| lag 1.5s | throttled 1"), "{short}");
+        assert!(!short.contains("per shard"), "{short}");
+        let long = line(&s, 0.0, &metrics, true);
+        assert!(
+            long.contains(
+                "clicks lag per shard: shardId-000000000000 1.5s, shardId-000000000001 20ms"
+            ),
+            "{long}"
+        );
+        assert_eq!(human_millis(245_000), "4m05s");
+    }
 }

@@ -343,6 +343,14 @@ fn check_and_explain() {
     assert!(s3.status.success(), "{}", stderr(&s3));
     let views = laketide(dir.path(), &["check", "examples/sessions_and_views.sql"]);
     assert!(views.status.success(), "{}", stderr(&views));
+    let kinesis = laketide(dir.path(), &["check", "examples/kinesis_to_lake.sql"]);
+    assert!(kinesis.status.success(), "{}", stderr(&kinesis));
+    let explain = laketide(dir.path(), &["explain", "examples/kinesis_to_lake.sql"]);
+    assert!(
+        stdout(&explain).contains("source clicks: kinesis clicks (json, from trim_horizon)"),
+        "{}",
+        stdout(&explain)
+    );
 
     let explain = laketide(dir.path(), &["explain", "examples/clickstream.sql"]);
     let text = stdout(&explain);
@@ -526,4 +534,28 @@ fn continuous_mode_picks_up_new_files_once_and_sigint_flushes_everything() {
     assert!(err.contains("60 records in"), "{err}");
     // Stopping flushed the last open window: all 60 events are in the table, once.
     assert_eq!(committed_rows(&table), 60, "{err}");
+}
+
+#[test]
+fn a_column_delta_cannot_store_is_one_clear_line() {
+    let dir = workdir();
+    std::fs::write(
+        dir.path().join("p.sql"),
+        "CREATE TABLE clicks (event_id BIGINT, ts TIMESTAMP)
+           WITH (connector = 'file', path = 'examples/data/clicks/', mode = 'once');
+         CREATE TABLE out WITH (connector = 'delta', path = 'lake/out');
+         INSERT INTO out SELECT event_id, ts - ts AS gap FROM clicks;",
+    )
+    .unwrap();
+    let run = laketide(dir.path(), &["run", "p.sql", "--quiet"]);
+    assert!(!run.status.success());
+    let err = stderr(&run);
+    assert!(
+        err.contains("cannot be stored in Delta") && err.contains("Duration"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("backtrace") && err.lines().count() <= 3,
+        "{err}"
+    );
 }

@@ -94,5 +94,6 @@ pub async fn bench(events: u64, dir: Option<PathBuf>, s3_lake: Option<&str>) -> 
         );
     }
     let _ = std::fs::remove_dir_all(&data);
+    crate::commands::bench_decode::bench_decode(events.min(1_000_000), 100)?;
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod bench;
+pub mod bench_decode;
 pub mod check;
 pub mod generate;
 pub mod maintain;

@@ -107,7 +107,12 @@ impl Sink for DeltaSink {
         .map_err(|e| self.delta_error("opening", e))?;
         let table = if table.version().is_none() {
             let kernel_schema: StructType = schema.as_ref().try_into_kernel().map_err(|e| {
-                EngineError::User(format!("the query's schema cannot be stored in Delta: {e}"))
+                // The kernel's message carries a backtrace after its first line.
+                let text = e.to_string();
+                let first = text.lines().next().unwrap_or_default().trim().to_string();
+                EngineError::User(format!(
+                    "the query's schema cannot be stored in Delta: {first} (cast such columns in the SELECT, e.g. an INTERVAL to BIGINT seconds)"
+                ))
             })?;
             table
                 .create()

@@ -376,6 +376,41 @@ mod tests {
     }
 
     #[test]
+    fn csv_records_one_line_each() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, true),
+            Field::new("name", DataType::Utf8, true),
+            Field::new("shard", DataType::Utf8, true),
+        ]));
+        let meta = [MetadataColumn {
+            column: "shard".into(),
+            key: "shard_id".into(),
+        }];
+        let bad = Arc::new(BadRecords::new("t", OnError::Skip));
+        let format = Format::Csv {
+            header: false,
+            delimiter: b';',
+        };
+        let d = KinesisDecoder::new("s", schema, &meta, format, bad.clone(), 100).unwrap();
+        let records = vec![
+            record("1", "a", b"1;x\r\n"),
+            record("2", "b", b"two;y"),
+            record("3", "c", b"3;\"z;z\""),
+        ];
+        let chunks = d.decode("shard-7", &records, None).unwrap();
+        let b = chunks[0].batch.as_ref().unwrap();
+        assert_eq!(
+            b.column(0).as_primitive::<Int64Type>().values().to_vec(),
+            vec![1, 3]
+        );
+        let names: Vec<&str> = b.column(1).as_string::<i32>().iter().flatten().collect();
+        assert_eq!(names, vec!["x", "z;z"]);
+        let shards: Vec<&str> = b.column(2).as_string::<i32>().iter().flatten().collect();
+        assert_eq!(shards, vec!["shard-7", "shard-7"]);
+        assert_eq!(bad.count(), 1);
+    }
+
+    #[test]
     fn bad_records_keep_metadata_aligned() {
         let (d, bad) = decoder(100, OnError::Skip);
         let records = vec![
