@@ -157,7 +157,15 @@ fn render(head: &[String], body: &[u8], extra: &[&str]) -> Vec<u8> {
             .unwrap_or("")
             .trim()
             .to_ascii_lowercase();
-        if ["content-length", "transfer-encoding", "connection"].contains(&name.as_str()) {
+        // The body may have been rewritten, so its checksum (DynamoDB sends one) is dropped too.
+        if [
+            "content-length",
+            "transfer-encoding",
+            "connection",
+            "x-amz-crc32",
+        ]
+        .contains(&name.as_str())
+        {
             continue;
         }
         out.push_str(line);

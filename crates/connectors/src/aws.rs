@@ -3,13 +3,16 @@
 //! `AWS_ENDPOINT_URL_<SERVICE>`, the credential chain) applies, and the `region` and `endpoint`
 //! options of a table override it.
 
-use std::time::Duration;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use aws_config::BehaviorVersion;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_sdk_kinesis::error::{ProvideErrorMetadata, SdkError};
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
+use laketide_engine::SourceStatus;
 
 use crate::error::{ConnectorError, Result};
 use crate::options::Options;
@@ -164,6 +167,100 @@ where
         cause = c.source();
     }
     text
+}
+
+/// How calls to a service are retried: throttling with backoff for as long as it lasts (and
+/// counted), network failures and server errors until `retry_timeout` (counted as retries),
+/// anything else not at all.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// How long transient failures are retried.
+    pub retry_timeout: Duration,
+    /// Where throttles and retries are counted.
+    pub status: Arc<SourceStatus>,
+}
+
+/// A call that failed for good: the last error, and how long it was retried.
+#[derive(Debug)]
+pub struct CallFailure<E, R> {
+    /// The last error.
+    pub error: SdkError<E, R>,
+    /// Set when transient failures were retried until the timeout.
+    pub retried_for: Option<Duration>,
+}
+
+impl<E, R> CallFailure<E, R>
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    /// The service's error code, if any.
+    pub fn code(&self) -> Option<&str> {
+        error_code(&self.error)
+    }
+
+    /// The failure as a connector error, with what was being done.
+    pub fn into_error(self, context: impl Into<String>) -> ConnectorError {
+        let message = match self.retried_for {
+            Some(d) => format!(
+                "still failing after retrying for {d:?} (retry_timeout): {}",
+                describe(&self.error)
+            ),
+            None => describe(&self.error),
+        };
+        ConnectorError::service(context, message)
+    }
+}
+
+/// Runs `call` under `policy`. `what` names the call in logs.
+pub async fn call_with_retries<T, E, R, F, Fut>(
+    policy: &RetryPolicy,
+    what: &str,
+    mut call: F,
+) -> std::result::Result<T, CallFailure<E, R>>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = std::result::Result<T, SdkError<E, R>>>,
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    let mut failing_since: Option<Instant> = None;
+    loop {
+        let error = match call().await {
+            Ok(v) => return Ok(v),
+            Err(e) => e,
+        };
+        match classify(&error) {
+            ErrorClass::Throttled => {
+                policy.status.count_throttle();
+                let delay = backoff.next_delay();
+                tracing::debug!(call = what, ?delay, "throttled; backing off");
+                tokio::time::sleep(delay).await;
+            }
+            ErrorClass::Transient => {
+                let since = *failing_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= policy.retry_timeout {
+                    return Err(CallFailure {
+                        error,
+                        retried_for: Some(policy.retry_timeout),
+                    });
+                }
+                policy.status.count_retry();
+                let delay = backoff.next_delay();
+                if backoff.attempts() == 1 || backoff.attempts() % 10 == 0 {
+                    tracing::warn!(call = what, error = %describe(&error), "call failed; retrying");
+                }
+                tokio::time::sleep(delay).await;
+            }
+            ErrorClass::Fatal => {
+                return Err(CallFailure {
+                    error,
+                    retried_for: None,
+                });
+            }
+        }
+    }
 }
 
 /// Exponential backoff with jitter between `base` and `cap` (delays from `backon`), so that

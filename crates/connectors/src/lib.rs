@@ -4,6 +4,7 @@
 pub mod aws;
 pub mod console;
 pub mod delta;
+pub mod dynamodb;
 mod error;
 pub mod file;
 pub mod filesystem;

@@ -9,6 +9,7 @@ use laketide_engine::{BadRecords, OnError, Sink, Source, SourcePoll};
 
 use crate::console::ConsoleSink;
 use crate::delta::{DeltaSink, DeltaSinkConfig};
+use crate::dynamodb::{DynamoDbSink, DynamoDbSinkConfig};
 use crate::error::{ConnectorError, Result};
 use crate::file::{FileMode, FileSource, FileSourceConfig};
 use crate::filesystem::{FilesystemSink, FilesystemSinkConfig};
@@ -19,7 +20,7 @@ use crate::options::Options;
 /// Connectors that can be read from.
 pub const SOURCE_CONNECTORS: &[&str] = &["file", "kinesis"];
 /// Connectors that can be written to.
-pub const SINK_CONNECTORS: &[&str] = &["delta", "filesystem", "kinesis", "console"];
+pub const SINK_CONNECTORS: &[&str] = &["delta", "filesystem", "kinesis", "dynamodb", "console"];
 
 /// A source ready to be added to a dataflow.
 pub struct BuiltSource {
@@ -197,6 +198,22 @@ pub fn build_sink(table: &str, connector: &str, options: Options) -> Result<Buil
             );
             Ok(BuiltSink {
                 sink: Box::new(KinesisSink::new(table, config)),
+                description,
+            })
+        }
+        "dynamodb" => {
+            let config = DynamoDbSinkConfig::from_options(options)?;
+            let description = format!(
+                "dynamodb {} (key {}{})",
+                config.table,
+                config.primary_key.join(", "),
+                match &config.mode {
+                    crate::dynamodb::WriteMode::Upsert => String::new(),
+                    crate::dynamodb::WriteMode::Update { .. } => ", update".to_string(),
+                }
+            );
+            Ok(BuiltSink {
+                sink: Box::new(DynamoDbSink::new(table, config)),
                 description,
             })
         }

@@ -14,7 +14,9 @@ use laketide_engine::SourceStatus;
 
 use super::position::IteratorStart;
 use super::shards::ShardInfo;
-use crate::aws::{AwsOptions, Backoff, ErrorClass, classify, describe, error_code};
+use aws_sdk_kinesis::config::http::HttpResponse;
+
+use crate::aws::{AwsOptions, RetryPolicy, call_with_retries, describe, error_code};
 use crate::error::{ConnectorError, Result};
 
 /// A stream, named either by name or by ARN.
@@ -113,66 +115,26 @@ impl StreamClient {
     }
 
     /// Runs `call` under the retry policy. `what` names the call for messages.
-    pub async fn retrying<T, E, F, Fut>(&self, what: &str, mut call: F) -> Result<T, CallError>
+    pub async fn retrying<T, E, F, Fut>(&self, what: &str, call: F) -> Result<T, CallError>
     where
         F: FnMut() -> Fut,
-        Fut: Future<
-            Output = std::result::Result<
-                T,
-                SdkError<E, aws_sdk_kinesis::config::http::HttpResponse>,
-            >,
-        >,
+        Fut: Future<Output = std::result::Result<T, SdkError<E, HttpResponse>>>,
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-        let mut failing_since: Option<Instant> = None;
-        loop {
-            let error = match call().await {
-                Ok(v) => return Ok(v),
-                Err(e) => e,
-            };
-            if error_code(&error) == Some("ExpiredIteratorException") {
-                return Err(CallError::ExpiredIterator);
+        let policy = RetryPolicy {
+            retry_timeout: self.retry_timeout,
+            status: self.status.clone(),
+        };
+        call_with_retries(&policy, what, call).await.map_err(|f| {
+            if f.code() == Some("ExpiredIteratorException") {
+                CallError::ExpiredIterator
+            } else {
+                CallError::Failed(f.into_error(format!(
+                    "{what} on Kinesis stream `{}`",
+                    self.stream.display()
+                )))
             }
-            let context = format!("{what} on Kinesis stream `{}`", self.stream.display());
-            match classify(&error) {
-                ErrorClass::Throttled => {
-                    self.status.count_throttle();
-                    let delay = backoff.next_delay();
-                    tracing::debug!(call = what, ?delay, "throttled by Kinesis; backing off");
-                    tokio::time::sleep(delay).await;
-                }
-                ErrorClass::Transient => {
-                    let since = *failing_since.get_or_insert_with(Instant::now);
-                    if since.elapsed() >= self.retry_timeout {
-                        return Err(CallError::Failed(ConnectorError::service(
-                            context,
-                            format!(
-                                "still failing after retrying for {:?} (retry_timeout): {}",
-                                self.retry_timeout,
-                                describe(&error)
-                            ),
-                        )));
-                    }
-                    self.status.count_retry();
-                    let delay = backoff.next_delay();
-                    if backoff.attempts() == 1 || backoff.attempts() % 10 == 0 {
-                        tracing::warn!(
-                            call = what,
-                            error = %describe(&error),
-                            "Kinesis call failed; retrying"
-                        );
-                    }
-                    tokio::time::sleep(delay).await;
-                }
-                ErrorClass::Fatal => {
-                    return Err(CallError::Failed(ConnectorError::service(
-                        context,
-                        describe(&error),
-                    )));
-                }
-            }
-        }
+        })
     }
 
     /// Creates the stream with `shards` shards (provisioned) unless it exists, then waits
