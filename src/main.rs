@@ -2,7 +2,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use laketide::commands::{bench, check, generate, maintain, produce, query, run};
+use laketide::commands::{bench, bench_dynamodb, check, generate, maintain, produce, query, run};
 use laketide::datagen::{ClickstreamSpec, TimeFormat};
 
 /// Streaming SQL over files into a Delta lake: event-time windows, continuous queries, one binary.
@@ -129,6 +129,11 @@ enum Command {
         /// Also run it into a Delta table under this s3:// lake root and report the ratio.
         #[arg(long)]
         s3_lake: Option<String>,
+        /// Also measure the DynamoDB sink: write this many items into fresh tables on the
+        /// server of the AWS environment (AWS_ENDPOINT_URL_DYNAMODB), with 1, 4 and 16
+        /// requests in flight.
+        #[arg(long, value_name = "ITEMS")]
+        dynamodb: Option<usize>,
     },
 }
 
@@ -233,7 +238,14 @@ async fn main() -> ExitCode {
             events,
             dir,
             s3_lake,
-        } => bench::bench(events, dir, s3_lake.as_deref()).await,
+            dynamodb,
+        } => {
+            let result = bench::bench(events, dir, s3_lake.as_deref()).await;
+            match (result, dynamodb) {
+                (Ok(()), Some(items)) => bench_dynamodb::bench_dynamodb(items).await,
+                (result, _) => result,
+            }
+        }
         Command::Produce {
             stream,
             file,

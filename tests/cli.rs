@@ -343,6 +343,8 @@ fn check_and_explain() {
     assert!(s3.status.success(), "{}", stderr(&s3));
     let views = laketide(dir.path(), &["check", "examples/sessions_and_views.sql"]);
     assert!(views.status.success(), "{}", stderr(&views));
+    let dynamodb = laketide(dir.path(), &["check", "examples/clicks_to_dynamodb.sql"]);
+    assert!(dynamodb.status.success(), "{}", stderr(&dynamodb));
     let kinesis = laketide(dir.path(), &["check", "examples/kinesis_to_lake.sql"]);
     assert!(kinesis.status.success(), "{}", stderr(&kinesis));
     let explain = laketide(dir.path(), &["explain", "examples/kinesis_to_lake.sql"]);

@@ -83,29 +83,18 @@ fn sink(endpoint: &str, table: &str, extra: &[(&str, &str)]) -> DynamoDbSink {
 
 /// Every item of a table, by the text of its `id` attribute.
 async fn scan(client: &Client, table: &str) -> BTreeMap<String, HashMap<String, AttributeValue>> {
-    let mut out = BTreeMap::new();
-    let mut start: Option<HashMap<String, AttributeValue>> = None;
-    loop {
-        let page = client
-            .scan()
-            .table_name(table)
-            .set_exclusive_start_key(start.clone())
-            .send()
-            .await
-            .unwrap();
-        for item in page.items() {
+    scan_by(client, table)
+        .await
+        .into_iter()
+        .map(|item| {
             let id = match &item["id"] {
                 AttributeValue::S(s) => s.clone(),
                 AttributeValue::N(n) => n.clone(),
                 other => format!("{other:?}"),
             };
-            out.insert(id, item.clone());
-        }
-        match page.last_evaluated_key() {
-            Some(k) if !k.is_empty() => start = Some(k.clone()),
-            _ => return out,
-        }
-    }
+            (id, item)
+        })
+        .collect()
 }
 
 fn ids_batch(ids: Vec<i64>, values: Vec<i64>) -> RecordBatch {
@@ -540,35 +529,117 @@ async fn file_to_hop_to_dynamodb_equals_the_batch_oracle() {
     .await;
     oracle.sort();
 
-    let db = client(&endpoint);
-    let mut stored = Vec::new();
+    let text = |v: &AttributeValue| match v {
+        AttributeValue::S(s) => s.clone(),
+        AttributeValue::N(n) => n.clone(),
+        other => format!("{other:?}"),
+    };
+    let mut stored: Vec<String> = scan_by(&client(&endpoint), &table)
+        .await
+        .iter()
+        .map(|i| {
+            format!(
+                "{}|{}|{}",
+                text(&i["page"]),
+                text(&i["window_start"]),
+                text(&i["views"])
+            )
+        })
+        .collect();
+    stored.sort();
+    common::assert_same_rows("file -> HOP -> DynamoDB", &stored, &oracle);
+}
+
+#[tokio::test]
+async fn the_benchmark_reports_dynamodb_items_per_second_by_requests_in_flight() {
+    let Some(endpoint) = dynamodb_server() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let out = laketide(
+        dir.path(),
+        &[
+            "bench",
+            "--events",
+            "20000",
+            "--dir",
+            "bench",
+            "--dynamodb",
+            "600",
+        ],
+        &endpoint,
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for in_flight in [1, 4, 16] {
+        assert!(
+            text.contains(&format!(
+                "bench dynamodb sink ({in_flight} requests in flight): 600 items in"
+            )),
+            "{text}"
+        );
+    }
+    assert!(
+        text.contains("bench kinesis decode (plain JSON records): 20000 records"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn the_dynamodb_example_runs_as_documented() {
+    let Some(endpoint) = dynamodb_server() else {
+        return;
+    };
+    let table = unique("example-page-stats");
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    let sql = std::fs::read_to_string(repo.join("examples/clicks_to_dynamodb.sql"))
+        .unwrap()
+        .replace("table = 'page_stats'", &format!("table = '{table}'"))
+        .replace(
+            "'examples/data/clicks/'",
+            &format!("'{}'", repo.join("examples/data/clicks").display()),
+        );
+    std::fs::write(dir.path().join("example.sql"), sql).unwrap();
+    let run = laketide(dir.path(), &["run", "example.sql"], &endpoint);
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{err}");
+    let written: usize = err
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("page_stats: "))
+        .and_then(|l| l.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no sink line in {err}"));
+    let items = scan_by(&client(&endpoint), &table).await;
+    assert_eq!(items.len(), written);
+    assert!(written > 0);
+    assert!(
+        items
+            .iter()
+            .all(|i| matches!(i.get("ttl"), Some(AttributeValue::N(_))))
+    );
+}
+
+/// Every item of a table.
+async fn scan_by(client: &Client, table: &str) -> Vec<HashMap<String, AttributeValue>> {
+    let mut out = Vec::new();
     let mut start: Option<HashMap<String, AttributeValue>> = None;
     loop {
-        let page = db
+        let page = client
             .scan()
-            .table_name(&table)
+            .table_name(table)
             .set_exclusive_start_key(start.clone())
             .send()
             .await
             .unwrap();
-        for item in page.items() {
-            let text = |k: &str| match &item[k] {
-                AttributeValue::S(s) => s.clone(),
-                AttributeValue::N(n) => n.clone(),
-                other => format!("{other:?}"),
-            };
-            stored.push(format!(
-                "{}|{}|{}",
-                text("page"),
-                text("window_start"),
-                text("views")
-            ));
-        }
+        out.extend(page.items().iter().cloned());
         match page.last_evaluated_key() {
             Some(k) if !k.is_empty() => start = Some(k.clone()),
-            _ => break,
+            _ => return out,
         }
     }
-    stored.sort();
-    common::assert_same_rows("file -> HOP -> DynamoDB", &stored, &oracle);
 }

@@ -565,14 +565,22 @@ async fn produce_writes_kpl_aggregates_that_the_source_deaggregates() {
     assert_eq!(ids, (0..1000).collect::<Vec<_>>());
 }
 
-/// Throttles every other GetRecords, and fails the odd-numbered records of every first
-/// PutRecords attempt (forwarding only the others).
+/// Throttles every other GetRecords (and says the iterator expired once), and fails the
+/// odd-numbered records of every first PutRecords attempt (forwarding only the others).
 fn flaky_rule() -> (Rule, Arc<AtomicU64>) {
     let calls = Arc::new(AtomicU64::new(0));
     let seen = calls.clone();
     let rule: Rule = Arc::new(move |target: &str, body: &[u8]| {
         if target.ends_with(".GetRecords") {
-            if seen.fetch_add(1, Ordering::Relaxed) % 2 == 0 {
+            let call = seen.fetch_add(1, Ordering::Relaxed);
+            if call == 3 {
+                return Action::Reply {
+                    status: 400,
+                    body: r#"{"__type":"ExpiredIteratorException","message":"Iterator expired"}"#
+                        .into(),
+                };
+            }
+            if call % 2 == 0 {
                 return Action::Reply {
                     status: 400,
                     body: r#"{"__type":"ProvisionedThroughputExceededException","message":"Rate exceeded for shard"}"#.into(),
@@ -927,16 +935,19 @@ async fn the_kinesis_example_runs_as_documented() {
         "{}",
         String::from_utf8_lossy(&produced.stderr)
     );
-    // One event ten minutes later moves the watermark past every window of the first 2000.
+    // Events ten minutes later on every shard (20 random keys) move the watermark past every
+    // window of the first 2000.
     let later = chrono::Utc::now() + chrono::Duration::minutes(10);
-    std::fs::write(
-        dir.path().join("later.json"),
-        format!(
-            "{{\"event_id\":2000,\"user_id\":\"u1\",\"page\":\"/home\",\"action\":\"view\",\"amount\":0,\"ts\":\"{}\"}}\n",
-            later.format("%Y-%m-%dT%H:%M:%S%.3fZ")
-        ),
-    )
-    .unwrap();
+    let lines: String = (0..20)
+        .map(|i| {
+            format!(
+                "{{\"event_id\":{},\"user_id\":\"u{i}\",\"page\":\"/home\",\"action\":\"view\",\"amount\":0,\"ts\":\"{}\"}}\n",
+                2000 + i,
+                later.format("%Y-%m-%dT%H:%M:%S%.3fZ")
+            )
+        })
+        .collect();
+    std::fs::write(dir.path().join("later.json"), lines).unwrap();
     let produced = laketide(
         dir.path(),
         &["produce", "--stream", &stream, "--file", "later.json"],
@@ -984,12 +995,12 @@ async fn the_kinesis_example_runs_as_documented() {
     let mut err = String::new();
     std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
     assert!(exit.success(), "{err}");
-    // Stopping flushed the window of the late event too; every row has its shard's arrival.
+    // Stopping flushed the window of the later events too; every row has an arrival time.
     assert_eq!(
         query_csv(
             dir.path(),
             "SELECT sum(views) AS v, count(last_arrival) = count(*) AS delays FROM page_stats"
         ),
-        "v,delays\n2001,true"
+        "v,delays\n2020,true"
     );
 }

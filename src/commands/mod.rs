@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod bench_decode;
+pub mod bench_dynamodb;
 pub mod check;
 pub mod generate;
 pub mod maintain;

@@ -431,6 +431,39 @@ mod tests {
     use super::*;
 
     #[test]
+    fn oversized_items_and_null_keys_are_bad_rows_and_duplicates_collapse() {
+        use datafusion::arrow::array::{Int64Array, StringArray};
+        use datafusion::arrow::datatypes::{DataType, Field, Schema};
+        let options = crate::Options::new([
+            ("table".to_string(), "t".to_string()),
+            ("primary_key".to_string(), "id".to_string()),
+            ("on_error".to_string(), "skip".to_string()),
+        ])
+        .unwrap();
+        let sink = DynamoDbSink::new("s", DynamoDbSinkConfig::from_options(options).unwrap());
+        let big = "x".repeat(MAX_ITEM_BYTES + 1);
+        let batch = RecordBatch::try_new(
+            Arc::new(Schema::new(vec![
+                Field::new("id", DataType::Int64, true),
+                Field::new("text", DataType::Utf8, true),
+            ])),
+            vec![
+                Arc::new(Int64Array::from(vec![Some(1), None, Some(2), Some(1)])),
+                Arc::new(StringArray::from(vec!["a", "b", big.as_str(), "d"])),
+            ],
+        )
+        .unwrap();
+        let items = sink.items(&batch).unwrap();
+        assert_eq!(sink.bad_rows(), 2, "the NULL key and the 400 KB item");
+        assert_eq!(items.len(), 1);
+        assert_eq!(
+            items[0]["text"],
+            AttributeValue::S("d".into()),
+            "the last row of key 1"
+        );
+    }
+
+    #[test]
     fn requests_hold_at_most_25_items() {
         let items: Vec<Item> = (0..60)
             .map(|i| HashMap::from([("id".to_string(), AttributeValue::N(i.to_string()))]))
