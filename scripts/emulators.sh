@@ -80,7 +80,11 @@ export LAKETIDE_EMU_PIDS
 for url in http://127.0.0.1:9000/ http://127.0.0.1:4568/ http://127.0.0.1:8000/; do
   for i in $(seq 1 300); do
     up "$url" && break
-    if [ "$i" = 300 ]; then echo "emulator $url did not start" >&2; tail -n 30 "$EMU"/*.log >&2; exit 1; fi
+    if [ "$i" = 300 ]; then
+      echo "emulator $url did not start" >&2; tail -n 30 "$EMU"/*.log >&2
+      kill $LAKETIDE_EMU_PIDS 2>/dev/null || true   # do not leave the others running
+      exit 1
+    fi
     sleep 0.1
   done
 done

@@ -27,37 +27,12 @@ use laketide_connectors::Options;
 use laketide_connectors::dynamodb::{DynamoDbSink, DynamoDbSinkConfig};
 use laketide_engine::Sink;
 
-fn endpoint() -> String {
-    std::env::var("AWS_ENDPOINT_URL_DYNAMODB").unwrap_or_else(|_| "http://127.0.0.1:8000".into())
-}
-
-/// The endpoint if a DynamoDB server answers there; `None` (skip) when none does and
-/// emulators are not required.
 fn dynamodb_server() -> Option<String> {
-    let endpoint = endpoint();
-    let up = Command::new("curl")
-        .args(["-s", "-o", "/dev/null", "--max-time", "2", &endpoint])
-        .status()
-        .is_ok_and(|s| s.success());
-    if up {
-        return Some(endpoint);
-    }
-    let required =
-        std::env::var_os("CI").is_some() || std::env::var_os("LAKETIDE_EMULATORS").is_some();
-    assert!(
-        !required,
-        "no DynamoDB server at {endpoint}: run the tests with scripts/test.sh"
-    );
-    eprintln!("skipped: no DynamoDB server at {endpoint} (scripts/test.sh starts one)");
-    None
-}
-
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    format!("{prefix}-{}-{nanos}", std::process::id())
+    common::emulator(
+        "DynamoDB",
+        "AWS_ENDPOINT_URL_DYNAMODB",
+        "http://127.0.0.1:8000",
+    )
 }
 
 fn client(endpoint: &str) -> Client {
@@ -116,7 +91,7 @@ async fn batches_above_25_rows_with_duplicate_keys_keep_the_last_row_per_key() {
     let Some(endpoint) = dynamodb_server() else {
         return;
     };
-    let table = unique("batching");
+    let table = common::unique("batching");
     let mut s = sink(
         &endpoint,
         &table,
@@ -143,7 +118,7 @@ async fn every_arrow_type_maps_to_its_dynamodb_type() {
     let Some(endpoint) = dynamodb_server() else {
         return;
     };
-    let table = unique("types");
+    let table = common::unique("types");
     let mut s = sink(
         &endpoint,
         &table,
@@ -224,7 +199,7 @@ async fn a_table_whose_key_does_not_match_is_refused_at_start() {
         return;
     };
     let db = client(&endpoint);
-    let table = unique("mismatch");
+    let table = common::unique("mismatch");
     db.create_table()
         .table_name(&table)
         .billing_mode(BillingMode::PayPerRequest)
@@ -256,7 +231,11 @@ async fn a_table_whose_key_does_not_match_is_refused_at_start() {
             .contains("has the key id S (HASH), but the sink's primary_key gives id N (HASH)"),
         "{e}"
     );
-    let mut s = sink(&endpoint, &unique("absent"), &[("primary_key", "id")]);
+    let mut s = sink(
+        &endpoint,
+        &common::unique("absent"),
+        &[("primary_key", "id")],
+    );
     let e = s
         .open(ids_batch(vec![], vec![]).schema())
         .await
@@ -270,7 +249,7 @@ async fn null_keys_follow_on_error() {
     let Some(endpoint) = dynamodb_server() else {
         return;
     };
-    let table = unique("nullkeys");
+    let table = common::unique("nullkeys");
     let batch = RecordBatch::try_new(
         Arc::new(Schema::new(vec![
             Field::new("id", DataType::Utf8, true),
@@ -306,7 +285,7 @@ async fn versions_only_move_forward_and_update_mode_writes_only_its_columns() {
     let Some(endpoint) = dynamodb_server() else {
         return;
     };
-    let table = unique("versions");
+    let table = common::unique("versions");
     let mut s = sink(
         &endpoint,
         &table,
@@ -396,7 +375,7 @@ async fn unprocessed_items_and_throttling_are_retried_until_everything_is_writte
     let Some(endpoint) = dynamodb_server() else {
         return;
     };
-    let table = unique("flaky");
+    let table = common::unique("flaky");
     let (rule, calls) = flaky_rule(table.clone());
     let proxy = FaultProxy::start(&endpoint, rule).await;
     let mut s = sink(
@@ -428,7 +407,7 @@ async fn retries_end_in_a_clear_error_not_a_silent_drop() {
     let Some(endpoint) = dynamodb_server() else {
         return;
     };
-    let table = unique("never");
+    let table = common::unique("never");
     // Create the table directly, then put a proxy in front that never processes anything.
     let mut s = sink(
         &endpoint,
@@ -482,7 +461,7 @@ async fn file_to_hop_to_dynamodb_equals_the_batch_oracle() {
     let Some(endpoint) = dynamodb_server() else {
         return;
     };
-    let table = unique("page-stats");
+    let table = common::unique("page-stats");
     let dir = tempfile::tempdir().unwrap();
     let generated = laketide(
         dir.path(),
@@ -594,7 +573,7 @@ async fn the_dynamodb_example_runs_as_documented() {
     let Some(endpoint) = dynamodb_server() else {
         return;
     };
-    let table = unique("example-page-stats");
+    let table = common::unique("example-page-stats");
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
     let dir = tempfile::tempdir().unwrap();
     let sql = std::fs::read_to_string(repo.join("examples/clicks_to_dynamodb.sql"))

@@ -25,37 +25,12 @@ use laketide_connectors::kinesis::{
 use laketide_connectors::{MetadataColumn, Options};
 use laketide_engine::{BadRecords, OnError, Sink, Source, SourcePoll};
 
-fn endpoint() -> String {
-    std::env::var("AWS_ENDPOINT_URL_KINESIS").unwrap_or_else(|_| "http://127.0.0.1:4568".into())
-}
-
-/// The endpoint if a Kinesis server answers there; `None` (skip) when none does and emulators
-/// are not required.
 fn kinesis_server() -> Option<String> {
-    let endpoint = endpoint();
-    let up = Command::new("curl")
-        .args(["-s", "-o", "/dev/null", "--max-time", "2", &endpoint])
-        .status()
-        .is_ok_and(|s| s.success());
-    if up {
-        return Some(endpoint);
-    }
-    let required =
-        std::env::var_os("CI").is_some() || std::env::var_os("LAKETIDE_EMULATORS").is_some();
-    assert!(
-        !required,
-        "no Kinesis server at {endpoint}: run the tests with scripts/test.sh"
-    );
-    eprintln!("skipped: no Kinesis server at {endpoint} (scripts/test.sh starts one)");
-    None
-}
-
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    format!("{prefix}-{}-{nanos}", std::process::id())
+    common::emulator(
+        "Kinesis",
+        "AWS_ENDPOINT_URL_KINESIS",
+        "http://127.0.0.1:4568",
+    )
 }
 
 fn client(endpoint: &str) -> Client {
@@ -86,7 +61,7 @@ async fn wait_active(client: &Client, stream: &str) {
 }
 
 async fn create_stream(client: &Client, prefix: &str, shards: i32) -> String {
-    let stream = unique(prefix);
+    let stream = common::unique(prefix);
     client
         .create_stream()
         .stream_name(&stream)
@@ -462,12 +437,68 @@ fn laketide(dir: &Path, args: &[&str], endpoint: &str) -> std::process::Output {
         .unwrap()
 }
 
+/// A `laketide run FILE --quiet` in the background, against the Kinesis server.
+struct Running {
+    child: std::process::Child,
+}
+
+impl Running {
+    fn start(dir: &Path, file: &str, endpoint: &str) -> Running {
+        let child = Command::new(env!("CARGO_BIN_EXE_laketide"))
+            .args(["run", file, "--quiet"])
+            .current_dir(dir)
+            .env("AWS_ENDPOINT_URL_KINESIS", endpoint)
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "testtest")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        Running { child }
+    }
+
+    fn stderr(&mut self) -> String {
+        let mut err = String::new();
+        std::io::Read::read_to_string(self.child.stderr.as_mut().unwrap(), &mut err).unwrap();
+        err
+    }
+
+    /// Waits until `done` holds; fails if the run ends first or after two minutes.
+    async fn wait_for<F, Fut>(&mut self, what: &str, mut done: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !done().await {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("laketide exited early ({status}): {}", self.stderr());
+            }
+            assert!(Instant::now() < deadline, "timed out waiting until {what}");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Sends SIGINT (which flushes every window) and checks the run ends cleanly.
+    fn stop(mut self) {
+        let status = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let exit = self.child.wait().unwrap();
+        let err = self.stderr();
+        assert!(exit.success(), "{err}");
+    }
+}
+
 #[tokio::test]
 async fn produce_writes_kpl_aggregates_that_the_source_deaggregates() {
     let Some(endpoint) = kinesis_server() else {
         return;
     };
-    let stream = unique("produce");
+    let stream = common::unique("produce");
     let dir = tempfile::tempdir().unwrap();
     let out = laketide(
         dir.path(),
@@ -700,7 +731,7 @@ async fn a_missing_stream_is_a_clear_error_at_start() {
     let Some(endpoint) = kinesis_server() else {
         return;
     };
-    let mut s = source(&endpoint, &unique("missing"), &[], BTreeMap::new());
+    let mut s = source(&endpoint, &common::unique("missing"), &[], BTreeMap::new());
     let e = s.open().await.err().expect("no such stream");
     let text = e.to_string();
     assert!(
@@ -849,39 +880,13 @@ async fn kinesis_to_window_to_kinesis_matches_the_batch_oracle() {
         .parse::<usize>()
         .unwrap();
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_laketide"))
-        .args(["run", "p.sql", "--quiet"])
-        .current_dir(dir.path())
-        .env("AWS_ENDPOINT_URL_KINESIS", &endpoint)
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "testtest")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while read_all(&kinesis, &output).await.len() < closed_before_stop {
-        if let Some(status) = child.try_wait().unwrap() {
-            let mut err = String::new();
-            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
-            panic!("laketide exited early ({status}): {err}");
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {closed_before_stop} results"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    let status = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let exit = child.wait().unwrap();
-    let mut err = String::new();
-    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
-    assert!(exit.success(), "{err}");
+    let mut run = Running::start(dir.path(), "p.sql", &endpoint);
+    let (k, out) = (&kinesis, output.as_str());
+    run.wait_for("the windows closed while running", || async move {
+        read_all(k, out).await.len() >= closed_before_stop
+    })
+    .await;
+    run.stop();
 
     let mut streamed: Vec<String> = read_all(&kinesis, &output)
         .await
@@ -907,7 +912,7 @@ async fn the_kinesis_example_runs_as_documented() {
     let Some(endpoint) = kinesis_server() else {
         return;
     };
-    let stream = unique("example-clicks");
+    let stream = common::unique("example-clicks");
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
     let dir = tempfile::tempdir().unwrap();
     let sql = std::fs::read_to_string(repo.join("examples/kinesis_to_lake.sql"))
@@ -959,42 +964,13 @@ async fn the_kinesis_example_runs_as_documented() {
         String::from_utf8_lossy(&produced.stderr)
     );
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_laketide"))
-        .args(["run", "example.sql", "--quiet"])
-        .current_dir(dir.path())
-        .env("AWS_ENDPOINT_URL_KINESIS", &endpoint)
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "testtest")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        if query_csv(dir.path(), "SELECT sum(views) AS v FROM page_stats") == "v\n2000" {
-            break;
-        }
-        if let Some(status) = child.try_wait().unwrap() {
-            let mut err = String::new();
-            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
-            panic!("laketide exited early ({status}): {err}");
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the closed windows were not committed"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    let status = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let exit = child.wait().unwrap();
-    let mut err = String::new();
-    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
-    assert!(exit.success(), "{err}");
+    let mut run = Running::start(dir.path(), "example.sql", &endpoint);
+    let path = dir.path();
+    run.wait_for("the closed windows were committed", || async move {
+        query_csv(path, "SELECT sum(views) AS v FROM page_stats") == "v\n2000"
+    })
+    .await;
+    run.stop();
     // Stopping flushed the window of the later events too; every row has an arrival time.
     assert_eq!(
         query_csv(

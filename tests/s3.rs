@@ -2,43 +2,16 @@
 //! `scripts/test.sh`). Without a server they are skipped, except under CI or with
 //! `LAKETIDE_EMULATORS=1`, where a missing server is a failure.
 
+mod common;
+
 use std::path::Path;
 use std::process::{Command, Output};
 
 const ACCESS_KEY: &str = "test";
 const SECRET_KEY: &str = "testtest";
 
-fn endpoint() -> String {
-    std::env::var("AWS_ENDPOINT_URL_S3").unwrap_or_else(|_| "http://127.0.0.1:9000".into())
-}
-
-/// The endpoint if an S3 server answers there; `None` (skip) when none does and emulators
-/// are not required.
 fn s3_server() -> Option<String> {
-    let endpoint = endpoint();
-    let up = Command::new("curl")
-        .args(["-s", "-o", "/dev/null", "--max-time", "2", &endpoint])
-        .status()
-        .is_ok_and(|s| s.success());
-    if up {
-        return Some(endpoint);
-    }
-    let required =
-        std::env::var_os("CI").is_some() || std::env::var_os("LAKETIDE_EMULATORS").is_some();
-    assert!(
-        !required,
-        "no S3 server at {endpoint}: run the tests with scripts/test.sh"
-    );
-    eprintln!("skipped: no S3 server at {endpoint} (scripts/test.sh starts one)");
-    None
-}
-
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    format!("{prefix}-{}-{nanos}", std::process::id())
+    common::emulator("S3", "AWS_ENDPOINT_URL_S3", "http://127.0.0.1:9000")
 }
 
 /// A signed S3 request with curl (`curl --aws-sigv4`); returns the response body.
@@ -125,7 +98,7 @@ fn pipeline(dir: &Path, bucket: &str) {
 #[test]
 fn delta_sink_writes_a_partitioned_table_to_s3_that_queries_read_back() {
     let Some(endpoint) = s3_server() else { return };
-    let bucket = unique("laketide-delta");
+    let bucket = common::unique("laketide-delta");
     create_bucket(&endpoint, &bucket);
     let dir = tempfile::tempdir().unwrap();
     pipeline(dir.path(), &bucket);
@@ -212,7 +185,7 @@ fn delta_sink_writes_a_partitioned_table_to_s3_that_queries_read_back() {
 fn a_missing_bucket_is_a_clear_error() {
     let Some(endpoint) = s3_server() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let bucket = unique("laketide-missing");
+    let bucket = common::unique("laketide-missing");
     pipeline(dir.path(), &bucket);
     let run = laketide(dir.path(), &endpoint, &["run", "p.sql", "--quiet"]);
     assert!(!run.status.success());
@@ -226,7 +199,7 @@ fn a_missing_bucket_is_a_clear_error() {
 #[test]
 fn bad_credentials_are_a_clear_error() {
     let Some(endpoint) = s3_server() else { return };
-    let bucket = unique("laketide-creds");
+    let bucket = common::unique("laketide-creds");
     create_bucket(&endpoint, &bucket);
     let dir = tempfile::tempdir().unwrap();
     pipeline(dir.path(), &bucket);
@@ -251,7 +224,7 @@ fn bad_credentials_are_a_clear_error() {
 #[test]
 fn the_benchmark_has_an_s3_variant() {
     let Some(endpoint) = s3_server() else { return };
-    let bucket = unique("laketide-bench");
+    let bucket = common::unique("laketide-bench");
     create_bucket(&endpoint, &bucket);
     let dir = tempfile::tempdir().unwrap();
     let lake = format!("s3://{bucket}/lake");
@@ -285,7 +258,7 @@ fn the_benchmark_has_an_s3_variant() {
 #[test]
 fn the_s3_example_runs_as_documented() {
     let Some(endpoint) = s3_server() else { return };
-    let bucket = unique("laketide-example");
+    let bucket = common::unique("laketide-example");
     create_bucket(&endpoint, &bucket);
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
     let dir = tempfile::tempdir().unwrap();
@@ -318,7 +291,7 @@ fn the_s3_example_runs_as_documented() {
 #[test]
 fn filesystem_sink_uploads_complete_files_to_s3() {
     let Some(endpoint) = s3_server() else { return };
-    let bucket = unique("laketide-files");
+    let bucket = common::unique("laketide-files");
     create_bucket(&endpoint, &bucket);
     let dir = tempfile::tempdir().unwrap();
     let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/data/clicks");

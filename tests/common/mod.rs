@@ -107,6 +107,37 @@ pub async fn delta_context(name: &str, path: &Path) -> SessionContext {
     ctx
 }
 
+/// The endpoint of a local emulator (from `env_var`, else `default`) if a server answers there;
+/// `None` (the test skips) when none does and emulators are not required. Under CI or with
+/// `LAKETIDE_EMULATORS=1` (what `scripts/test.sh` sets) a missing server is a failure.
+pub fn emulator(service: &str, env_var: &str, default: &str) -> Option<String> {
+    let endpoint = std::env::var(env_var).unwrap_or_else(|_| default.to_string());
+    let up = std::process::Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "--max-time", "2", &endpoint])
+        .status()
+        .is_ok_and(|s| s.success());
+    if up {
+        return Some(endpoint);
+    }
+    let required =
+        std::env::var_os("CI").is_some() || std::env::var_os("LAKETIDE_EMULATORS").is_some();
+    assert!(
+        !required,
+        "no {service} server at {endpoint}: run the tests with scripts/test.sh"
+    );
+    eprintln!("skipped: no {service} server at {endpoint} (scripts/test.sh starts one)");
+    None
+}
+
+/// A name no other test run uses: `prefix-<pid>-<nanos>`.
+pub fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("{prefix}-{}-{nanos}", std::process::id())
+}
+
 /// Keeps `Arc` used for callers building schemas.
 pub fn shared(schema: Schema) -> Arc<Schema> {
     Arc::new(schema)
