@@ -339,3 +339,139 @@ fn filesystem_sink_uploads_complete_files_to_s3() {
         .sum();
     assert_eq!(rows, 3000);
 }
+
+/// Writes an object through object_store (what any S3 client does).
+fn put_object(endpoint: &str, bucket: &str, key: &str, body: Vec<u8>) {
+    use deltalake::logstore::object_store::{ObjectStoreExt, PutPayload, path::Path as ObjectPath};
+    let url = deltalake::ensure_table_uri(format!("s3://{bucket}")).unwrap();
+    let options = std::collections::HashMap::from([
+        ("AWS_ENDPOINT_URL".to_string(), endpoint.to_string()),
+        ("AWS_ACCESS_KEY_ID".to_string(), ACCESS_KEY.to_string()),
+        ("AWS_SECRET_ACCESS_KEY".to_string(), SECRET_KEY.to_string()),
+        ("AWS_REGION".to_string(), "us-east-1".to_string()),
+        ("AWS_ALLOW_HTTP".to_string(), "true".to_string()),
+    ]);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let store = deltalake::DeltaTableBuilder::from_url(url)
+            .unwrap()
+            .with_storage_options(options)
+            .build_storage()
+            .unwrap()
+            .object_store(None);
+        store
+            .put(&ObjectPath::from(key), PutPayload::from(body))
+            .await
+            .unwrap();
+    });
+}
+
+fn event_lines(ids: std::ops::Range<u64>) -> Vec<u8> {
+    ids.map(|i| {
+        format!(
+            "{{\"event_id\":{i},\"user_id\":\"u{}\",\"note\":\"{}\",\"ts\":{}}}\n",
+            i % 7,
+            "x".repeat(200),
+            1_714_564_800_000 + i
+        )
+    })
+    .collect::<String>()
+    .into_bytes()
+}
+
+#[test]
+fn the_file_source_reads_each_new_object_under_a_prefix_once() {
+    let Some(endpoint) = s3_server() else { return };
+    let bucket = common::unique("laketide-incoming");
+    create_bucket(&endpoint, &bucket);
+    // A 5 MB object, streamed in chunks; a hidden one that writers have not finished.
+    put_object(&endpoint, &bucket, "in/2024/a.json", event_lines(0..20_000));
+    put_object(
+        &endpoint,
+        &bucket,
+        "in/2024/.b.json.inprogress",
+        event_lines(90_000..90_010),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("p.sql"),
+        format!(
+            "CREATE TABLE clicks (event_id BIGINT, user_id TEXT, ts TIMESTAMP)
+               WITH (connector = 'file', path = 's3://{bucket}/in', poll_interval = '200ms');
+             CREATE TABLE copied WITH (connector = 'delta', path = 'lake/copied', commit_interval = '500ms');
+             INSERT INTO copied SELECT event_id, user_id FROM clicks;"
+        ),
+    )
+    .unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_laketide"))
+        .args(["run", "p.sql", "--quiet"])
+        .current_dir(dir.path())
+        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ENDPOINT_URL_S3", &endpoint)
+        .env_remove("AWS_ENDPOINT_URL")
+        .env_remove("AWS_ALLOW_HTTP")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let count = || {
+        query_csv(
+            dir.path(),
+            &endpoint,
+            &["--lake", "lake"],
+            "SELECT count(*) AS n, count(DISTINCT event_id) AS d FROM copied",
+        )
+    };
+    let wait_for = |expected: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let got = if dir.path().join("lake/copied/_delta_log").is_dir() {
+                count()
+            } else {
+                String::new()
+            };
+            if got == expected {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "expected {expected:?}, last saw {got:?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        }
+    };
+    wait_for("n,d\n20000,20000");
+    // Objects arriving while the pipeline runs are read once each.
+    put_object(
+        &endpoint,
+        &bucket,
+        "in/2024/c.json",
+        event_lines(20_000..20_500),
+    );
+    put_object(
+        &endpoint,
+        &bucket,
+        "in/2025/d.json",
+        event_lines(20_500..21_000),
+    );
+    wait_for("n,d\n21000,21000");
+    std::thread::sleep(std::time::Duration::from_millis(1000));
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        count(),
+        "n,d\n21000,21000",
+        "nothing read twice, the hidden object not at all"
+    );
+}

@@ -5,6 +5,7 @@ use laketide_engine::OnError;
 use crate::error::{ConnectorError, Result};
 use crate::format::Format;
 use crate::options::Options;
+use crate::storage::StorageConfig;
 
 /// Whether a file source ends after what is there, or keeps watching.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,7 +19,8 @@ pub enum FileMode {
 /// Configuration of a file source (`connector = 'file'`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct FileSourceConfig {
-    /// A directory (all visible files in it), a single file, or a glob such as `data/*.json`.
+    /// A directory (all visible files in it), a single file, a glob such as `data/*.json`, or
+    /// an object store prefix such as `s3://bucket/incoming` (every object under it).
     pub path: String,
     /// Record format.
     pub format: Format,
@@ -32,6 +34,8 @@ pub struct FileSourceConfig {
     pub on_error: OnError,
     /// Files read and decoded at the same time.
     pub reader_threads: usize,
+    /// Endpoint, region and plain-HTTP settings for `s3://` paths.
+    pub storage: StorageConfig,
 }
 
 /// The option keys of the file source.
@@ -47,6 +51,9 @@ pub const FILE_SOURCE_OPTIONS: &[&str] = &[
     "dead_letter_path",
     "reader_threads",
     "idle_timeout",
+    "endpoint",
+    "region",
+    "allow_http",
 ];
 
 impl FileSourceConfig {
@@ -82,6 +89,7 @@ impl FileSourceConfig {
             Some(n) => n as usize,
             None => std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
         };
+        let storage = StorageConfig::from_options(&mut options)?;
         options.finish("file", FILE_SOURCE_OPTIONS)?;
         Ok(FileSourceConfig {
             path,
@@ -91,6 +99,7 @@ impl FileSourceConfig {
             batch_size,
             on_error,
             reader_threads,
+            storage,
         })
     }
 }

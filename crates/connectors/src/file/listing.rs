@@ -56,7 +56,11 @@ fn walk(dir: &Path, files: &mut Vec<PathBuf>) -> Result<()> {
 }
 
 fn visible(p: &Path) -> bool {
-    let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    visible_name(p.file_name().and_then(|n| n.to_str()).unwrap_or(""))
+}
+
+/// Whether a file (or directory) name is read: not hidden, not temporary.
+pub(crate) fn visible_name(name: &str) -> bool {
     !(name.starts_with('.')
         || name.starts_with('_')
         || name.ends_with(".tmp")

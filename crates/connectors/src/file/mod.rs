@@ -5,6 +5,7 @@ mod config;
 mod listing;
 mod reader;
 mod source;
+mod store;
 
 pub use config::{FileMode, FileSourceConfig};
 pub use listing::list_files;

@@ -3,8 +3,7 @@
 //! pipeline and a slow pipeline slows reading.
 
 use std::collections::HashSet;
-use std::fs::File;
-use std::io::{BufRead, BufReader};
+use std::io::BufRead;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::Receiver;
@@ -20,7 +19,7 @@ use tokio::sync::mpsc::Sender;
 use laketide_engine::{BadRecords, EngineError};
 
 use super::config::{FileMode, FileSourceConfig};
-use super::listing::list_files;
+use super::store::FileStore;
 use crate::format::{Format, RecordDecoder};
 
 /// What the reader threads report.
@@ -44,6 +43,7 @@ struct Gone;
 /// `seen` (in path order) to the readers; each reader reads whole files, so the batches of one
 /// file stay in order. In `once` mode the event channel closes when every file is read.
 pub(crate) fn start_readers(
+    store: FileStore,
     config: FileSourceConfig,
     schema: SchemaRef,
     bad: Arc<BadRecords>,
@@ -55,6 +55,7 @@ pub(crate) fn start_readers(
     let work_rx = Arc::new(Mutex::new(work_rx));
     for i in 0..threads {
         let reader = Reader {
+            store: store.clone(),
             decoder: RecordDecoder::new(schema.clone(), config.format.clone(), bad.clone()),
             config: config.clone(),
             schema: schema.clone(),
@@ -66,6 +67,7 @@ pub(crate) fn start_readers(
             .spawn(move || reader.work(&work))?;
     }
     let lister = Lister {
+        store,
         config,
         tx: events,
         work: work_tx,
@@ -80,6 +82,7 @@ pub(crate) fn start_readers(
 }
 
 struct Lister {
+    store: FileStore,
     config: FileSourceConfig,
     tx: Sender<ReaderEvent>,
     work: std::sync::mpsc::SyncSender<PathBuf>,
@@ -89,7 +92,7 @@ impl Lister {
     fn run(&self, seen: &mut HashSet<PathBuf>) -> Result<(), Gone> {
         let mut first_listing = true;
         loop {
-            match list_files(&self.config.path) {
+            match self.store.list(&self.config.path) {
                 Ok(files) => {
                     for file in files {
                         if seen.insert(file.clone()) {
@@ -129,6 +132,7 @@ impl Lister {
 }
 
 struct Reader {
+    store: FileStore,
     config: FileSourceConfig,
     schema: SchemaRef,
     decoder: RecordDecoder,
@@ -187,8 +191,7 @@ impl Reader {
                 e,
             ))
         };
-        let file = File::open(path).map_err(io)?;
-        let mut reader = BufReader::with_capacity(1 << 20, file);
+        let mut reader = self.store.open(path).map_err(io)?;
         let batch_size = self.config.batch_size;
         let mut buffer: Vec<u8> = Vec::with_capacity(batch_size * 128);
         let mut records: Vec<Range<usize>> = Vec::with_capacity(batch_size);
@@ -246,8 +249,11 @@ impl Reader {
                 e,
             ))
         };
-        let file = File::open(path).map_err(|e| failed(e.to_string()))?;
-        let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        let bytes = self
+            .store
+            .read_all(path)
+            .map_err(|e| failed(e.to_string()))?;
+        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
             .map_err(|e| failed(e.to_string()))?
             .with_batch_size(self.config.batch_size)
             .build()

@@ -11,6 +11,7 @@ use laketide_engine::{BadRecords, EngineError, Result, Source, SourcePoll};
 
 use super::config::{FileMode, FileSourceConfig};
 use super::reader::{ReaderEvent, start_readers};
+use super::store::FileStore;
 
 /// Reads JSON-lines, CSV or Parquet files; see [`FileSourceConfig`]. Each file is a split:
 /// its rows arrive in file order, and the source's watermark is the minimum over the files
@@ -54,7 +55,9 @@ impl Source for FileSource {
     async fn open(&mut self) -> Result<()> {
         let threads = self.config.reader_threads.max(1);
         let (tx, rx) = channel(4 * threads);
+        let store = FileStore::for_path(&self.config.path, &self.config.storage)?;
         start_readers(
+            store,
             self.config.clone(),
             self.schema.clone(),
             self.bad.clone(),

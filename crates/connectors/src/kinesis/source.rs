@@ -206,11 +206,10 @@ impl Source for KinesisSource {
                 ShardEvent::Finished(shard) => {
                     tracing::debug!(%shard, stream = %self.config.stream, "shard read to its end");
                     self.tracker.finished(&shard);
-                    // Its children may be listed already; if not, look for them now.
+                    // Its children may be listed already; if not, the next poll lists the
+                    // shards again to find them.
                     self.start_ready()?;
-                    if self.tracker.reading() == 0 {
-                        self.next_discovery = Instant::now();
-                    }
+                    self.next_discovery = Instant::now();
                     return Ok(SourcePoll::SplitFinished(shard));
                 }
                 ShardEvent::Failed(e) => return Err(e),
