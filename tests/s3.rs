@@ -380,7 +380,7 @@ fn event_lines(ids: std::ops::Range<u64>) -> Vec<u8> {
 }
 
 #[test]
-fn the_file_source_reads_each_new_object_under_a_prefix_once() {
+fn the_file_source_reads_each_new_object_under_a_prefix_once_compressed_or_not() {
     let Some(endpoint) = s3_server() else { return };
     let bucket = common::unique("laketide-incoming");
     create_bucket(&endpoint, &bucket);
@@ -456,7 +456,18 @@ fn the_file_source_reads_each_new_object_under_a_prefix_once() {
         "in/2025/d.json",
         event_lines(20_500..21_000),
     );
-    wait_for("n,d\n21000,21000");
+    // Compressed JSON lines, by extension.
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, &event_lines(21_000..22_000)).unwrap();
+    put_object(
+        &endpoint,
+        &bucket,
+        "in/2025/e.json.gz",
+        gz.finish().unwrap(),
+    );
+    let zst = zstd::stream::encode_all(&event_lines(22_000..23_000)[..], 3).unwrap();
+    put_object(&endpoint, &bucket, "in/2025/f.json.zst", zst);
+    wait_for("n,d\n23000,23000");
     std::thread::sleep(std::time::Duration::from_millis(1000));
     let status = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
@@ -471,7 +482,7 @@ fn the_file_source_reads_each_new_object_under_a_prefix_once() {
     );
     assert_eq!(
         count(),
-        "n,d\n21000,21000",
+        "n,d\n23000,23000",
         "nothing read twice, the hidden object not at all"
     );
 }

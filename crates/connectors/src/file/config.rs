@@ -7,6 +7,8 @@ use crate::format::Format;
 use crate::options::Options;
 use crate::storage::StorageConfig;
 
+use super::compression::Compression;
+
 /// Whether a file source ends after what is there, or keeps watching.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FileMode {
@@ -36,6 +38,8 @@ pub struct FileSourceConfig {
     pub reader_threads: usize,
     /// Endpoint, region and plain-HTTP settings for `s3://` paths.
     pub storage: StorageConfig,
+    /// How JSON-lines and CSV files are compressed.
+    pub compression: Compression,
 }
 
 /// The option keys of the file source.
@@ -51,6 +55,7 @@ pub const FILE_SOURCE_OPTIONS: &[&str] = &[
     "dead_letter_path",
     "reader_threads",
     "idle_timeout",
+    "compression",
     "endpoint",
     "region",
     "allow_http",
@@ -90,6 +95,13 @@ impl FileSourceConfig {
             None => std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
         };
         let storage = StorageConfig::from_options(&mut options)?;
+        let compression = Compression::parse(options.take("compression").as_deref())?;
+        if format == Format::Parquet && compression != Compression::Auto {
+            return Err(ConnectorError::InvalidOption(
+                "option `compression` applies to JSON and CSV files; Parquet files carry their own"
+                    .into(),
+            ));
+        }
         options.finish("file", FILE_SOURCE_OPTIONS)?;
         Ok(FileSourceConfig {
             path,
@@ -100,6 +112,7 @@ impl FileSourceConfig {
             on_error,
             reader_threads,
             storage,
+            compression,
         })
     }
 }

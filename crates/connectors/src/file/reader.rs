@@ -191,7 +191,8 @@ impl Reader {
                 e,
             ))
         };
-        let mut reader = self.store.open(path).map_err(io)?;
+        let raw = self.store.open(path).map_err(io)?;
+        let mut reader = self.config.compression.reader(path, raw).map_err(io)?;
         let batch_size = self.config.batch_size;
         let mut buffer: Vec<u8> = Vec::with_capacity(batch_size * 128);
         let mut records: Vec<Range<usize>> = Vec::with_capacity(batch_size);
