@@ -561,3 +561,52 @@ fn a_column_delta_cannot_store_is_one_clear_line() {
         "{err}"
     );
 }
+
+#[test]
+fn the_delta_sink_compacts_small_files_on_its_own() {
+    let dir = workdir();
+    // A tiny buffer commits after every batch of 100 rows: 30 small commits.
+    std::fs::write(
+        dir.path().join("p.sql"),
+        "CREATE TABLE clicks (event_id BIGINT, user_id TEXT, ts TIMESTAMP)
+           WITH (connector = 'file', path = 'examples/data/clicks/', mode = 'once', batch_size = '100', reader_threads = 1);
+         CREATE TABLE copied WITH (connector = 'delta', path = 'lake/copied', max_buffer_size = '1KB', compact_file_count = '8');
+         INSERT INTO copied SELECT event_id, user_id FROM clicks;",
+    )
+    .unwrap();
+    let run = laketide(dir.path(), &["run", "p.sql", "--quiet"]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let table = dir.path().join("lake/copied");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (files, operations) = runtime.block_on(async {
+        let url = deltalake::ensure_table_uri(table.to_str().unwrap()).unwrap();
+        let t = deltalake::open_table(url).await.unwrap();
+        let files = t.snapshot().unwrap().log_data().num_files();
+        let history: Vec<_> = futures::TryStreamExt::try_collect(t.history(None))
+            .await
+            .unwrap();
+        let operations: Vec<String> = history.into_iter().filter_map(|c| c.operation).collect();
+        (files, operations)
+    });
+    let appends = operations.iter().filter(|o| *o == "WRITE").count();
+    let compactions = operations.iter().filter(|o| *o == "OPTIMIZE").count();
+    assert!(appends >= 20, "{operations:?}");
+    assert!(compactions >= 2, "{operations:?}");
+    assert!(
+        files < 8,
+        "compaction keeps the file count below the limit: {files}"
+    );
+    // Nothing lost or repeated by compaction.
+    let out = laketide(
+        dir.path(),
+        &[
+            "query",
+            "--lake",
+            "lake",
+            "--format",
+            "csv",
+            "SELECT count(*) AS n, count(DISTINCT event_id) AS d FROM copied",
+        ],
+    );
+    assert_eq!(stdout(&out).trim(), "n,d\n3000,3000");
+}

@@ -19,6 +19,9 @@ pub struct DeltaSinkConfig {
     pub max_buffer_bytes: u64,
     /// Target size of the Parquet files written.
     pub target_file_size: Option<u64>,
+    /// Compact the table (Delta OPTIMIZE) after a commit that leaves it with at least this
+    /// many data files.
+    pub compact_file_count: Option<u64>,
 }
 
 /// The option keys of the Delta sink.
@@ -28,6 +31,7 @@ pub const DELTA_SINK_OPTIONS: &[&str] = &[
     "commit_interval",
     "max_buffer_size",
     "target_file_size",
+    "compact_file_count",
     "endpoint",
     "region",
     "allow_http",
@@ -51,6 +55,12 @@ impl DeltaSinkConfig {
                 "option `target_file_size` must be positive".into(),
             ));
         }
+        let compact_file_count = options.take_u64("compact_file_count")?;
+        if compact_file_count.is_some_and(|n| n < 2) {
+            return Err(ConnectorError::InvalidOption(
+                "option `compact_file_count` must be at least 2".into(),
+            ));
+        }
         let storage = StorageConfig::from_options(&mut options)?;
         options.finish("delta", DELTA_SINK_OPTIONS)?;
         Ok(DeltaSinkConfig {
@@ -60,6 +70,7 @@ impl DeltaSinkConfig {
             commit_interval,
             max_buffer_bytes,
             target_file_size,
+            compact_file_count,
         })
     }
 }

@@ -51,6 +51,40 @@ impl DeltaSink {
         .into()
     }
 
+    /// Runs Delta OPTIMIZE when the table has reached `compact_file_count` data files, so that a
+    /// long-running stream of small commits does not leave readers with thousands of files.
+    async fn compact_if_due(&mut self, table: DeltaTable) -> Result<DeltaTable> {
+        let Some(limit) = self.config.compact_file_count else {
+            return Ok(table);
+        };
+        let files = table
+            .snapshot()
+            .map_err(|e| self.delta_error("reading", e))?
+            .log_data()
+            .num_files() as u64;
+        if files < limit {
+            return Ok(table);
+        }
+        let mut optimize = table.optimize();
+        if let Some(size) = self
+            .config
+            .target_file_size
+            .and_then(std::num::NonZeroU64::new)
+        {
+            optimize = optimize.with_target_size(size);
+        }
+        let (table, metrics) = optimize
+            .await
+            .map_err(|e| self.delta_error("compacting", e))?;
+        tracing::info!(
+            sink = %self.name,
+            files_removed = metrics.num_files_removed,
+            files_added = metrics.num_files_added,
+            "compacted the Delta table"
+        );
+        Ok(table)
+    }
+
     async fn commit(&mut self) -> Result<()> {
         if self.buffer.is_empty() {
             // Nothing to commit: the next rows wait a full interval, not just the next tick.
@@ -76,6 +110,7 @@ impl DeltaSink {
         let table = write
             .await
             .map_err(|e| self.delta_error("appending to", e))?;
+        let table = self.compact_if_due(table).await?;
         self.table = Some(table);
         self.summary.rows_written += self.buffered_rows;
         self.summary.commits += 1;
