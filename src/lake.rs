@@ -223,13 +223,22 @@ pub async fn register_pipeline(ctx: &SessionContext, file: &Path) -> Result<Vec<
                 }
             }
             "filesystem"
-                if path_ref.is_dir()
-                    && std::fs::read_dir(path_ref).is_ok_and(|mut d| d.next().is_some()) =>
+                if (remote && {
+                    let storage = StorageConfig::from_options(&mut options)?.storage_options();
+                    register_object_store(ctx, &path, storage).await?
+                }) || (path_ref.is_dir()
+                    && std::fs::read_dir(path_ref).is_ok_and(|mut d| d.next().is_some())) =>
             {
                 let format = options
                     .take("format")
                     .unwrap_or_else(|| "parquet".into())
                     .to_ascii_lowercase();
+                // A prefix is read as a directory of files.
+                let path = if remote {
+                    format!("{}/", path.trim_end_matches('/'))
+                } else {
+                    path.clone()
+                };
                 match format.as_str() {
                     "json" => {
                         ctx.register_json(def.name.as_str(), &path, Default::default())
@@ -258,6 +267,43 @@ pub async fn register_pipeline(ctx: &SessionContext, file: &Path) -> Result<Vec<
     }
     names.sort();
     Ok(names)
+}
+
+/// Makes the bucket of `location` (`s3://bucket/prefix`) readable by the session; returns
+/// whether any object exists under the prefix.
+async fn register_object_store(
+    ctx: &SessionContext,
+    location: &str,
+    storage: HashMap<String, String>,
+) -> Result<bool> {
+    let delta = |source| CliError::Delta {
+        context: format!("opening {location}"),
+        source,
+    };
+    let url = deltalake::ensure_table_uri(location).map_err(delta)?;
+    let bucket = url::Url::parse(&format!(
+        "{}://{}",
+        url.scheme(),
+        url.host_str().unwrap_or_default()
+    ))
+    .map_err(|e| CliError::Usage(format!("`{location}` is not a valid URL: {e}")))?;
+    let store = deltalake::DeltaTableBuilder::from_url(bucket.clone())
+        .map_err(delta)?
+        .with_storage_options(storage)
+        .build_storage()
+        .map_err(delta)?
+        .object_store(None);
+    let prefix = deltalake::Path::from(url.path().trim_matches('/'));
+    let listing = store
+        .list_with_delimiter(Some(&prefix))
+        .await
+        .map_err(|e| CliError::Delta {
+            context: format!("listing {location}"),
+            source: e.into(),
+        })?;
+    let any = !listing.objects.is_empty() || !listing.common_prefixes.is_empty();
+    ctx.register_object_store(&bucket, store);
+    Ok(any)
 }
 
 /// A session for ad-hoc queries.

@@ -338,6 +338,16 @@ fn filesystem_sink_uploads_complete_files_to_s3() {
         })
         .sum();
     assert_eq!(rows, 3000);
+    // `query -f` reads the sink's files where they are.
+    assert_eq!(
+        query_csv(
+            dir.path(),
+            &endpoint,
+            &["-f", "p.sql"],
+            "SELECT count(*) AS n FROM out"
+        ),
+        "n\n3000"
+    );
 }
 
 /// Writes an object through object_store (what any S3 client does).
