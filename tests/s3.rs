@@ -496,3 +496,66 @@ fn the_file_source_reads_each_new_object_under_a_prefix_once_compressed_or_not()
         "nothing read twice, the hidden object not at all"
     );
 }
+
+#[test]
+fn two_pipelines_append_to_one_s3_table_at_once_without_losing_a_commit() {
+    let Some(endpoint) = s3_server() else { return };
+    let bucket = common::unique("laketide-concurrent");
+    create_bucket(&endpoint, &bucket);
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/data/clicks");
+    let dir = tempfile::tempdir().unwrap();
+    // Small buffers: each writer commits about 30 times, so their commits race.
+    for writer in ["a", "b"] {
+        std::fs::write(
+            dir.path().join(format!("{writer}.sql")),
+            format!(
+                "CREATE TABLE clicks (event_id BIGINT, ts TIMESTAMP)
+                   WITH (connector = 'file', path = '{}', mode = 'once', batch_size = '100', reader_threads = 1);
+                 CREATE TABLE shared WITH (connector = 'delta', path = 's3://{bucket}/lake/shared', max_buffer_size = '1KB');
+                 INSERT INTO shared SELECT event_id, '{writer}' AS writer FROM clicks;",
+                data.display()
+            ),
+        )
+        .unwrap();
+    }
+    // The table exists before the race (creating it is a separate, first commit).
+    let first = laketide(dir.path(), &endpoint, &["run", "a.sql", "--quiet"]);
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let spawn = |file: &str| {
+        Command::new(env!("CARGO_BIN_EXE_laketide"))
+            .args(["run", file, "--quiet"])
+            .current_dir(dir.path())
+            .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ENDPOINT_URL_S3", &endpoint)
+            .env_remove("AWS_ENDPOINT_URL")
+            .env_remove("AWS_ALLOW_HTTP")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn("a.sql"), spawn("b.sql"));
+    for child in [a, b] {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let lake = format!("s3://{bucket}/lake");
+    assert_eq!(
+        query_csv(
+            dir.path(),
+            &endpoint,
+            &["--lake", &lake],
+            "SELECT writer, count(*) AS n, count(DISTINCT event_id) AS d FROM shared GROUP BY writer ORDER BY writer"
+        ),
+        "writer,n,d\na,6000,3000\nb,3000,3000"
+    );
+}
