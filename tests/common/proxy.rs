@@ -67,12 +67,14 @@ impl FaultProxy {
     }
 }
 
-struct Message {
-    head: Vec<String>,
-    body: Vec<u8>,
+/// An HTTP/1.1 request or response: the start line and headers, and the body.
+pub struct Message {
+    pub head: Vec<String>,
+    pub body: Vec<u8>,
 }
 
-fn header<'a>(head: &'a [String], name: &str) -> Option<&'a str> {
+/// The value of header `name` (case-insensitive).
+pub fn header<'a>(head: &'a [String], name: &str) -> Option<&'a str> {
     head.iter().skip(1).find_map(|line| {
         let (k, v) = line.split_once(':')?;
         k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
@@ -80,7 +82,7 @@ fn header<'a>(head: &'a [String], name: &str) -> Option<&'a str> {
 }
 
 /// Reads one HTTP/1.1 message (head and body) from `stream`; `None` at a clean end.
-async fn read_message(
+pub async fn read_message(
     stream: &mut TcpStream,
     buf: &mut Vec<u8>,
     until_eof: bool,
@@ -146,7 +148,8 @@ fn dechunk(raw: &[u8]) -> Vec<u8> {
     out
 }
 
-fn render(head: &[String], body: &[u8], extra: &[&str]) -> Vec<u8> {
+/// Writes a message with a fresh content-length (and `extra` header lines).
+pub fn render(head: &[String], body: &[u8], extra: &[&str]) -> Vec<u8> {
     let mut out = String::new();
     out.push_str(&head[0]);
     out.push_str("\r\n");

@@ -15,6 +15,7 @@ mod metadata;
 mod options;
 mod registry;
 pub mod storage;
+pub mod webhook;
 
 pub use error::{ConnectorError, Result};
 pub use metadata::MetadataColumn;

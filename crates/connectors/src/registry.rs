@@ -20,7 +20,14 @@ use crate::options::Options;
 /// Connectors that can be read from.
 pub const SOURCE_CONNECTORS: &[&str] = &["file", "kinesis"];
 /// Connectors that can be written to.
-pub const SINK_CONNECTORS: &[&str] = &["delta", "filesystem", "kinesis", "dynamodb", "console"];
+pub const SINK_CONNECTORS: &[&str] = &[
+    "delta",
+    "filesystem",
+    "kinesis",
+    "dynamodb",
+    "webhook",
+    "console",
+];
 
 /// A source ready to be added to a dataflow.
 pub struct BuiltSource {
@@ -214,6 +221,28 @@ pub fn build_sink(table: &str, connector: &str, options: Options) -> Result<Buil
             );
             Ok(BuiltSink {
                 sink: Box::new(DynamoDbSink::new(table, config)),
+                description,
+            })
+        }
+        "webhook" => {
+            let config = crate::webhook::WebhookSinkConfig::from_options(options)?;
+            let description = format!(
+                "webhook POST {} ({} row{} per request{})",
+                config.display_url(),
+                config.rows_per_request,
+                if config.rows_per_request == 1 {
+                    ""
+                } else {
+                    "s"
+                },
+                if config.secret_env.is_some() {
+                    ", signed"
+                } else {
+                    ""
+                }
+            );
+            Ok(BuiltSink {
+                sink: Box::new(crate::webhook::WebhookSink::new(table, config)),
                 description,
             })
         }
