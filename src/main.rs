@@ -5,7 +5,8 @@ use clap::{Parser, Subcommand};
 use laketide::commands::{bench, bench_dynamodb, check, generate, maintain, produce, query, run};
 use laketide::datagen::{ClickstreamSpec, TimeFormat};
 
-/// Streaming SQL over files into a Delta lake: event-time windows, continuous queries, one binary.
+/// Streaming SQL over files and Kinesis into a Delta lake, DynamoDB, Kinesis or webhooks:
+/// event-time windows, continuous queries, one binary.
 #[derive(Debug, Parser)]
 #[command(name = "laketide", version)]
 struct Cli {
