@@ -80,6 +80,9 @@ pub struct SplitWatermarks {
     last_activity: Instant,
     /// No split is active and the source has been quiet for its idle timeout.
     quiet: bool,
+    /// When the last active splits went idle together: the watermark of the one with the most
+    /// recent data, which the source reaches before it goes idle.
+    last_active: Option<EventTime>,
 }
 
 impl Default for SplitWatermarks {
@@ -97,6 +100,7 @@ impl SplitWatermarks {
             idle_emitted: false,
             last_activity: Instant::now(),
             quiet: false,
+            last_active: None,
         }
     }
 
@@ -120,6 +124,8 @@ impl SplitWatermarks {
         }
         self.last_activity = now;
         self.quiet = false;
+        // Data ends an "all idle" episode: what it would have reached no longer applies.
+        self.last_active = None;
     }
 
     /// Removes a finished split from the minimum.
@@ -129,11 +135,29 @@ impl SplitWatermarks {
 
     /// Marks splits idle that had no data for `timeout`, and the whole source when it has no
     /// split and no activity for `timeout`.
+    ///
+    /// Splits that go idle in the same check are taken in the order their data stopped, as if
+    /// each had gone idle on its own: when all active splits go idle at once, the source first
+    /// reaches the watermark of the split whose data came last (the minimum over the splits
+    /// still active just before it went idle), so its windows close.
     pub fn mark_idle(&mut self, timeout: Duration, now: Instant) {
+        let mut last: Option<(Instant, EventTime)> = None;
+        let mut any_left = false;
         for state in self.splits.values_mut() {
-            if !state.idle && now.duration_since(state.last_data) >= timeout {
-                state.idle = true;
+            if state.idle {
+                continue;
             }
+            if now.duration_since(state.last_data) >= timeout {
+                state.idle = true;
+                if last.is_none_or(|(t, _)| state.last_data >= t) {
+                    last = Some((state.last_data, state.watermark));
+                }
+            } else {
+                any_left = true;
+            }
+        }
+        if !any_left && let Some((_, w)) = last {
+            self.last_active = Some(w);
         }
         if self.splits.is_empty() && now.duration_since(self.last_activity) >= timeout {
             self.quiet = true;
@@ -143,7 +167,14 @@ impl SplitWatermarks {
     /// The watermark to send downstream, if it changed since the last call.
     pub fn advance(&mut self) -> Option<Watermark> {
         let active = self.splits.values().filter(|s| !s.idle);
-        let min = active.map(|s| s.watermark).min();
+        let mut min = active.map(|s| s.watermark).min();
+        if min.is_none()
+            && let Some(w) = self.last_active.take()
+            && w != EventTime::MIN
+            && self.emitted.is_none_or(|e| w > e)
+        {
+            min = Some(w);
+        }
         match min {
             Some(w) if w != EventTime::MIN && self.emitted.is_none_or(|e| w > e) => {
                 self.emitted = Some(w);
@@ -262,6 +293,23 @@ mod tests {
         w.mark_idle(Duration::from_secs(5), t0 + Duration::from_secs(30));
         assert_eq!(w.advance(), Some(Watermark::Idle));
         assert_eq!(w.advance(), None);
+    }
+
+    #[test]
+    fn splits_going_idle_together_first_reach_the_latest_ones_watermark() {
+        let mut w = SplitWatermarks::new();
+        let t0 = Instant::now();
+        w.observe("a", Some(10), t0);
+        w.observe("b", Some(50), t0 + Duration::from_secs(1));
+        assert_eq!(w.advance(), Some(Watermark::EventTime(10)));
+        // Both are quiet for longer than the timeout by the next check.
+        w.mark_idle(Duration::from_secs(5), t0 + Duration::from_secs(30));
+        assert_eq!(w.advance(), Some(Watermark::EventTime(50)));
+        assert_eq!(w.advance(), Some(Watermark::Idle));
+        assert_eq!(w.advance(), None);
+        // New data makes a split active again, from where it was.
+        w.observe("a", Some(60), t0 + Duration::from_secs(31));
+        assert_eq!(w.advance(), Some(Watermark::EventTime(60)));
     }
 
     #[test]
