@@ -980,3 +980,52 @@ async fn the_kinesis_example_runs_as_documented() {
         "v,delays\n2020,true"
     );
 }
+
+#[tokio::test]
+async fn an_expired_iterator_at_latest_does_not_skip_what_arrived_meanwhile() {
+    let Some(endpoint) = kinesis_server() else {
+        return;
+    };
+    let kinesis = client(&endpoint);
+    let stream = create_stream(&kinesis, "expired-latest", 1).await;
+    // Counts GetRecords calls; once `expire` is set, the next call says the iterator expired.
+    let calls = Arc::new(AtomicU64::new(0));
+    let expire = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (seen, flag) = (calls.clone(), expire.clone());
+    let rule: Rule = Arc::new(move |target: &str, _body: &[u8]| {
+        if target.ends_with(".GetRecords") {
+            seen.fetch_add(1, Ordering::Relaxed);
+            if flag.swap(false, Ordering::Relaxed) {
+                return Action::Reply {
+                    status: 400,
+                    body: r#"{"__type":"ExpiredIteratorException","message":"Iterator expired"}"#
+                        .into(),
+                };
+            }
+        }
+        Action::Forward
+    });
+    let proxy = FaultProxy::start(&endpoint, rule).await;
+    let mut s = source(
+        &proxy.endpoint,
+        &stream,
+        &[("start_position", "latest")],
+        BTreeMap::new(),
+    );
+    s.open().await.unwrap();
+    let mut d = Delivered::default();
+    // The reader holds a LATEST iterator once it has made a call.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while calls.load(Ordering::Relaxed) == 0 {
+        assert!(Instant::now() < deadline, "no GetRecords call");
+        let _ = s.poll_next().await.unwrap();
+    }
+    put_numbered(&kinesis, &stream, 3, 0, 4).await;
+    expire.store(true, Ordering::Relaxed);
+    poll_rows(&mut s, &mut d, 12).await;
+    expect_no_more_rows(&mut s, &mut d).await;
+    assert!(!expire.load(Ordering::Relaxed), "the expiry was injected");
+    for (key, numbers) in d.per_key() {
+        assert_eq!(numbers, (0..4).collect::<Vec<_>>(), "key {key}");
+    }
+}

@@ -9,7 +9,7 @@ use laketide_engine::EngineError;
 use tokio::sync::mpsc::Sender;
 
 use super::client::{CallError, StreamClient};
-use super::config::MIN_GET_RECORDS_INTERVAL;
+use super::config::{MIN_GET_RECORDS_INTERVAL, StartPosition};
 use super::decode::KinesisDecoder;
 use super::position::{IteratorStart, ShardPosition};
 
@@ -92,7 +92,15 @@ impl ShardReader {
                     {
                         skip = Some((sequence.clone(), *skip_through));
                     }
-                    client.shard_iterator(&self.shard, &start).await?
+                    let fetched_at = chrono::Utc::now().timestamp_millis();
+                    let it = client.shard_iterator(&self.shard, &start).await?;
+                    if start == IteratorStart::Latest {
+                        // A new iterator after this one expires continues from the moment it
+                        // was taken, not from a later LATEST that would skip what came between.
+                        self.position =
+                            ShardPosition::Initial(StartPosition::AtTimestamp(fetched_at));
+                    }
+                    it
                 }
             };
             // At most five GetRecords per second per shard.
