@@ -1029,3 +1029,33 @@ async fn an_expired_iterator_at_latest_does_not_skip_what_arrived_meanwhile() {
         assert_eq!(numbers, (0..4).collect::<Vec<_>>(), "key {key}");
     }
 }
+
+#[tokio::test]
+async fn at_timestamp_starts_at_the_records_that_arrived_from_then_on() {
+    let Some(endpoint) = kinesis_server() else {
+        return;
+    };
+    let kinesis = client(&endpoint);
+    let stream = create_stream(&kinesis, "at-timestamp", 1).await;
+    put_numbered(&kinesis, &stream, 2, 0, 5).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let from = chrono::Utc::now().to_rfc3339();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    put_numbered(&kinesis, &stream, 2, 5, 10).await;
+    let mut s = source(
+        &endpoint,
+        &stream,
+        &[
+            ("start_position", "at_timestamp"),
+            ("start_timestamp", &from),
+        ],
+        BTreeMap::new(),
+    );
+    s.open().await.unwrap();
+    let mut d = Delivered::default();
+    poll_rows(&mut s, &mut d, 10).await;
+    expect_no_more_rows(&mut s, &mut d).await;
+    for (key, numbers) in d.per_key() {
+        assert_eq!(numbers, (5..10).collect::<Vec<_>>(), "key {key}");
+    }
+}
