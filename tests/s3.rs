@@ -49,18 +49,23 @@ fn laketide(dir: &Path, endpoint: &str, args: &[&str]) -> Output {
     laketide_with_secret(dir, endpoint, SECRET_KEY, args)
 }
 
-fn laketide_with_secret(dir: &Path, endpoint: &str, secret: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_laketide"))
-        .args(args)
+/// `laketide ARGS` in `dir`, with the local S3 server's endpoint and credentials (and none of
+/// the caller's other endpoint settings).
+fn command(dir: &Path, endpoint: &str, secret: &str, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_laketide"));
+    c.args(args)
         .current_dir(dir)
         .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
         .env("AWS_SECRET_ACCESS_KEY", secret)
         .env("AWS_REGION", "us-east-1")
         .env("AWS_ENDPOINT_URL_S3", endpoint)
         .env_remove("AWS_ENDPOINT_URL")
-        .env_remove("AWS_ALLOW_HTTP")
-        .output()
-        .unwrap()
+        .env_remove("AWS_ALLOW_HTTP");
+    c
+}
+
+fn laketide_with_secret(dir: &Path, endpoint: &str, secret: &str, args: &[&str]) -> Output {
+    command(dir, endpoint, secret, args).output().unwrap()
 }
 
 /// Runs `laketide query … --format csv SQL` (after `query_args`) and returns its trimmed output.
@@ -413,19 +418,16 @@ fn the_file_source_reads_each_new_object_under_a_prefix_once_compressed_or_not()
         ),
     )
     .unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_laketide"))
-        .args(["run", "p.sql", "--quiet"])
-        .current_dir(dir.path())
-        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_ENDPOINT_URL_S3", &endpoint)
-        .env_remove("AWS_ENDPOINT_URL")
-        .env_remove("AWS_ALLOW_HTTP")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = command(
+        dir.path(),
+        &endpoint,
+        SECRET_KEY,
+        &["run", "p.sql", "--quiet"],
+    )
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
     let count = || {
         query_csv(
             dir.path(),
@@ -526,15 +528,7 @@ fn two_pipelines_append_to_one_s3_table_at_once_without_losing_a_commit() {
         String::from_utf8_lossy(&first.stderr)
     );
     let spawn = |file: &str| {
-        Command::new(env!("CARGO_BIN_EXE_laketide"))
-            .args(["run", file, "--quiet"])
-            .current_dir(dir.path())
-            .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-            .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-            .env("AWS_REGION", "us-east-1")
-            .env("AWS_ENDPOINT_URL_S3", &endpoint)
-            .env_remove("AWS_ENDPOINT_URL")
-            .env_remove("AWS_ALLOW_HTTP")
+        command(dir.path(), &endpoint, SECRET_KEY, &["run", file, "--quiet"])
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap()

@@ -1,6 +1,7 @@
 //! Helpers shared by the end-to-end tests.
 #![allow(dead_code)]
 
+pub mod kinesis;
 pub mod proxy;
 
 use std::path::Path;
