@@ -6,6 +6,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 use deltalake::DeltaTable;
 use deltalake::kernel::StructType;
 use deltalake::kernel::engine::arrow_conversion::{TryIntoArrow, TryIntoKernel};
+use deltalake::kernel::transaction::CommitProperties;
 use deltalake::protocol::SaveMode;
 
 use laketide_engine::{EngineError, Result, Sink, SinkSummary};
@@ -13,6 +14,11 @@ use laketide_engine::{EngineError, Result, Sink, SinkSummary};
 use super::config::DeltaSinkConfig;
 use super::schema::check_table_schema;
 use crate::error::ConnectorError;
+
+/// How often a commit is attempted when other writers keep taking the next table version. An
+/// append never conflicts with another append, so each attempt only has to rebase; delta-rs's
+/// default of 15 gave up with two busy streaming writers on one table.
+const COMMIT_ATTEMPTS: usize = 200;
 
 /// Appends rows to a Delta table. Rows are buffered and committed as one Delta commit when the
 /// buffer reaches `max_buffer_size`, every `commit_interval`, and at close: readers never see
@@ -98,6 +104,7 @@ impl DeltaSink {
         let batches = std::mem::take(&mut self.buffer);
         let mut write = table
             .write(batches)
+            .with_commit_properties(CommitProperties::default().with_max_retries(COMMIT_ATTEMPTS))
             .with_save_mode(SaveMode::Append)
             .with_partition_columns(self.config.partition_by.clone());
         if let Some(size) = self
