@@ -1,6 +1,7 @@
 //! The `laketide` command: run streaming SQL pipelines, validate and explain them, and query
 //! the lake. The library part is what the binary and the end-to-end tests share.
 
+pub mod checkpointing;
 pub mod commands;
 pub mod datagen;
 mod error;

@@ -31,6 +31,8 @@ enum Command {
         /// Do not show live progress (the summary is still printed).
         #[arg(long)]
         quiet: bool,
+        #[command(flatten)]
+        checkpoints: laketide::checkpointing::CheckpointArgs,
     },
     /// Validate a pipeline file without running it; errors are shown with line:column.
     Check {
@@ -198,7 +200,11 @@ async fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let result = match cli.command {
-        Command::Run { file, quiet } => run::run(&file, quiet).await,
+        Command::Run {
+            file,
+            quiet,
+            checkpoints,
+        } => run::run(&file, quiet, &checkpoints).await,
         Command::Check { file } => check::check(&file).await,
         Command::Explain { file } => check::explain(&file).await,
         Command::Query {

@@ -4,6 +4,7 @@ use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
+use laketide_engine::checkpoint::CheckpointInfo;
 use laketide_engine::{
     MetricsSnapshot, NodeRole, PipelineMetrics, RunSummary, time::format_event_time,
 };
@@ -37,6 +38,9 @@ fn line(s: &MetricsSnapshot, rate: f64, metrics: &PipelineMetrics, per_split: bo
     if s.throttles > 0 {
         text.push_str(&format!(" | throttled {}", s.throttles));
     }
+    if let Some(c) = &s.checkpoint {
+        text.push_str(&format!(" | {}", checkpoint_text(c)));
+    }
     if per_split {
         for (source, status) in metrics.source_status() {
             let lags = status.lags();
@@ -54,6 +58,41 @@ fn line(s: &MetricsSnapshot, rate: f64, metrics: &PipelineMetrics, per_split: bo
         }
     }
     text
+}
+
+/// Describes the last checkpoint: `checkpoint 12 at 21:40:03 (14.2KiB in 35ms)`.
+pub fn checkpoint_text(c: &CheckpointInfo) -> String {
+    let mut text = if c.id == 0 {
+        "no checkpoint yet".to_string()
+    } else {
+        let at = chrono::DateTime::from_timestamp_millis(c.completed_at_ms)
+            .map(|t| t.format("%H:%M:%S").to_string())
+            .unwrap_or_default();
+        format!(
+            "checkpoint {} at {at} ({} in {}ms)",
+            c.id,
+            human_bytes(c.bytes),
+            c.duration_ms
+        )
+    };
+    if let Some(r) = c.restored_from {
+        text.push_str(&format!(", resumed from {r}"));
+    }
+    if c.failed > 0 {
+        text.push_str(&format!(", {} failed", c.failed));
+    }
+    text
+}
+
+/// Formats a size as `512B`, `14.2KiB` or `3.1MiB`.
+pub fn human_bytes(bytes: u64) -> String {
+    if bytes < 1024 {
+        format!("{bytes}B")
+    } else if bytes < 1 << 20 {
+        format!("{:.1}KiB", bytes as f64 / 1024.0)
+    } else {
+        format!("{:.1}MiB", bytes as f64 / (1u64 << 20) as f64)
+    }
 }
 
 /// Formats milliseconds behind as `850ms`, `12.3s` or `4m05s`.
@@ -139,6 +178,9 @@ pub fn summary(s: &RunSummary) -> String {
             "; throttled {} times by the service (retried)",
             t.throttles
         ));
+    }
+    if let Some(c) = &t.checkpoint {
+        out.push_str(&format!("; {}", checkpoint_text(c)));
     }
     for (name, sink) in &s.sinks {
         out.push_str(&format!(

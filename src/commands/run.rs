@@ -5,21 +5,29 @@ use std::path::Path;
 use laketide_engine::RunOptions;
 use tokio_util::sync::CancellationToken;
 
+use crate::checkpointing::{self, CheckpointArgs};
 use crate::error::Result;
 use crate::pipeline::plan_file;
 use crate::progress;
 
-/// Cancels `stop` on the first SIGINT or SIGTERM (drain and finish), exits at the second.
-fn stop_on_signals(stop: CancellationToken) {
+/// Cancels `stop` on the first SIGINT or SIGTERM (a last checkpoint and commit, or without
+/// checkpoints a drain), exits at once at the second.
+fn stop_on_signals(stop: CancellationToken, checkpoints: bool) {
     tokio::spawn(async move {
         let mut signals = 0;
         loop {
             wait_for_signal().await;
             signals += 1;
             if signals == 1 {
-                eprintln!(
-                    "stopping: finishing in-flight rows and committing (press Ctrl-C again to exit at once)"
-                );
+                if checkpoints {
+                    eprintln!(
+                        "stopping: taking a last checkpoint and committing (press Ctrl-C again to exit at once)"
+                    );
+                } else {
+                    eprintln!(
+                        "stopping: finishing in-flight rows and committing (press Ctrl-C again to exit at once)"
+                    );
+                }
                 stop.cancel();
             } else {
                 eprintln!("exiting without committing");
@@ -51,20 +59,29 @@ async fn wait_for_signal() {
 }
 
 /// Runs the pipeline in `file`, showing progress unless `quiet`, and prints the summary.
-pub async fn run(file: &Path, quiet: bool) -> Result<()> {
+pub async fn run(file: &Path, quiet: bool, checkpoints: &CheckpointArgs) -> Result<()> {
     let planned = plan_file(file).await?;
+    let checkpoints = checkpointing::settings(checkpoints, file, &planned)?;
+    if let Some(c) = &checkpoints {
+        eprintln!(
+            "checkpoints every {:?} in {}",
+            c.interval,
+            c.store.location()
+        );
+    }
     if !planned.bounded {
         eprintln!("running continuously (a source watches for new data); press Ctrl-C to stop");
     }
     let metrics = planned.dataflow.metrics();
     let stop = CancellationToken::new();
-    stop_on_signals(stop.clone());
+    stop_on_signals(stop.clone(), checkpoints.is_some());
     let done = CancellationToken::new();
     let display = (!quiet).then(|| tokio::spawn(progress::show(metrics, done.clone())));
     let result = laketide_engine::run(
         planned.dataflow,
         RunOptions {
             stop,
+            checkpoints,
             ..Default::default()
         },
     )

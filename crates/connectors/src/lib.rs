@@ -14,6 +14,7 @@ pub mod memory;
 mod metadata;
 mod options;
 mod registry;
+pub mod state_store;
 pub mod storage;
 pub mod webhook;
 

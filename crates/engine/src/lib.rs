@@ -9,6 +9,7 @@
 //! watermark passes its end. This crate knows nothing of SQL or of any storage service.
 
 mod bad_records;
+pub mod checkpoint;
 mod error;
 mod graph;
 mod message;
@@ -18,6 +19,7 @@ pub mod operators;
 mod runner;
 mod sink;
 mod source;
+mod state;
 pub mod time;
 mod watermark;
 
@@ -30,4 +32,5 @@ pub use operator::{Operator, Output};
 pub use runner::{RunOptions, RunSummary, run};
 pub use sink::{Sink, SinkSummary};
 pub use source::{Source, SourcePoll, SplitId};
+pub use state::NodeState;
 pub use watermark::{InputWatermarks, SplitWatermarks, WatermarkStrategy};

@@ -118,6 +118,7 @@ pub struct PipelineMetrics {
     nodes: Vec<(NodeRole, Arc<NodeMetrics>)>,
     bad_records: Vec<Arc<crate::BadRecords>>,
     source_status: Vec<(String, Arc<SourceStatus>)>,
+    checkpoint: Arc<Mutex<crate::checkpoint::CheckpointInfo>>,
 }
 
 /// A point-in-time summary of a pipeline's counters.
@@ -137,6 +138,9 @@ pub struct MetricsSnapshot {
     pub max_lag_millis: Option<i64>,
     /// Calls to remote services that were throttled, over all sources.
     pub throttles: u64,
+    /// The last stored checkpoint, when the run takes checkpoints and one was stored or
+    /// restored.
+    pub checkpoint: Option<crate::checkpoint::CheckpointInfo>,
 }
 
 impl PipelineMetrics {
@@ -158,6 +162,19 @@ impl PipelineMetrics {
     }
 
     /// Every source's gauges, by source name.
+    /// The checkpoint status shared with the coordinator.
+    pub(crate) fn checkpoint_cell(&self) -> Arc<Mutex<crate::checkpoint::CheckpointInfo>> {
+        self.checkpoint.clone()
+    }
+
+    /// The last stored checkpoint (id 0 before the first).
+    pub fn checkpoint_status(&self) -> crate::checkpoint::CheckpointInfo {
+        self.checkpoint
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     pub fn source_status(&self) -> impl Iterator<Item = (&str, &Arc<SourceStatus>)> {
         self.source_status.iter().map(|(n, s)| (n.as_str(), s))
     }
@@ -181,6 +198,10 @@ impl PipelineMetrics {
             }
         }
         s.bad_records = self.bad_records.iter().map(|b| b.count()).sum();
+        let checkpoint = self.checkpoint_status();
+        if checkpoint.id > 0 || checkpoint.restored_from.is_some() {
+            s.checkpoint = Some(checkpoint);
+        }
         for (_, status) in &self.source_status {
             s.throttles += status.throttles();
             if let Some(max) = status.lags().values().max() {

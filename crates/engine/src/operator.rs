@@ -5,6 +5,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 
 use crate::error::Result;
 use crate::message::{Message, Watermark};
+use crate::state::NodeState;
 
 /// Where an operator puts what it produces. The runner sends it downstream in order.
 #[derive(Debug, Default)]
@@ -63,6 +64,10 @@ impl Output {
 ///   that hold nothing use the default, which forwards it.
 /// - `finish` is called once, after every input has ended; the operator emits everything it
 ///   still holds. No method is called after it.
+/// - Checkpoints: `snapshot` is called when a checkpoint barrier has arrived on every input,
+///   between two messages; it returns everything the operator holds (open windows, sessions,
+///   its watermark) and leaves the operator able to go on. `restore` is called once, before
+///   the first message, when the run recovers from a checkpoint.
 /// - Errors stop the pipeline; the operator is dropped without further calls. Operators do no
 ///   I/O and never block, so cancellation is simply being dropped.
 pub trait Operator: Send + 'static {
@@ -81,5 +86,21 @@ pub trait Operator: Send + 'static {
     /// Flushes everything held; called once at the end of all inputs.
     fn finish(&mut self, _out: &mut Output) -> Result<()> {
         Ok(())
+    }
+
+    /// Everything the operator holds, for a checkpoint. Stateless operators keep the default.
+    fn snapshot(&mut self) -> Result<NodeState> {
+        Ok(NodeState::empty())
+    }
+
+    /// Takes back what `snapshot` saved; called before the first message on recovery.
+    fn restore(&mut self, state: NodeState) -> Result<()> {
+        if state.is_empty() {
+            Ok(())
+        } else {
+            Err(crate::EngineError::Internal(
+                "a stateless operator was given state to restore".into(),
+            ))
+        }
     }
 }

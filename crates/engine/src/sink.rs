@@ -6,6 +6,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 
 use crate::error::Result;
 use crate::message::Watermark;
+use crate::state::NodeState;
 
 /// What a sink reports when it closes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -28,6 +29,16 @@ pub struct SinkSummary {
 /// - `close` flushes everything and returns the summary; it is called once, after the last
 ///   batch. If the pipeline fails, the sink is dropped without `close`: nothing buffered may be
 ///   made visible half-written (write to temporary names, then commit).
+/// - Checkpoints (two-phase commit): when the run takes checkpoints, `enable_checkpoints` is
+///   called before `open`, and from then on the sink makes rows visible only in `commit`.
+///   At each barrier `prepare_commit(id)` makes every row received so far durable but not yet
+///   visible (files written, requests acknowledged) and returns what `commit` will need; once
+///   the checkpoint is stored, `commit(id)` makes everything prepared up to `id` visible. On
+///   recovery, `recover(id, state)` is called right after `open` with the state prepared for
+///   the checkpoint recovered from, and finishes its commit if the crash came before it: it
+///   must recognise a commit that already happened (Delta `txn` versions), so that nothing is
+///   committed twice. Sinks that write idempotently or at least once flush in
+///   `prepare_commit` and keep the default `commit` and `recover`.
 #[async_trait]
 pub trait Sink: Send {
     /// Prepares the target for rows of `schema`.
@@ -43,6 +54,25 @@ pub trait Sink: Send {
 
     /// Time-based housekeeping (roll files, commit by interval).
     async fn maintain(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Switches the sink to committing on checkpoints; `pipeline` names the pipeline durably
+    /// (for transaction identifiers). Called once, before `open`.
+    fn enable_checkpoints(&mut self, _pipeline: &str) {}
+
+    /// Phase one of a checkpoint: everything received so far is made durable, not visible.
+    async fn prepare_commit(&mut self, _checkpoint: u64) -> Result<NodeState> {
+        Ok(NodeState::empty())
+    }
+
+    /// Phase two: the checkpoint is stored; make everything prepared up to it visible.
+    async fn commit(&mut self, _checkpoint: u64) -> Result<()> {
+        Ok(())
+    }
+
+    /// On recovery, after `open`: completes the commit of the recovered checkpoint if needed.
+    async fn recover(&mut self, _checkpoint: u64, _state: NodeState) -> Result<()> {
         Ok(())
     }
 

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use crate::error::Result;
 use crate::metrics::SourceStatus;
+use crate::state::NodeState;
 
 /// Identifies an independently ordered part of a source (a file, a Kinesis shard). Watermarks
 /// are tracked per split and combined as the minimum over active splits.
@@ -42,6 +43,10 @@ pub enum SourcePoll {
 /// - Batches carry exactly `schema()`. Malformed records are handled by the source through its
 ///   [`crate::BadRecords`] policy (fail, skip and count, or dead-letter); never dropped silently.
 /// - After `Finished` or an error the source is dropped; dropping must release its resources.
+/// - Checkpoints: `snapshot` is called between polls and must describe exactly the records that
+///   `poll_next` has returned so far (read positions, files done); `restore` is called before
+///   `open` on recovery with such a snapshot, and the source then resumes right after those
+///   records, so nothing is read twice or skipped.
 #[async_trait]
 pub trait Source: Send {
     /// The schema of every batch.
@@ -57,5 +62,22 @@ pub trait Source: Send {
     /// keeps any. Called once, when the source is added to a dataflow.
     fn status(&self) -> Option<Arc<SourceStatus>> {
         None
+    }
+
+    /// The read positions of everything returned so far, for a checkpoint. Sources without
+    /// positions (in-memory test data) return an empty state and replay from their start.
+    fn snapshot(&mut self) -> Result<NodeState> {
+        Ok(NodeState::empty())
+    }
+
+    /// Takes back positions saved by `snapshot`; called before `open` when recovering.
+    fn restore(&mut self, state: NodeState) -> Result<()> {
+        if state.is_empty() {
+            Ok(())
+        } else {
+            Err(crate::EngineError::Internal(
+                "this source saved positions it cannot restore".into(),
+            ))
+        }
     }
 }

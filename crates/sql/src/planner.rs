@@ -44,6 +44,9 @@ pub struct PlannedPipeline {
     pub dataflow: Dataflow,
     /// Whether every source is bounded (the run ends by itself).
     pub bounded: bool,
+    /// The `path` of every Delta and filesystem sink, in sink-name order: the lake the pipeline
+    /// writes (its default state directory lives beside these tables).
+    pub lake_paths: Vec<String>,
 }
 
 /// Declares tables and views and plans queries against them.
@@ -283,6 +286,7 @@ impl Planner {
                 bounded: true,
             },
             dataflow: Dataflow::new(),
+            lake_paths: Vec::new(),
         }
     }
 }
@@ -355,6 +359,7 @@ pub struct PipelineBuilder<'p> {
     planner: &'p Planner,
     state: BuilderState<'p>,
     dataflow: Dataflow,
+    lake_paths: Vec<String>,
 }
 
 /// A query's output inside a dataflow under construction.
@@ -457,6 +462,11 @@ impl<'p> PipelineBuilder<'p> {
         }
         let input = self.merge(sink, inputs, location)?;
         let (connector, options) = Planner::connector_options(def)?;
+        if matches!(connector.as_str(), "delta" | "filesystem")
+            && let Some((_, path, _)) = def.options.iter().find(|(k, _, _)| k == "path")
+        {
+            self.lake_paths.push(path.clone());
+        }
         let built = build_sink(sink, &connector, options).map_err(|e| connector_error(def, e))?;
         Ok(self
             .dataflow
@@ -516,6 +526,7 @@ impl<'p> PipelineBuilder<'p> {
         PlannedPipeline {
             dataflow: self.dataflow,
             bounded: self.state.bounded,
+            lake_paths: self.lake_paths,
         }
     }
 }

@@ -6,10 +6,13 @@ use datafusion::arrow::record_batch::RecordBatch;
 use deltalake::DeltaTable;
 use deltalake::kernel::StructType;
 use deltalake::kernel::engine::arrow_conversion::{TryIntoArrow, TryIntoKernel};
-use deltalake::kernel::transaction::CommitProperties;
-use deltalake::protocol::SaveMode;
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
+use deltalake::kernel::{Action, Add, Transaction};
+use deltalake::protocol::{DeltaOperation, SaveMode};
+use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+use serde::{Deserialize, Serialize};
 
-use laketide_engine::{EngineError, Result, Sink, SinkSummary};
+use laketide_engine::{EngineError, NodeState, Result, Sink, SinkSummary};
 
 use super::config::DeltaSinkConfig;
 use super::schema::check_table_schema;
@@ -20,9 +23,12 @@ use crate::error::ConnectorError;
 /// default of 15 gave up with two busy streaming writers on one table.
 const COMMIT_ATTEMPTS: usize = 200;
 
-/// Appends rows to a Delta table. Rows are buffered and committed as one Delta commit when the
-/// buffer reaches `max_buffer_size`, every `commit_interval`, and at close: readers never see
-/// part of a commit.
+/// Appends rows to a Delta table. Without checkpoints, rows are buffered and committed as one
+/// Delta commit when the buffer reaches `max_buffer_size`, every `commit_interval`, and at
+/// close: readers never see part of a commit. With checkpoints (two-phase commit), data files
+/// are written as rows arrive but enter the table only in the commit of a stored checkpoint,
+/// which carries a Delta `txn` action (application id of the pipeline and sink, version = the
+/// checkpoint number); on recovery that version tells whether the commit already happened.
 pub struct DeltaSink {
     name: String,
     config: DeltaSinkConfig,
@@ -32,6 +38,28 @@ pub struct DeltaSink {
     buffered_rows: u64,
     last_commit: Instant,
     summary: SinkSummary,
+    two_phase: Option<TwoPhase>,
+}
+
+/// The sink's state when it commits on checkpoints.
+struct TwoPhase {
+    /// The Delta `txn` application id: stable across restarts of the pipeline.
+    app_id: String,
+    writer: Option<RecordBatchWriter>,
+    /// Files written since the last prepare, and their rows.
+    written: Vec<Add>,
+    written_rows: u64,
+    unflushed_rows: u64,
+    /// Prepared and not yet committed, oldest first.
+    prepared: Vec<PreparedCommit>,
+}
+
+/// Files prepared at a checkpoint: written, not yet in the table's log.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct PreparedCommit {
+    checkpoint: u64,
+    rows: u64,
+    adds: Vec<Add>,
 }
 
 impl DeltaSink {
@@ -46,7 +74,95 @@ impl DeltaSink {
             buffered_rows: 0,
             last_commit: Instant::now(),
             summary: SinkSummary::default(),
+            two_phase: None,
         }
+    }
+
+    fn table(&self) -> Result<&DeltaTable> {
+        self.table
+            .as_ref()
+            .ok_or_else(|| EngineError::Internal("Delta sink used before open".into()))
+    }
+
+    /// Writes the buffered rows of the two-phase writer to data files (not yet committed).
+    async fn flush_files(&mut self) -> Result<()> {
+        let Some(tp) = self.two_phase.as_mut() else {
+            return Ok(());
+        };
+        let Some(writer) = tp.writer.as_mut() else {
+            return Ok(());
+        };
+        let adds = writer.flush().await.map_err(|e| {
+            ConnectorError::delta(
+                format!(
+                    "writing data files of Delta table `{}` at {}",
+                    self.name, self.config.path
+                ),
+                e,
+            )
+        })?;
+        tp.written.extend(adds);
+        tp.written_rows += std::mem::take(&mut tp.unflushed_rows);
+        Ok(())
+    }
+
+    /// Commits prepared files up to `checkpoint` in one Delta commit whose `txn` version is
+    /// `checkpoint`.
+    async fn commit_prepared(
+        &mut self,
+        checkpoint: u64,
+        commits: Vec<PreparedCommit>,
+    ) -> Result<()> {
+        let rows: u64 = commits.iter().map(|c| c.rows).sum();
+        let actions: Vec<Action> = commits
+            .into_iter()
+            .flat_map(|c| c.adds)
+            .map(Action::Add)
+            .collect();
+        if actions.is_empty() {
+            return Ok(());
+        }
+        let app_id = self
+            .two_phase
+            .as_ref()
+            .map(|tp| tp.app_id.clone())
+            .ok_or_else(|| EngineError::Internal("two-phase commit without checkpoints".into()))?;
+        let mut table = self
+            .table
+            .take()
+            .ok_or_else(|| EngineError::Internal("Delta sink committed before open".into()))?;
+        let partitions = self.config.partition_by.clone();
+        let operation = DeltaOperation::Write {
+            mode: SaveMode::Append,
+            partition_by: (!partitions.is_empty()).then_some(partitions),
+            predicate: None,
+        };
+        let properties = CommitProperties::default()
+            .with_max_retries(COMMIT_ATTEMPTS)
+            .with_application_transaction(Transaction::new(&app_id, checkpoint as i64));
+        let result = {
+            let snapshot = table
+                .snapshot()
+                .map_err(|e| self.delta_error("reading", e))?;
+            CommitBuilder::from(properties)
+                .with_actions(actions)
+                .build(Some(snapshot), table.log_store(), operation)
+                .await
+                .map(|done| done.snapshot())
+        };
+        match result {
+            Ok(state) => table.state = Some(state),
+            Err(e) => {
+                self.table = Some(table);
+                return Err(self.delta_error("committing to", e));
+            }
+        }
+        let table = self.compact_if_due(table).await?;
+        self.table = Some(table);
+        self.summary.rows_written += rows;
+        self.summary.commits += 1;
+        tracing::debug!(sink = %self.name, checkpoint, rows, "committed on checkpoint");
+        Ok(())
     }
 
     fn delta_error(&self, what: &str, e: deltalake::DeltaTableError) -> EngineError {
@@ -192,6 +308,9 @@ impl Sink for DeltaSink {
     }
 
     async fn write_batch(&mut self, batch: RecordBatch) -> Result<()> {
+        if self.two_phase.is_some() {
+            return self.write_two_phase(batch).await;
+        }
         self.buffered_rows += batch.num_rows() as u64;
         self.buffered_bytes += batch.get_array_memory_size();
         self.buffer.push(batch);
@@ -202,6 +321,10 @@ impl Sink for DeltaSink {
     }
 
     async fn maintain(&mut self) -> Result<()> {
+        if self.two_phase.is_some() {
+            // Commits happen on checkpoints only.
+            return Ok(());
+        }
         if self.last_commit.elapsed() >= self.config.commit_interval {
             self.commit().await?;
         }
@@ -209,9 +332,143 @@ impl Sink for DeltaSink {
     }
 
     async fn close(&mut self) -> Result<SinkSummary> {
-        self.commit().await?;
+        if self.two_phase.is_none() {
+            self.commit().await?;
+        }
         Ok(self.summary.clone())
     }
+
+    fn enable_checkpoints(&mut self, pipeline: &str) {
+        self.two_phase = Some(TwoPhase {
+            app_id: format!("laketide:{pipeline}:{}", self.name),
+            writer: None,
+            written: Vec::new(),
+            written_rows: 0,
+            unflushed_rows: 0,
+            prepared: Vec::new(),
+        });
+    }
+
+    /// Writes the remaining rows to data files; the state lists every file prepared and not
+    /// yet committed (older checkpoints whose commit has not happened are included).
+    async fn prepare_commit(&mut self, checkpoint: u64) -> Result<NodeState> {
+        self.flush_files().await?;
+        let tp = self
+            .two_phase
+            .as_mut()
+            .ok_or_else(|| EngineError::Internal("prepare without checkpoints".into()))?;
+        let adds = std::mem::take(&mut tp.written);
+        let rows = std::mem::take(&mut tp.written_rows);
+        if !adds.is_empty() {
+            tp.prepared.push(PreparedCommit {
+                checkpoint,
+                rows,
+                adds,
+            });
+        }
+        NodeState::json(&tp.prepared)
+    }
+
+    async fn commit(&mut self, checkpoint: u64) -> Result<()> {
+        let Some(tp) = self.two_phase.as_mut() else {
+            return Ok(());
+        };
+        let (ready, later): (Vec<_>, Vec<_>) = std::mem::take(&mut tp.prepared)
+            .into_iter()
+            .partition(|c| c.checkpoint <= checkpoint);
+        tp.prepared = later;
+        self.commit_prepared(checkpoint, ready).await
+    }
+
+    /// Commits the files prepared up to `checkpoint` that the table's `txn` version for this
+    /// pipeline and sink does not cover yet (the crash came before their commit).
+    async fn recover(&mut self, checkpoint: u64, state: NodeState) -> Result<()> {
+        let prepared: Vec<PreparedCommit> = state.to_json()?.unwrap_or_default();
+        if prepared.is_empty() {
+            return Ok(());
+        }
+        let app_id = self
+            .two_phase
+            .as_ref()
+            .map(|tp| tp.app_id.clone())
+            .ok_or_else(|| EngineError::Internal("recovery without checkpoints".into()))?;
+        let table = self.table()?;
+        let committed = table
+            .snapshot()
+            .map_err(|e| self.delta_error("reading", e))?
+            .transaction_version(table.log_store().as_ref(), &app_id)
+            .await
+            .map_err(|e| self.delta_error("reading", e))?;
+        // Each commit covers every prepared checkpoint up to its version, so the entries up to
+        // the table's version for this sink are in the table already.
+        let done = committed.unwrap_or(-1);
+        let missing: Vec<PreparedCommit> = prepared
+            .into_iter()
+            .filter(|c| c.checkpoint as i64 > done)
+            .collect();
+        if missing.is_empty() {
+            tracing::info!(sink = %self.name, checkpoint, "the recovered checkpoint's files are committed already");
+            return Ok(());
+        }
+        tracing::info!(sink = %self.name, checkpoint, "completing the commit of the recovered checkpoint");
+        self.commit_prepared(checkpoint, missing).await
+    }
+}
+
+impl DeltaSink {
+    async fn write_two_phase(&mut self, batch: RecordBatch) -> Result<()> {
+        let table = self
+            .table
+            .as_ref()
+            .ok_or_else(|| EngineError::Internal("Delta sink written before open".into()))?;
+        let tp = self.two_phase.as_mut().expect("checked by the caller");
+        if tp.writer.is_none() {
+            let mut writer = RecordBatchWriter::for_table(table).map_err(|e| {
+                ConnectorError::delta(format!("writing to Delta table `{}`", self.name), e)
+            })?;
+            if let Some(size) = self.config.target_file_size {
+                writer = writer.with_target_file_size(size);
+            }
+            tp.writer = Some(writer);
+        }
+        let writer = tp.writer.as_mut().expect("created above");
+        let batch = conform(&batch, &writer.arrow_schema())?;
+        tp.unflushed_rows += batch.num_rows() as u64;
+        writer.write(batch).await.map_err(|e| {
+            ConnectorError::delta(
+                format!(
+                    "writing data files of Delta table `{}` at {}",
+                    self.name, self.config.path
+                ),
+                e,
+            )
+        })?;
+        if writer.buffer_len() as u64 >= self.config.max_buffer_bytes {
+            self.flush_files().await?;
+        }
+        Ok(())
+    }
+}
+
+/// The batch with the table's schema (same columns; types cast where they differ only in
+/// representation, nullability taken from the table).
+fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
+    if batch.schema_ref() == schema {
+        return Ok(batch.clone());
+    }
+    let columns = batch
+        .columns()
+        .iter()
+        .zip(schema.fields())
+        .map(|(c, f)| {
+            if c.data_type() == f.data_type() {
+                Ok(c.clone())
+            } else {
+                datafusion::arrow::compute::cast(c, f.data_type())
+            }
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    Ok(RecordBatch::try_new(schema.clone(), columns)?)
 }
 
 impl std::fmt::Debug for DeltaSink {

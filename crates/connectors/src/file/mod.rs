@@ -12,3 +12,4 @@ pub use compression::Compression;
 pub use config::{FileMode, FileSourceConfig};
 pub use listing::list_files;
 pub use source::FileSource;
+pub use store::is_remote;

@@ -2,7 +2,7 @@
 //! files at once) and hand batches over a bounded channel, so decoding runs beside the
 //! pipeline and a slow pipeline slows reading.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::BufRead;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -28,8 +28,9 @@ pub(crate) enum ReaderEvent {
     /// A file is about to be read; sent before any of its batches, in path order, so that the
     /// file holds the watermark back from the start.
     FileStarted(PathBuf),
-    /// Decoded rows of one file.
-    Batch(PathBuf, RecordBatch),
+    /// Decoded rows of one file, with the file's position after them: lines consumed (JSON,
+    /// CSV) or rows (Parquet). A restart resumes a file after that position.
+    Batch(PathBuf, RecordBatch, u64),
     /// A file was read to its end.
     FileDone(PathBuf),
     /// Reading failed; the source fails with this error.
@@ -41,18 +42,22 @@ struct Gone;
 
 /// Starts the lister thread and `threads` reader threads. The lister sends every file not in
 /// `seen` (in path order) to the readers; each reader reads whole files, so the batches of one
-/// file stay in order. In `once` mode the event channel closes when every file is read.
+/// file stay in order. In `once` mode the event channel closes when every file is read. Files
+/// in `resume` are read from their saved position on.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn start_readers(
     store: FileStore,
     config: FileSourceConfig,
     schema: SchemaRef,
     bad: Arc<BadRecords>,
     seen: HashSet<PathBuf>,
+    resume: HashMap<PathBuf, u64>,
     threads: usize,
     events: Sender<ReaderEvent>,
 ) -> std::io::Result<()> {
     let (work_tx, work_rx) = std::sync::mpsc::sync_channel::<PathBuf>(threads);
     let work_rx = Arc::new(Mutex::new(work_rx));
+    let resume = Arc::new(resume);
     for i in 0..threads {
         let reader = Reader {
             store: store.clone(),
@@ -60,6 +65,7 @@ pub(crate) fn start_readers(
             config: config.clone(),
             schema: schema.clone(),
             tx: events.clone(),
+            resume: resume.clone(),
         };
         let work = work_rx.clone();
         std::thread::Builder::new()
@@ -137,6 +143,7 @@ struct Reader {
     schema: SchemaRef,
     decoder: RecordDecoder,
     tx: Sender<ReaderEvent>,
+    resume: Arc<HashMap<PathBuf, u64>>,
 }
 
 impl Reader {
@@ -194,6 +201,8 @@ impl Reader {
         let raw = self.store.open(path).map_err(io)?;
         let mut reader = self.config.compression.reader(path, raw).map_err(io)?;
         let batch_size = self.config.batch_size;
+        // Lines already delivered before a restart are skipped, not decoded again.
+        let resume_after = self.resume.get(path).copied().unwrap_or(0);
         let mut buffer: Vec<u8> = Vec::with_capacity(batch_size * 128);
         let mut records: Vec<Range<usize>> = Vec::with_capacity(batch_size);
         let mut line_numbers: Vec<u64> = Vec::with_capacity(batch_size);
@@ -210,20 +219,20 @@ impl Reader {
                 end -= 1;
             }
             let blank = buffer[start..end].iter().all(|b| b.is_ascii_whitespace());
-            if blank || (skip_header && line == 1) {
+            if blank || (skip_header && line == 1) || line <= resume_after {
                 buffer.truncate(start);
                 continue;
             }
             records.push(start..end);
             line_numbers.push(line);
             if records.len() >= batch_size {
-                self.decode_and_send(path, &buffer, &records, &line_numbers)?;
+                self.decode_and_send(path, &buffer, &records, &line_numbers, line)?;
                 buffer.clear();
                 records.clear();
                 line_numbers.clear();
             }
         }
-        self.decode_and_send(path, &buffer, &records, &line_numbers)
+        self.decode_and_send(path, &buffer, &records, &line_numbers, line)
     }
 
     fn decode_and_send(
@@ -232,11 +241,12 @@ impl Reader {
         buffer: &[u8],
         records: &[Range<usize>],
         lines: &[u64],
+        position: u64,
     ) -> Result<(), ReadError> {
         let location = |i: usize| format!("{}:{}", path.display(), lines[i]);
         match self.decoder.decode(buffer, records, &location) {
             Ok(Some(batch)) => self
-                .send(ReaderEvent::Batch(path.to_path_buf(), batch))
+                .send(ReaderEvent::Batch(path.to_path_buf(), batch, position))
                 .map_err(|_| ReadError::Gone),
             Ok(None) => Ok(()),
             Err(e) => Err(ReadError::Failed(e)),
@@ -259,12 +269,24 @@ impl Reader {
             .with_batch_size(self.config.batch_size)
             .build()
             .map_err(|e| failed(e.to_string()))?;
+        let mut skip = self.resume.get(path).copied().unwrap_or(0);
+        let mut position = 0u64;
         for batch in reader {
-            let batch = batch.map_err(|e| failed(e.to_string()))?;
+            let mut batch = batch.map_err(|e| failed(e.to_string()))?;
+            position += batch.num_rows() as u64;
+            if skip > 0 {
+                // Rows delivered before a restart.
+                let n = (skip as usize).min(batch.num_rows());
+                batch = batch.slice(n, batch.num_rows() - n);
+                skip -= n as u64;
+                if batch.num_rows() == 0 {
+                    continue;
+                }
+            }
             let aligned = align_to_schema(&batch, &self.schema).map_err(|e| {
                 ReadError::Failed(EngineError::User(format!("{}: {e}", path.display())))
             })?;
-            self.send(ReaderEvent::Batch(path.to_path_buf(), aligned))
+            self.send(ReaderEvent::Batch(path.to_path_buf(), aligned, position))
                 .map_err(|_| ReadError::Gone)?;
         }
         Ok(())

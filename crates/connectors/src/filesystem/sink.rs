@@ -5,16 +5,22 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use deltalake::ObjectStore;
-use deltalake::logstore::object_store::WriteMultipart;
+use deltalake::logstore::object_store::{ObjectStoreExt, WriteMultipart};
 
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 
-use laketide_engine::{EngineError, Result, Sink, SinkSummary};
+use laketide_engine::{EngineError, NodeState, Result, Sink, SinkSummary};
 
 use super::config::FilesystemSinkConfig;
 use super::writer::FormatWriter;
+
+/// A written file under its temporary name.
+struct FinishedFile {
+    temp_path: PathBuf,
+    final_path: PathBuf,
+}
 
 struct OpenFile {
     writer: FormatWriter,
@@ -27,7 +33,10 @@ struct OpenFile {
 /// Writes rows to files under a directory or an `s3://` prefix. A file is written under a
 /// hidden `.inprogress` name and, when it is rolled (by size or age) or the sink closes,
 /// renamed to `part-<n>-<id>.<ext>` (local) or uploaded under that name (object storage, where
-/// an upload appears whole), so readers never see a partial file.
+/// an upload appears whole), so readers never see a partial file. With checkpoints, a rolled
+/// file is staged under a hidden `.pending` name (on object storage: uploaded under it) and
+/// renamed to its final name only when a checkpoint that covers it is stored; recovery
+/// completes the renames of the checkpoint it restores, and a rename already done is skipped.
 pub struct FilesystemSink {
     name: String,
     config: FilesystemSinkConfig,
@@ -39,6 +48,21 @@ pub struct FilesystemSink {
     sequence: u64,
     summary: SinkSummary,
     rows_in_file: u64,
+    two_phase: bool,
+    /// Files staged since the last prepare.
+    staged: Vec<StagedFile>,
+    /// Staged files per prepared checkpoint, oldest first.
+    prepared: Vec<(u64, Vec<StagedFile>)>,
+}
+
+/// A finished file under its hidden staging name, waiting for its checkpoint.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct StagedFile {
+    /// Local path, or object key under the sink's prefix.
+    staged: String,
+    /// The name it gets when committed (same directory or prefix).
+    name: String,
+    rows: u64,
 }
 
 impl FilesystemSink {
@@ -54,7 +78,89 @@ impl FilesystemSink {
             sequence: 0,
             summary: SinkSummary::default(),
             rows_in_file: 0,
+            two_phase: false,
+            staged: Vec::new(),
+            prepared: Vec::new(),
         }
+    }
+
+    /// Stages a finished file under a hidden name until its checkpoint is stored.
+    async fn stage(&mut self, file: &FinishedFile) -> Result<()> {
+        let name = file
+            .final_path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string();
+        let hidden = format!(".{name}.pending");
+        match &self.remote {
+            None => {
+                let staged = file.final_path.with_file_name(&hidden);
+                std::fs::rename(&file.temp_path, &staged)
+                    .map_err(|e| self.err("staging", &file.temp_path, e))?;
+                self.staged.push(StagedFile {
+                    staged: staged.display().to_string(),
+                    name,
+                    rows: self.rows_in_file,
+                });
+            }
+            Some(store) => {
+                upload(store.as_ref(), &file.temp_path, &hidden)
+                    .await
+                    .map_err(|e| {
+                        self.err(
+                            "uploading",
+                            Path::new(&format!("{}/{hidden}", self.config.path)),
+                            e,
+                        )
+                    })?;
+                let _ = std::fs::remove_file(&file.temp_path);
+                self.staged.push(StagedFile {
+                    staged: hidden,
+                    name,
+                    rows: self.rows_in_file,
+                });
+            }
+        }
+        self.rows_in_file = 0;
+        Ok(())
+    }
+
+    /// Gives staged files their final names; files already renamed (a commit repeated after a
+    /// crash) are skipped.
+    async fn publish(&mut self, files: Vec<StagedFile>) -> Result<()> {
+        for file in files {
+            match &self.remote {
+                None => {
+                    let staged = PathBuf::from(&file.staged);
+                    let target = staged.with_file_name(&file.name);
+                    match std::fs::rename(&staged, &target) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound && target.exists() => {}
+                        Err(e) => return Err(self.err("publishing", &staged, e)),
+                    }
+                }
+                Some(store) => {
+                    let from = deltalake::Path::from(file.staged.as_str());
+                    let to = deltalake::Path::from(file.name.as_str());
+                    match store.rename(&from, &to).await {
+                        Ok(()) => {}
+                        Err(deltalake::ObjectStoreError::NotFound { .. })
+                            if store.head(&to).await.is_ok() => {}
+                        Err(e) => {
+                            return Err(self.err(
+                                "publishing",
+                                Path::new(&format!("{}/{}", self.config.path, file.staged)),
+                                e,
+                            ));
+                        }
+                    }
+                }
+            }
+            self.summary.commits += 1;
+            self.summary.rows_written += file.rows;
+        }
+        Ok(())
     }
 
     fn err(&self, what: &str, path: &Path, e: impl std::fmt::Display) -> EngineError {
@@ -102,9 +208,22 @@ impl FilesystemSink {
         let Some(file) = self.current.take() else {
             return Ok(());
         };
-        file.writer
+        let OpenFile {
+            writer,
+            temp_path,
+            final_path,
+            ..
+        } = file;
+        writer
             .finish()
-            .map_err(|e| self.err("finishing", &file.temp_path, e))?;
+            .map_err(|e| self.err("finishing", &temp_path, e))?;
+        let file = FinishedFile {
+            temp_path,
+            final_path,
+        };
+        if self.two_phase {
+            return self.stage(&file).await;
+        }
         match &self.remote {
             None => std::fs::rename(&file.temp_path, &file.final_path)
                 .map_err(|e| self.err("renaming", &file.temp_path, e))?,
@@ -211,6 +330,34 @@ impl Sink for FilesystemSink {
             self.roll().await?;
         }
         Ok(())
+    }
+
+    fn enable_checkpoints(&mut self, _pipeline: &str) {
+        self.two_phase = true;
+    }
+
+    async fn prepare_commit(&mut self, checkpoint: u64) -> Result<NodeState> {
+        self.roll().await?;
+        let staged = std::mem::take(&mut self.staged);
+        if !staged.is_empty() {
+            self.prepared.push((checkpoint, staged));
+        }
+        NodeState::json(&self.prepared)
+    }
+
+    async fn commit(&mut self, checkpoint: u64) -> Result<()> {
+        let (ready, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.prepared)
+            .into_iter()
+            .partition(|(id, _)| *id <= checkpoint);
+        self.prepared = later;
+        self.publish(ready.into_iter().flat_map(|(_, f)| f).collect())
+            .await
+    }
+
+    async fn recover(&mut self, _checkpoint: u64, state: NodeState) -> Result<()> {
+        let prepared: Vec<(u64, Vec<StagedFile>)> = state.to_json()?.unwrap_or_default();
+        self.publish(prepared.into_iter().flat_map(|(_, f)| f).collect())
+            .await
     }
 
     async fn close(&mut self) -> Result<SinkSummary> {

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::SchemaRef;
-use laketide_engine::{BadRecords, EngineError, Result, Source, SourcePoll, SourceStatus};
+use laketide_engine::{
+    BadRecords, EngineError, NodeState, Result, Source, SourcePoll, SourceStatus,
+};
 use tokio::sync::mpsc::{Receiver, Sender, channel};
 use tokio::task::JoinSet;
 
@@ -219,5 +221,17 @@ impl Source for KinesisSource {
 
     fn status(&self) -> Option<Arc<SourceStatus>> {
         Some(self.status.clone())
+    }
+
+    /// The delivered position of every shard (sequence and sub-sequence number), as
+    /// `positions()` says.
+    fn snapshot(&mut self) -> Result<NodeState> {
+        NodeState::json(self.tracker.positions())
+    }
+
+    fn restore(&mut self, state: NodeState) -> Result<()> {
+        let positions: BTreeMap<String, ShardPosition> = state.to_json()?.unwrap_or_default();
+        self.tracker = ShardTracker::new(self.config.start_position, positions);
+        Ok(())
     }
 }

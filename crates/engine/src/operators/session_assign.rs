@@ -8,6 +8,7 @@ use super::session_state::Sessions;
 use crate::error::{EngineError, Result};
 use crate::message::Watermark;
 use crate::operator::{Operator, Output};
+use crate::state::NodeState;
 use crate::time::{nanos_per_unit, timestamp_array, timestamp_unit, timestamp_values};
 
 /// Session windows (`SESSION` table function): per key, rows closer than `gap` to each other
@@ -24,6 +25,7 @@ pub struct SessionAssign {
     per_unit: i64,
     key_columns: Vec<usize>,
     key_converter: Option<RowConverter>,
+    input: SchemaRef,
     schema: SchemaRef,
     sessions: Sessions,
     watermark: Option<i64>,
@@ -74,6 +76,7 @@ impl SessionAssign {
             per_unit,
             key_columns,
             key_converter,
+            input: input.clone(),
             schema: super::schema_with_window_columns(input, field.data_type()),
             sessions: Sessions::new(gap),
             watermark: None,
@@ -111,6 +114,63 @@ impl Operator for SessionAssign {
     }
 
     fn process_batch(&mut self, _input: usize, batch: RecordBatch, out: &mut Output) -> Result<()> {
+        self.add_rows(batch, out)
+    }
+
+    fn process_watermark(&mut self, watermark: Watermark, out: &mut Output) -> Result<()> {
+        if let Watermark::EventTime(t) = watermark {
+            let w = t.div_euclid(self.per_unit);
+            self.watermark = Some(self.watermark.map_or(w, |c| c.max(w)));
+            if self.sessions.earliest_end().is_some_and(|end| end <= w) {
+                self.close_sessions(Some(w), out)?;
+            }
+        }
+        out.watermark(watermark);
+        Ok(())
+    }
+
+    fn finish(&mut self, out: &mut Output) -> Result<()> {
+        self.close_sessions(None, out)
+    }
+
+    /// Saves the watermark and the rows of the open sessions (table `rows`, the input's
+    /// columns): re-adding them rebuilds the same sessions.
+    fn snapshot(&mut self) -> Result<NodeState> {
+        let state = NodeState::json(&self.watermark)?;
+        let Some(columns) = self.sessions.held_rows()? else {
+            return Ok(state);
+        };
+        Ok(state.with_table(
+            ROWS_TABLE,
+            RecordBatch::try_new(self.input.clone(), columns)?,
+        ))
+    }
+
+    fn restore(&mut self, state: NodeState) -> Result<()> {
+        self.sessions = Sessions::new(self.gap);
+        // Held rows are re-added before the watermark: some of them are older than it and
+        // belong to sessions that a later row kept open.
+        self.watermark = None;
+        if let Some(rows) = state.table(ROWS_TABLE) {
+            if rows.schema().fields().len() != self.input.fields().len() {
+                return Err(EngineError::User(
+                    "the saved session rows do not match this query; the pipeline changed (start with --from-scratch)".into(),
+                ));
+            }
+            let rows = RecordBatch::try_new(self.input.clone(), rows.columns().to_vec())?;
+            self.add_rows(rows, &mut Output::default())?;
+        }
+        self.watermark = state.to_json::<Option<i64>>()?.flatten();
+        Ok(())
+    }
+}
+
+/// The state table of rows held in open sessions.
+const ROWS_TABLE: &str = "rows";
+
+impl SessionAssign {
+    /// Adds rows to their sessions, dropping (and counting) those already late.
+    fn add_rows(&mut self, batch: RecordBatch, out: &mut Output) -> Result<()> {
         let times = timestamp_values(batch.column(self.time_column))?;
         let (gap, watermark) = (self.gap, self.watermark);
         let keep: Vec<bool> = times
@@ -146,22 +206,6 @@ impl Operator for SessionAssign {
         };
         self.sessions.add(batch, times.values(), keys.as_ref());
         Ok(())
-    }
-
-    fn process_watermark(&mut self, watermark: Watermark, out: &mut Output) -> Result<()> {
-        if let Watermark::EventTime(t) = watermark {
-            let w = t.div_euclid(self.per_unit);
-            self.watermark = Some(self.watermark.map_or(w, |c| c.max(w)));
-            if self.sessions.earliest_end().is_some_and(|end| end <= w) {
-                self.close_sessions(Some(w), out)?;
-            }
-        }
-        out.watermark(watermark);
-        Ok(())
-    }
-
-    fn finish(&mut self, out: &mut Output) -> Result<()> {
-        self.close_sessions(None, out)
     }
 }
 

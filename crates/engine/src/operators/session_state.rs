@@ -212,6 +212,21 @@ impl Sessions {
         Ok(columns)
     }
 
+    /// The columns of every row held by an open session (for a checkpoint); `None` when no
+    /// row is held. The state is left as it is.
+    pub(crate) fn held_rows(&self) -> Result<Option<Vec<ArrayRef>>> {
+        let rows: Vec<RowRef> = self
+            .slots
+            .iter()
+            .flatten()
+            .flat_map(|s| s.rows.iter().copied())
+            .collect();
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        self.gather(&rows).map(Some)
+    }
+
     fn gather(&self, rows: &[RowRef]) -> Result<Vec<ArrayRef>> {
         let mut positions: HashMap<u32, usize> = HashMap::new();
         let mut used: Vec<&RecordBatch> = Vec::new();

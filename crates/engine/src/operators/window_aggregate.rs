@@ -14,6 +14,7 @@ use datafusion::physical_plan::aggregates::order::GroupOrdering;
 use crate::error::{EngineError, Result};
 use crate::message::Watermark;
 use crate::operator::{Operator, Output};
+use crate::state::NodeState;
 use crate::time::{from_event_time, timestamp_unit, timestamp_values};
 
 /// One aggregate of a window aggregation: the function with its arguments, and an optional
@@ -319,5 +320,105 @@ impl Operator for WindowAggregate {
 
     fn finish(&mut self, out: &mut Output) -> Result<()> {
         self.emit_until(None, out)
+    }
+
+    /// Saves the watermark and, per open window, its groups with every accumulator's
+    /// intermediate state (the same state DataFusion merges across partitions): table
+    /// `windows` has the window end, the group columns, then the state columns.
+    fn snapshot(&mut self) -> Result<NodeState> {
+        let mut parts = Vec::with_capacity(self.open.len());
+        let ends: Vec<i64> = self.open.keys().copied().collect();
+        for end in ends {
+            let window = self.open.remove(&end).expect("listed above");
+            let (columns, rebuilt) = self.save_window(end, window)?;
+            self.open.insert(end, rebuilt);
+            parts.push(columns);
+        }
+        let mut state = NodeState::json(&self.watermark)?;
+        if let Some(first) = parts.first() {
+            let schema = Arc::new(Schema::new(
+                first
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| Field::new(format!("c{i}"), c.data_type().clone(), true))
+                    .collect::<Vec<_>>(),
+            ));
+            let batches = parts
+                .into_iter()
+                .map(|columns| RecordBatch::try_new(schema.clone(), columns))
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            let all = datafusion::arrow::compute::concat_batches(&schema, &batches)?;
+            state = state.with_table(WINDOWS_TABLE, all);
+        }
+        Ok(state)
+    }
+
+    fn restore(&mut self, state: NodeState) -> Result<()> {
+        self.watermark = state.to_json::<Option<i64>>()?.flatten();
+        self.open.clear();
+        let Some(table) = state.table(WINDOWS_TABLE) else {
+            return Ok(());
+        };
+        let groups = self.group_exprs.len();
+        let ends = table
+            .column(0)
+            .as_primitive_opt::<datafusion::arrow::datatypes::Int64Type>()
+            .ok_or_else(|| EngineError::Internal("window state without window ends".into()))?
+            .clone();
+        let mut distinct: Vec<i64> = ends.values().to_vec();
+        distinct.sort_unstable();
+        distinct.dedup();
+        for end in distinct {
+            let mask: BooleanArray = ends.values().iter().map(|e| Some(*e == end)).collect();
+            let rows = datafusion::arrow::compute::filter_record_batch(table, &mask)?;
+            let keys = rows.columns()[1..=groups].to_vec();
+            let mut window = self.open_window()?;
+            window.groups.intern(&keys, &mut window.group_indices)?;
+            let total = window.groups.len();
+            let mut next = 1 + groups;
+            for (acc, spec) in window.accumulators.iter_mut().zip(&self.aggregates) {
+                let width = spec.function.state_fields()?.len();
+                let states = rows.columns()[next..next + width].to_vec();
+                next += width;
+                acc.merge_batch(&states, &window.group_indices, total)?;
+            }
+            if next != rows.num_columns() {
+                return Err(EngineError::User(format!(
+                    "the saved window state has {} columns where this query keeps {next}; the pipeline changed (start with --from-scratch)",
+                    rows.num_columns()
+                )));
+            }
+            self.open.insert(end, window);
+        }
+        Ok(())
+    }
+}
+
+/// The state table of open windows.
+const WINDOWS_TABLE: &str = "windows";
+
+impl WindowAggregate {
+    /// Takes one window's groups and accumulator states out as columns (end, groups, states)
+    /// and returns them with an equivalent window rebuilt from them.
+    fn save_window(&self, end: i64, mut window: OpenWindow) -> Result<(Vec<ArrayRef>, OpenWindow)> {
+        let keys = window.groups.emit(EmitTo::All)?;
+        let rows = keys.first().map_or(0, |k| k.len());
+        let mut columns: Vec<ArrayRef> = vec![Arc::new(
+            datafusion::arrow::array::Int64Array::from(vec![end; rows]),
+        )];
+        columns.extend(keys.iter().cloned());
+        let mut rebuilt = self.open_window()?;
+        rebuilt.groups.intern(&keys, &mut rebuilt.group_indices)?;
+        let total = rebuilt.groups.len();
+        for (acc, fresh) in window
+            .accumulators
+            .iter_mut()
+            .zip(rebuilt.accumulators.iter_mut())
+        {
+            let states = acc.state(EmitTo::All)?;
+            fresh.merge_batch(&states, &rebuilt.group_indices, total)?;
+            columns.extend(states);
+        }
+        Ok((columns, rebuilt))
     }
 }

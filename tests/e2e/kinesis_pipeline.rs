@@ -3,7 +3,7 @@
 //! local Kinesis server is started by `scripts/test.sh`; under CI or with
 //! `LAKETIDE_EMULATORS=1` a missing server fails.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -222,7 +222,8 @@ async fn kinesis_to_window_to_kinesis_matches_the_batch_oracle() {
         .parse::<usize>()
         .unwrap();
 
-    let mut run = Running::start(dir.path(), "p.sql", &endpoint);
+    // Without checkpoints, stopping flushes the open windows, so every window is compared.
+    let mut run = Running::start_with(dir.path(), "p.sql", &endpoint, &["--no-checkpoints"]);
     let (k, out) = (&kinesis, output.as_str());
     run.wait_for("the windows closed while running", || async move {
         read_all(k, out).await.len() >= closed_before_stop
@@ -313,12 +314,13 @@ async fn the_kinesis_example_runs_as_documented() {
     })
     .await;
     run.stop();
-    // Stopping flushed the window of the later events too; every row has an arrival time.
+    // Stopping took a last checkpoint: the window of the later events is still open in it and
+    // not written; every written row has an arrival time.
     assert_eq!(
         query_csv(
             dir.path(),
             "SELECT sum(views) AS v, count(last_arrival) = count(*) AS delays FROM page_stats"
         ),
-        "v,delays\n2020,true"
+        "v,delays\n2000,true"
     );
 }

@@ -221,8 +221,14 @@ pub struct Running {
 
 impl Running {
     pub fn start(dir: &Path, file: &str, endpoint: &str) -> Running {
+        Self::start_with(dir, file, endpoint, &[])
+    }
+
+    /// As [`Running::start`], with more arguments for `run`.
+    pub fn start_with(dir: &Path, file: &str, endpoint: &str, args: &[&str]) -> Running {
         let child = Command::new(env!("CARGO_BIN_EXE_laketide"))
             .args(["run", file, "--quiet"])
+            .args(args)
             .current_dir(dir)
             .env("AWS_ENDPOINT_URL_KINESIS", endpoint)
             .env("AWS_REGION", "us-east-1")

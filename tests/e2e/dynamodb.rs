@@ -2,7 +2,7 @@
 //! `scripts/test.sh` (DynamoDB Local). Without a server they are skipped, except under CI or
 //! with `LAKETIDE_EMULATORS=1`, where a missing server fails.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;

@@ -2,7 +2,7 @@
 //! out-of-order events, run by the streaming engine into Delta tables, must equal the same
 //! aggregations computed by DataFusion batch queries over the same files.
 
-mod common;
+use crate::common;
 
 use common::{assert_same_rows, delta_context, oracle_context, query_rows};
 use laketide::datagen::{ClickstreamSpec, write_clickstream};

@@ -1,7 +1,7 @@
 //! Runs the sqllogictest files under `tests/slt/`: `CREATE` statements declare tables and
 //! views; each `SELECT` runs as a bounded streaming pipeline whose rows are collected.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 

@@ -1,7 +1,7 @@
 //! The webhook sink against a local HTTP server: bodies, HMAC signatures (checked with Python's
 //! hmac module, independently of laketide's code), retries, and secrets kept out of output.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::{Command, Output};

@@ -168,9 +168,34 @@ fn clickstream_example_runs_into_the_lake_and_is_queryable() {
     let out = stdout(&shell);
     assert!(out.contains("n\n22") && out.contains("m\n"), "{out}");
 
-    // A second run appends to the existing table (same schema).
+    // A second run resumes from the first run's last checkpoint: every file is read already,
+    // so nothing is added twice.
     let again = laketide(dir.path(), &["run", "examples/clickstream.sql", "--quiet"]);
     assert!(again.status.success(), "{}", stderr(&again));
+    assert!(
+        stderr(&again).contains("resumed from 1"),
+        "{}",
+        stderr(&again)
+    );
+    assert_eq!(
+        query_csv(
+            dir.path(),
+            &[],
+            "SELECT sum(events) AS e FROM revenue_per_minute"
+        ),
+        "e\n3000"
+    );
+    // From scratch, the files are read again and appended to the existing table.
+    let scratch = laketide(
+        dir.path(),
+        &[
+            "run",
+            "examples/clickstream.sql",
+            "--quiet",
+            "--from-scratch",
+        ],
+    );
+    assert!(scratch.status.success(), "{}", stderr(&scratch));
     assert_eq!(
         query_csv(
             dir.path(),
@@ -425,7 +450,8 @@ fn bad_records_go_to_the_dead_letter_file_and_are_counted() {
         pipeline("fail").replace(", dead_letter_path = 'dlq/e.jsonl'", ""),
     )
     .unwrap();
-    let fail = laketide(dir.path(), &["run", "p.sql", "--quiet"]);
+    // From scratch: the first run's checkpoint says the file is read.
+    let fail = laketide(dir.path(), &["run", "p.sql", "--quiet", "--from-scratch"]);
     assert!(!fail.status.success());
     assert!(
         stderr(&fail).contains("bad record at in/a.json:2"),
@@ -477,7 +503,7 @@ fn committed_rows(lake_table: &Path) -> usize {
 
 #[cfg(unix)]
 #[test]
-fn continuous_mode_picks_up_new_files_once_and_sigint_flushes_everything() {
+fn without_checkpoints_continuous_mode_reads_new_files_once_and_sigint_flushes_everything() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("in");
     std::fs::create_dir(&input).unwrap();
@@ -491,7 +517,7 @@ fn continuous_mode_picks_up_new_files_once_and_sigint_flushes_everything() {
     )
     .unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_laketide"))
-        .args(["run", "p.sql", "--quiet"])
+        .args(["run", "p.sql", "--quiet", "--no-checkpoints"])
         .current_dir(dir.path())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -565,7 +591,8 @@ fn a_column_delta_cannot_store_is_one_clear_line() {
 #[test]
 fn the_delta_sink_compacts_small_files_on_its_own() {
     let dir = workdir();
-    // A tiny buffer commits after every batch of 100 rows: 30 small commits.
+    // Without checkpoints a tiny buffer commits after every batch of 100 rows: 30 small
+    // commits.
     std::fs::write(
         dir.path().join("p.sql"),
         "CREATE TABLE clicks (event_id BIGINT, user_id TEXT, ts TIMESTAMP)
@@ -574,7 +601,7 @@ fn the_delta_sink_compacts_small_files_on_its_own() {
          INSERT INTO copied SELECT event_id, user_id FROM clicks;",
     )
     .unwrap();
-    let run = laketide(dir.path(), &["run", "p.sql", "--quiet"]);
+    let run = laketide(dir.path(), &["run", "p.sql", "--quiet", "--no-checkpoints"]);
     assert!(run.status.success(), "{}", stderr(&run));
     let table = dir.path().join("lake/copied");
     let runtime = tokio::runtime::Runtime::new().unwrap();

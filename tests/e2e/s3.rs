@@ -2,7 +2,7 @@
 //! `scripts/test.sh`). Without a server they are skipped, except under CI or with
 //! `LAKETIDE_EMULATORS=1`, where a missing server is a failure.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -125,8 +125,13 @@ fn delta_sink_writes_a_partitioned_table_to_s3_that_queries_read_back() {
         "windows,events,actions\n22,3000,4"
     );
 
-    // A second run appends to the same table on S3.
-    let again = laketide(dir.path(), &endpoint, &["run", "p.sql", "--quiet"]);
+    // A second run from scratch appends to the same table on S3 (without it, the run would
+    // resume from the first run's checkpoint and add nothing).
+    let again = laketide(
+        dir.path(),
+        &endpoint,
+        &["run", "p.sql", "--quiet", "--from-scratch"],
+    );
     assert!(
         again.status.success(),
         "{}",
@@ -195,10 +200,10 @@ fn a_missing_bucket_is_a_clear_error() {
     let run = laketide(dir.path(), &endpoint, &["run", "p.sql", "--quiet"]);
     assert!(!run.status.success());
     let err = String::from_utf8_lossy(&run.stderr);
-    assert!(
-        err.contains(&format!("s3://{bucket}/lake/revenue")),
-        "{err}"
-    );
+    // The first access to the bucket (the pipeline's state beside its tables) names the
+    // location and the server's answer.
+    assert!(err.contains(&format!("s3://{bucket}/lake/")), "{err}");
+    assert!(err.contains("NoSuchBucket"), "{err}");
 }
 
 #[test]
@@ -216,10 +221,7 @@ fn bad_credentials_are_a_clear_error() {
     );
     assert!(!run.status.success());
     let err = String::from_utf8_lossy(&run.stderr);
-    assert!(
-        err.contains(&format!("s3://{bucket}/lake/revenue")),
-        "{err}"
-    );
+    assert!(err.contains(&format!("s3://{bucket}/lake/")), "{err}");
     assert!(
         err.contains("403") || err.contains("SignatureDoesNotMatch"),
         "{err}"
@@ -528,10 +530,15 @@ fn two_pipelines_append_to_one_s3_table_at_once_without_losing_a_commit() {
         String::from_utf8_lossy(&first.stderr)
     );
     let spawn = |file: &str| {
-        command(dir.path(), &endpoint, SECRET_KEY, &["run", file, "--quiet"])
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap()
+        command(
+            dir.path(),
+            &endpoint,
+            SECRET_KEY,
+            &["run", file, "--quiet", "--no-checkpoints"],
+        )
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
     };
     let (a, b) = (spawn("a.sql"), spawn("b.sql"));
     for child in [a, b] {

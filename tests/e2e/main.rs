@@ -1,0 +1,17 @@
+//! The end-to-end tests, in one test binary so that the workspace links it once: the CLI,
+//! SQL semantics (sqllogictest files), the batch oracle, Delta interoperability, and the
+//! emulator-backed S3, Kinesis, DynamoDB and webhook tests.
+
+#[allow(dead_code)]
+mod common;
+
+mod cli;
+mod dynamodb;
+mod interop;
+mod kinesis;
+mod kinesis_pipeline;
+mod oracle;
+mod recovery;
+mod s3;
+mod slt;
+mod webhook;
