@@ -16,9 +16,10 @@ pub struct CheckpointArgs {
     /// `.laketide_state/<pipeline>` beside the pipeline file when it writes no lake table.
     #[arg(long, value_name = "DIR|URL")]
     pub state: Option<String>,
-    /// Time between checkpoints, e.g. 10s, 500ms, 1m.
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_interval)]
-    pub checkpoint_interval: Duration,
+    /// Time between checkpoints, e.g. 10s, 500ms, 1m. Default: the pipeline's
+    /// `SET checkpoint_interval = '…'`, or 10s.
+    #[arg(long, value_name = "DURATION", value_parser = parse_interval)]
+    pub checkpoint_interval: Option<Duration>,
     /// Run without checkpoints: nothing is resumed, and a stop flushes open windows.
     #[arg(long, conflicts_with_all = ["from_scratch", "keep_positions", "state"])]
     pub no_checkpoints: bool,
@@ -30,6 +31,9 @@ pub struct CheckpointArgs {
     #[arg(long)]
     pub keep_positions: bool,
 }
+
+/// Time between checkpoints unless the pipeline or the command line says otherwise.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
 
 fn parse_interval(text: &str) -> std::result::Result<Duration, String> {
     match laketide_connectors::parse_duration(text) {
@@ -87,7 +91,10 @@ pub fn settings(
     let pipeline_name = format!("{name}-{:08x}", crc32fast::hash(location.as_bytes()));
     Ok(Some(CheckpointSettings {
         store,
-        interval: args.checkpoint_interval,
+        interval: args
+            .checkpoint_interval
+            .or(planned.settings.checkpoint_interval)
+            .unwrap_or(DEFAULT_INTERVAL),
         pipeline_name,
         fingerprint: format!(
             "{:08x}",

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use laketide_engine::RunOptions;
+use laketide_engine::checkpoint::{CheckpointSettings, CheckpointStore, Recovery};
 
 use crate::datagen::{ClickstreamSpec, write_clickstream};
 use crate::error::{CliError, Result};
@@ -26,10 +27,30 @@ pub fn peak_memory_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// Checkpoints every second (ten times as often as `laketide run` by default) into `dir`.
+fn bench_checkpoints(dir: &Path) -> Result<CheckpointSettings> {
+    Ok(CheckpointSettings {
+        store: CheckpointStore::local(dir)?,
+        interval: std::time::Duration::from_secs(1),
+        pipeline_name: "bench".into(),
+        fingerprint: "bench".into(),
+        recovery: Recovery::FromScratch,
+    })
+}
+
 /// Runs the pipeline once and prints its line; returns events per second.
-async fn measure(label: &str, data: &Path, table: &str) -> Result<f64> {
+async fn measure(
+    label: &str,
+    data: &Path,
+    table: &str,
+    checkpoints: Option<CheckpointSettings>,
+) -> Result<f64> {
     let before = peak_memory_bytes().unwrap_or(0);
-    let summary = run_sql(&bench_sql(data, table), RunOptions::default()).await?;
+    let options = RunOptions {
+        checkpoints,
+        ..Default::default()
+    };
+    let summary = run_sql(&bench_sql(data, table), options).await?;
     let secs = summary.elapsed.as_secs_f64();
     let rate = summary.totals.records_in as f64 / secs.max(1e-9);
     let peak = peak_memory_bytes().unwrap_or(0);
@@ -42,6 +63,12 @@ async fn measure(label: &str, data: &Path, table: &str) -> Result<f64> {
         peak / (1 << 20),
         before / (1 << 20),
     );
+    if let Some(c) = &summary.totals.checkpoint {
+        println!(
+            "  checkpoints: {} taken, last {} bytes in {} ms",
+            c.id, c.bytes, c.duration_ms
+        );
+    }
     Ok(rate)
 }
 
@@ -79,7 +106,19 @@ pub async fn bench(events: u64, dir: Option<PathBuf>, s3_lake: Option<&str>) -> 
         started.elapsed().as_secs_f64()
     );
     let local_table = lake.join("revenue_per_minute").display().to_string();
-    let local = measure("local disk", &data, &local_table).await?;
+    let local = measure("local disk", &data, &local_table, None).await?;
+    let checkpointed_table = lake.join("revenue_checkpointed").display().to_string();
+    let checkpointed = measure(
+        "local disk, checkpoint every 1s",
+        &data,
+        &checkpointed_table,
+        Some(bench_checkpoints(&dir.join("state"))?),
+    )
+    .await?;
+    println!(
+        "bench throughput with checkpoints / without: {:.2}",
+        checkpointed / local.max(1e-9)
+    );
     if let Some(root) = s3_lake {
         let table = format!(
             "{}/bench-{}-{}/revenue_per_minute",
@@ -87,13 +126,14 @@ pub async fn bench(events: u64, dir: Option<PathBuf>, s3_lake: Option<&str>) -> 
             std::process::id(),
             chrono::Utc::now().timestamp()
         );
-        let s3 = measure(&table, &data, &table).await?;
+        let s3 = measure(&table, &data, &table, None).await?;
         println!(
             "bench S3 / local-disk throughput: {:.2}",
             s3 / local.max(1e-9)
         );
     }
     let _ = std::fs::remove_dir_all(&data);
+    let _ = std::fs::remove_dir_all(dir.join("state"));
     crate::commands::bench_decode::bench_decode(events.min(1_000_000), 100)?;
     Ok(())
 }

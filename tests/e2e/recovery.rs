@@ -427,3 +427,258 @@ fn a_graceful_stop_keeps_open_windows_for_the_next_run_and_a_changed_pipeline_is
     stop(child);
     assert_eq!(committed_events(dir.path()), 75);
 }
+
+/// Rows of a query over the lake on S3 (through the real server), CSV lines, sorted.
+fn s3_lake_rows(dir: &Path, s3: &str, lake: &str, sql: &str) -> Vec<String> {
+    let out = laketide(dir, &["query", "--lake", lake, "--format", "csv", sql])
+        .env("AWS_ENDPOINT_URL_S3", s3)
+        .env("AWS_ALLOW_HTTP", "true")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut rows: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .skip(1)
+        .map(str::to_string)
+        .collect();
+    rows.sort();
+    rows
+}
+
+/// Puts events `from..to` (ten per second of event time, keys k0..k2) into `stream`.
+async fn put_events(client: &aws_sdk_kinesis::Client, stream: &str, from: u64, to: u64) {
+    let entries: Vec<_> = (from..to)
+        .map(|i| {
+            let data = format!(
+                "{{\"k\":\"k{}\",\"n\":{i},\"ts\":\"2024-01-01T00:{:02}:{:02}.{}Z\"}}",
+                i % 3,
+                i / 600,
+                (i / 10) % 60,
+                i % 10
+            );
+            aws_sdk_kinesis::types::PutRecordsRequestEntry::builder()
+                .partition_key(format!("k{}", i % 3))
+                .data(aws_sdk_kinesis::primitives::Blob::new(data))
+                .build()
+                .unwrap()
+        })
+        .collect();
+    for chunk in entries.chunks(500) {
+        let out = client
+            .put_records()
+            .stream_name(stream)
+            .set_records(Some(chunk.to_vec()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(out.failed_record_count(), Some(0));
+    }
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread")]
+async fn losing_the_s3_and_kinesis_servers_for_a_while_loses_nothing() {
+    use common::proxy::{Action, FaultProxy};
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+
+    let Some(kinesis) = common::kinesis::kinesis_server() else {
+        return;
+    };
+    let Some(s3) = common::emulator("S3", "AWS_ENDPOINT_URL_S3", "http://127.0.0.1:9000") else {
+        return;
+    };
+    let bucket = common::unique("laketide-outage");
+    let made = Command::new("curl")
+        .args([
+            "-sS",
+            "-f",
+            "--aws-sigv4",
+            "aws:amz:us-east-1:s3",
+            "--user",
+            "test:testtest",
+            "-H",
+            "x-amz-content-sha256: e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+            "-X",
+            "PUT",
+            &format!("{s3}/{bucket}"),
+        ])
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let client = common::kinesis::client(&kinesis);
+    let stream = common::kinesis::create_stream(&client, "outage", 1).await;
+    put_events(&client, &stream, 0, 300).await;
+
+    // Both servers sit behind proxies that drop every connection while `down` is set.
+    let down = Arc::new(AtomicBool::new(false));
+    let rule = |down: Arc<AtomicBool>| -> common::proxy::Rule {
+        Arc::new(move |_, _| {
+            if down.load(std::sync::atomic::Ordering::SeqCst) {
+                Action::Drop
+            } else {
+                Action::Forward
+            }
+        })
+    };
+    let kinesis_proxy = FaultProxy::start(&kinesis, rule(down.clone())).await;
+    let s3_proxy = FaultProxy::start(&s3, rule(down.clone())).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("p.sql"),
+        format!(
+            "CREATE TABLE e (k TEXT, n BIGINT, ts TIMESTAMP,
+               WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)
+             WITH (connector = 'kinesis', stream = '{stream}', format = 'json',
+               start_position = 'trim_horizon', endpoint = '{}', retry_timeout = '2m');
+             CREATE TABLE counts WITH (connector = 'delta', path = 's3://{bucket}/lake/counts');
+             INSERT INTO counts SELECT k, window_start, count(*) AS c, sum(n) AS total
+             FROM TUMBLE(e, ts, INTERVAL '5' SECOND) GROUP BY k, window_start, window_end;",
+            kinesis_proxy.endpoint
+        ),
+    )
+    .unwrap();
+    // The Delta table and the checkpoints (beside it on S3) go through the S3 proxy.
+    let child = laketide(
+        dir.path(),
+        &["run", "p.sql", "--quiet", "--checkpoint-interval", "500ms"],
+    )
+    .env("AWS_ENDPOINT_URL_S3", &s3_proxy.endpoint)
+    .env("AWS_ALLOW_HTTP", "true")
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let lake = format!("s3://{bucket}/lake");
+    // Rows committed so far (0 while the table does not exist yet).
+    let committed = |dir: &Path| -> usize {
+        let out = laketide(
+            dir,
+            &[
+                "query",
+                "--lake",
+                &lake,
+                "--format",
+                "csv",
+                "SELECT count(*) FROM counts",
+            ],
+        )
+        .env("AWS_ENDPOINT_URL_S3", &s3)
+        .env("AWS_ALLOW_HTTP", "true")
+        .output()
+        .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .nth(1)
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let mut child = child;
+    let mut wait_for = |rows: usize, what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while committed(dir.path()) < rows {
+            if Instant::now() > deadline || child.try_wait().unwrap().is_some() {
+                let _ = child.kill();
+                panic!("timed out waiting for {what}: {}", stderr_of(&mut child));
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    };
+    // 30 s of events: windows up to [25,30) minus the open one; 5 windows x 3 keys closed.
+    wait_for(15, "the first windows");
+
+    // The servers are gone for six seconds while events keep arriving.
+    down.store(true, std::sync::atomic::Ordering::SeqCst);
+    put_events(&client, &stream, 300, 600).await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    down.store(false, std::sync::atomic::Ordering::SeqCst);
+    put_events(&client, &stream, 600, 900).await;
+    // 90 s of events: windows [0,5) .. [80,85) are closed, 17 x 3 rows.
+    wait_for(51, "the windows after the outage");
+    drop(wait_for);
+    let err = stop(child);
+    assert!(
+        kinesis_proxy
+            .injected
+            .load(std::sync::atomic::Ordering::SeqCst)
+            > 0
+    );
+    assert!(s3_proxy.injected.load(std::sync::atomic::Ordering::SeqCst) > 0);
+
+    let mut expected: Vec<String> = Vec::new();
+    for w in 0..17u64 {
+        for k in 0..3u64 {
+            let ns: Vec<u64> = (w * 50..(w + 1) * 50).filter(|i| i % 3 == k).collect();
+            expected.push(format!(
+                "k{k},2024-01-01T00:{:02}:{:02},{},{}",
+                (w * 5) / 60,
+                (w * 5) % 60,
+                ns.len(),
+                ns.iter().sum::<u64>()
+            ));
+        }
+    }
+    expected.sort();
+    let stored = s3_lake_rows(
+        dir.path(),
+        &s3,
+        &lake,
+        "SELECT k, window_start, c, total FROM counts",
+    );
+    common::assert_same_rows(
+        &format!("windows after an S3 and Kinesis outage ({err})"),
+        &stored,
+        &expected,
+    );
+}
+
+#[test]
+fn the_checkpoint_interval_is_set_in_the_pipeline_file_or_on_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    write_seconds(&input, "a.json", 0, 10);
+    let pipeline = |set: &str| {
+        format!(
+            "{set}
+             CREATE TABLE e (id BIGINT, ts TIMESTAMP) WITH (connector = 'file', path = 'in', mode = 'once');
+             CREATE TABLE out WITH (connector = 'filesystem', path = 'out', format = 'csv');
+             INSERT INTO out SELECT id FROM e;"
+        )
+    };
+    std::fs::write(
+        dir.path().join("p.sql"),
+        pipeline("SET checkpoint_interval = '300ms';"),
+    )
+    .unwrap();
+    let run = output(dir.path(), &["run", "p.sql", "--quiet"]);
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{err}");
+    assert!(err.contains("checkpoints every 300ms"), "{err}");
+    let run = output(
+        dir.path(),
+        &["run", "p.sql", "--quiet", "--checkpoint-interval", "2s"],
+    );
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(err.contains("checkpoints every 2s"), "{err}");
+
+    for (set, message) in [
+        (
+            "SET checkpoint_intervall = '5s';",
+            "p.sql:1:1: unknown setting `checkpoint_intervall`; settings are: checkpoint_interval",
+        ),
+        (
+            "SET checkpoint_interval = 'soon';",
+            "checkpoint_interval must be a duration such as '10s' or '500ms', not 'soon'",
+        ),
+    ] {
+        std::fs::write(dir.path().join("p.sql"), pipeline(set)).unwrap();
+        let check = output(dir.path(), &["check", "p.sql"]);
+        let err = String::from_utf8_lossy(&check.stderr);
+        assert!(!check.status.success() && err.contains(message), "{err}");
+    }
+}

@@ -255,6 +255,13 @@ fn the_benchmark_has_an_s3_variant() {
     );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("(local disk): 20000 events"), "{text}");
+    // The same pipeline with checkpoints every second, and the ratio of the two.
+    assert!(
+        text.contains("(local disk, checkpoint every 1s): 20000 events")
+            && text.contains("checkpoints: ")
+            && text.contains("bench throughput with checkpoints / without:"),
+        "{text}"
+    );
     assert!(
         text.contains(&format!("({lake}/bench-"))
             && text.contains("bench S3 / local-disk throughput:"),
@@ -529,10 +536,14 @@ fn two_pipelines_append_to_one_s3_table_at_once_without_losing_a_commit() {
         "{}",
         String::from_utf8_lossy(&first.stderr)
     );
+    // The racing writers go through a proxy that makes the local server's conditional put
+    // atomic, as S3's is (see `FaultProxy::serializing`).
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let proxy = runtime.block_on(common::proxy::FaultProxy::serializing(&endpoint));
     let spawn = |file: &str| {
         command(
             dir.path(),
-            &endpoint,
+            &proxy.endpoint,
             SECRET_KEY,
             &["run", file, "--quiet", "--no-checkpoints"],
         )

@@ -48,8 +48,8 @@ impl StreamingDb {
                     .declare_view(name, statement, *location)
                     .await
                     .map_err(err)?,
-                Statement::Insert { .. } => {
-                    return Err(SltError("use SELECT in .slt files".into()));
+                Statement::Insert { .. } | Statement::Set { .. } => {
+                    return Err(SltError("use CREATE and SELECT in .slt files".into()));
                 }
             }
         }

@@ -47,6 +47,47 @@ pub struct PlannedPipeline {
     /// The `path` of every Delta and filesystem sink, in sink-name order: the lake the pipeline
     /// writes (its default state directory lives beside these tables).
     pub lake_paths: Vec<String>,
+    /// The script's `SET` statements.
+    pub settings: PipelineSettings,
+}
+
+/// Settings a pipeline file makes with `SET name = 'value'`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PipelineSettings {
+    /// `SET checkpoint_interval = '5s'`: time between checkpoints (the command line's
+    /// `--checkpoint-interval` overrides it).
+    pub checkpoint_interval: Option<Duration>,
+}
+
+/// The names `SET` accepts.
+const SETTINGS: &[&str] = &["checkpoint_interval"];
+
+impl PipelineSettings {
+    fn set(&mut self, name: &str, value: &str, location: Location) -> Result<()> {
+        match name {
+            "checkpoint_interval" => match parse_duration(value) {
+                Some(d) if !d.is_zero() => self.checkpoint_interval = Some(d),
+                _ => {
+                    return Err(SqlError::plan(
+                        location,
+                        format!(
+                            "checkpoint_interval must be a duration such as '10s' or '500ms', not '{value}'"
+                        ),
+                    ));
+                }
+            },
+            other => {
+                return Err(SqlError::plan(
+                    location,
+                    format!(
+                        "unknown setting `{other}`; settings are: {}",
+                        SETTINGS.join(", ")
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Declares tables and views and plans queries against them.
@@ -527,6 +568,7 @@ impl<'p> PipelineBuilder<'p> {
             dataflow: self.dataflow,
             bounded: self.state.bounded,
             lake_paths: self.lake_paths,
+            settings: PipelineSettings::default(),
         }
     }
 }
@@ -536,8 +578,14 @@ pub async fn plan_script(script: &Script) -> Result<PlannedPipeline> {
     let sinks = script.sink_names();
     let mut planner = Planner::new();
     let mut queries: Vec<(String, LogicalPlan, Location)> = Vec::new();
+    let mut settings = PipelineSettings::default();
     for statement in &script.statements {
         match statement {
+            Statement::Set {
+                name,
+                value,
+                location,
+            } => settings.set(name, value, *location)?,
             Statement::CreateTable(def) => {
                 planner.declare_table(def, sinks.contains(def.name.as_str()))?
             }
@@ -579,5 +627,7 @@ pub async fn plan_script(script: &Script) -> Result<PlannedPipeline> {
     for (sink, outputs) in &by_sink {
         builder.add_table_sink(sink, outputs)?;
     }
-    Ok(builder.finish())
+    let mut planned = builder.finish();
+    planned.settings = settings;
+    Ok(planned)
 }

@@ -23,6 +23,15 @@ pub enum Statement {
         /// Where it starts.
         location: Location,
     },
+    /// `SET name = 'value'`: a pipeline setting (see [`crate::PipelineSettings`]).
+    Set {
+        /// The setting's name, lower-cased.
+        name: String,
+        /// Its value as written (quotes removed).
+        value: String,
+        /// Where it starts.
+        location: Location,
+    },
     /// `INSERT INTO sink SELECT …`: a continuous query.
     Insert {
         /// The sink table.
@@ -39,9 +48,9 @@ impl Statement {
     pub fn location(&self) -> Location {
         match self {
             Statement::CreateTable(t) => t.location,
-            Statement::CreateView { location, .. } | Statement::Insert { location, .. } => {
-                *location
-            }
+            Statement::CreateView { location, .. }
+            | Statement::Insert { location, .. }
+            | Statement::Set { location, .. } => *location,
         }
     }
 }
@@ -107,10 +116,15 @@ fn parse_statement(dialect: &GenericDialect, tokens: Vec<TokenWithSpan>) -> Resu
         .expect("statement has a non-trivia token");
     let location: Location = first.span.start.into();
     let mut parser = Parser::new(dialect).with_tokens_with_locations(tokens.clone());
-    let is_create_table = {
+    let (is_create_table, is_set) = {
+        let mut probe = Parser::new(dialect).with_tokens_with_locations(tokens.clone());
+        let create = probe.parse_keywords(&[Keyword::CREATE, Keyword::TABLE]);
         let mut probe = Parser::new(dialect).with_tokens_with_locations(tokens);
-        probe.parse_keywords(&[Keyword::CREATE, Keyword::TABLE])
+        (create, probe.parse_keyword(Keyword::SET))
     };
+    if is_set {
+        return parse_set(&mut parser, location);
+    }
     if is_create_table {
         return parse_create_table(&mut parser, location).map(Statement::CreateTable);
     }
@@ -188,6 +202,42 @@ fn parse_statement(dialect: &GenericDialect, tokens: Vec<TokenWithSpan>) -> Resu
             ),
         )),
     }
+}
+
+/// `SET name = value` or `SET name TO value`, the value a quoted string, number or word.
+fn parse_set(parser: &mut Parser, location: Location) -> Result<Statement> {
+    let syntax = |parser: &Parser, message: &str| SqlError::Syntax {
+        location: parser.peek_token().span.start.into(),
+        message: message.to_string(),
+    };
+    parser
+        .expect_keyword(Keyword::SET)
+        .map_err(|_| syntax(parser, "expected SET"))?;
+    let name = parser
+        .parse_identifier()
+        .map(|i| normalize_ident(&i))
+        .map_err(|_| syntax(parser, "expected a setting name after SET"))?;
+    if !parser.consume_token(&Token::Eq) && !parser.parse_keyword(Keyword::TO) {
+        return Err(syntax(parser, "expected `=` after the setting name"));
+    }
+    let value = match parser.next_token().token {
+        Token::SingleQuotedString(s) | Token::DoubleQuotedString(s) => s,
+        Token::Number(n, _) => n,
+        Token::Word(w) => w.value,
+        _ => return Err(syntax(parser, "expected a value such as '10s'")),
+    };
+    let trailing = parser.peek_token();
+    if trailing.token != Token::EOF {
+        return Err(SqlError::Syntax {
+            location: trailing.span.start.into(),
+            message: format!("unexpected `{}` (is a `;` missing?)", trailing.token),
+        });
+    }
+    Ok(Statement::Set {
+        name,
+        value,
+        location,
+    })
 }
 
 #[cfg(test)]

@@ -14,6 +14,8 @@ pub enum Action {
     Forward,
     /// Answer without forwarding.
     Reply { status: u16, body: String },
+    /// Close the connection without an answer, as a server that went away does.
+    Drop,
     /// Forward `body` instead of the request's, and pass the answer's body through `response`.
     Rewrite {
         body: Vec<u8>,
@@ -43,6 +45,23 @@ impl Drop for FaultProxy {
 impl FaultProxy {
     /// Starts a proxy to `upstream` (`http://host:port`) on a free local port.
     pub async fn start(upstream: &str, rule: Rule) -> FaultProxy {
+        Self::launch(upstream, rule, None).await
+    }
+
+    /// A proxy that forwards one request at a time. The local S3 server checks
+    /// `If-None-Match` and writes the object in two steps, so two writers racing for the same
+    /// Delta log version can both succeed; one at a time, it behaves like S3, where the check
+    /// and the write are atomic.
+    pub async fn serializing(upstream: &str) -> FaultProxy {
+        let rule: Rule = Arc::new(|_, _| Action::Forward);
+        Self::launch(upstream, rule, Some(Arc::new(tokio::sync::Mutex::new(())))).await
+    }
+
+    async fn launch(
+        upstream: &str,
+        rule: Rule,
+        one_at_a_time: Option<Arc<tokio::sync::Mutex<()>>>,
+    ) -> FaultProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
         let upstream = upstream.trim_start_matches("http://").to_string();
@@ -54,8 +73,9 @@ impl FaultProxy {
                     return;
                 };
                 let (upstream, rule, counter) = (upstream.clone(), rule.clone(), counter.clone());
+                let one_at_a_time = one_at_a_time.clone();
                 tokio::spawn(async move {
-                    let _ = serve(client, &upstream, rule, counter).await;
+                    let _ = serve(client, &upstream, rule, counter, one_at_a_time).await;
                 });
             }
         });
@@ -200,6 +220,7 @@ async fn serve(
     upstream: &str,
     rule: Rule,
     injected: Arc<AtomicU64>,
+    one_at_a_time: Option<Arc<tokio::sync::Mutex<()>>>,
 ) -> std::io::Result<()> {
     let mut buf = Vec::new();
     while let Some(request) = read_message(&mut client, &mut buf, false).await? {
@@ -208,6 +229,10 @@ async fn serve(
             .to_string();
         let reply = match rule(&target, &request.body) {
             Action::Forward => {
+                let _turn = match &one_at_a_time {
+                    Some(lock) => Some(lock.lock().await),
+                    None => None,
+                };
                 let response = forward(upstream, &request, &request.body).await?;
                 render(&response.head, &response.body, &[])
             }
@@ -218,6 +243,10 @@ async fn serve(
                     "content-type: application/x-amz-json-1.1".to_string(),
                 ];
                 render(&head, body.as_bytes(), &[])
+            }
+            Action::Drop => {
+                injected.fetch_add(1, Ordering::Relaxed);
+                return Ok(());
             }
             Action::Rewrite { body, response } => {
                 injected.fetch_add(1, Ordering::Relaxed);

@@ -207,7 +207,7 @@ impl DeltaSink {
         Ok(table)
     }
 
-    async fn commit(&mut self) -> Result<()> {
+    async fn commit_buffered(&mut self) -> Result<()> {
         if self.buffer.is_empty() {
             // Nothing to commit: the next rows wait a full interval, not just the next tick.
             self.last_commit = Instant::now();
@@ -315,7 +315,7 @@ impl Sink for DeltaSink {
         self.buffered_bytes += batch.get_array_memory_size();
         self.buffer.push(batch);
         if self.buffered_bytes as u64 >= self.config.max_buffer_bytes {
-            self.commit().await?;
+            self.commit_buffered().await?;
         }
         Ok(())
     }
@@ -326,14 +326,14 @@ impl Sink for DeltaSink {
             return Ok(());
         }
         if self.last_commit.elapsed() >= self.config.commit_interval {
-            self.commit().await?;
+            self.commit_buffered().await?;
         }
         Ok(())
     }
 
     async fn close(&mut self) -> Result<SinkSummary> {
         if self.two_phase.is_none() {
-            self.commit().await?;
+            self.commit_buffered().await?;
         }
         Ok(self.summary.clone())
     }
@@ -477,5 +477,86 @@ impl std::fmt::Debug for DeltaSink {
             .field("name", &self.name)
             .field("path", &self.config.path)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::options::Options;
+    use datafusion::arrow::array::Int64Array;
+    use datafusion::arrow::datatypes::{DataType, Field};
+    use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    use std::sync::Arc;
+
+    fn schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, true)]))
+    }
+
+    fn batch(ids: std::ops::Range<i64>) -> RecordBatch {
+        RecordBatch::try_new(schema(), vec![Arc::new(Int64Array::from_iter_values(ids))]).unwrap()
+    }
+
+    async fn sink(path: &str) -> DeltaSink {
+        let config = DeltaSinkConfig::from_options(
+            Options::new([("path".to_string(), path.to_string())]).unwrap(),
+        )
+        .unwrap();
+        let mut sink = DeltaSink::new("t", config);
+        sink.enable_checkpoints("test-pipeline");
+        sink.open(schema()).await.unwrap();
+        sink
+    }
+
+    /// Rows of the table's current version, counted from its data files.
+    async fn committed_rows(path: &str) -> usize {
+        let url = deltalake::ensure_table_uri(path).unwrap();
+        let table = deltalake::open_table(url).await.unwrap();
+        let mut rows = 0;
+        for uri in table.get_file_uris().unwrap() {
+            let file = std::fs::File::open(uri.trim_start_matches("file://")).unwrap();
+            let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+                .unwrap()
+                .build()
+                .unwrap();
+            rows += reader.map(|b| b.unwrap().num_rows()).sum::<usize>();
+        }
+        rows
+    }
+
+    #[tokio::test]
+    async fn files_enter_the_table_only_on_commit_and_recovery_commits_them_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t").display().to_string();
+        let mut first = sink(&path).await;
+        first.write_batch(batch(0..10)).await.unwrap();
+        first.prepare_commit(1).await.unwrap();
+        assert_eq!(
+            committed_rows(&path).await,
+            0,
+            "prepared files are not visible"
+        );
+        first.commit(1).await.unwrap();
+        assert_eq!(committed_rows(&path).await, 10);
+        first.write_batch(batch(10..25)).await.unwrap();
+        let prepared = first.prepare_commit(2).await.unwrap();
+        // The process dies after checkpoint 2 is stored, before its commit.
+        drop(first);
+        assert_eq!(committed_rows(&path).await, 10);
+
+        let mut recovered = sink(&path).await;
+        recovered.recover(2, prepared.clone()).await.unwrap();
+        assert_eq!(committed_rows(&path).await, 25);
+        // It dies again right after that commit and recovers from checkpoint 2 once more: the
+        // table's `txn` version says the commit is in, so nothing is added twice.
+        drop(recovered);
+        let mut again = sink(&path).await;
+        again.recover(2, prepared).await.unwrap();
+        assert_eq!(committed_rows(&path).await, 25);
+        // Later checkpoints go on from there.
+        again.write_batch(batch(25..30)).await.unwrap();
+        again.prepare_commit(3).await.unwrap();
+        again.commit(3).await.unwrap();
+        assert_eq!(committed_rows(&path).await, 30);
     }
 }
