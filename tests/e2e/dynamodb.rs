@@ -11,11 +11,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use aws_sdk_dynamodb::Client;
-use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
     ScalarAttributeType,
 };
+use common::dynamodb::{client, scan_by};
 use common::proxy::{Action, FaultProxy, Rule};
 use datafusion::arrow::array::{
     ArrayRef, BinaryArray, BooleanArray, Date32Array, Decimal128Array, Float64Array, Int64Array,
@@ -33,16 +33,6 @@ fn dynamodb_server() -> Option<String> {
         "AWS_ENDPOINT_URL_DYNAMODB",
         "http://127.0.0.1:8000",
     )
-}
-
-fn client(endpoint: &str) -> Client {
-    let config = aws_sdk_dynamodb::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .endpoint_url(endpoint)
-        .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new("test", "testtest", None, None, "tests"))
-        .build();
-    Client::from_conf(config)
 }
 
 fn sink(endpoint: &str, table: &str, extra: &[(&str, &str)]) -> DynamoDbSink {
@@ -601,24 +591,4 @@ async fn the_dynamodb_example_runs_as_documented() {
             .iter()
             .all(|i| matches!(i.get("ttl"), Some(AttributeValue::N(_))))
     );
-}
-
-/// Every item of a table.
-async fn scan_by(client: &Client, table: &str) -> Vec<HashMap<String, AttributeValue>> {
-    let mut out = Vec::new();
-    let mut start: Option<HashMap<String, AttributeValue>> = None;
-    loop {
-        let page = client
-            .scan()
-            .table_name(table)
-            .set_exclusive_start_key(start.clone())
-            .send()
-            .await
-            .unwrap();
-        out.extend(page.items().iter().cloned());
-        match page.last_evaluated_key() {
-            Some(k) if !k.is_empty() => start = Some(k.clone()),
-            _ => return out,
-        }
-    }
 }

@@ -3,13 +3,11 @@
 //! (the batch oracle) in its Delta table and in DynamoDB; a graceful stop resumes where it
 //! stopped; damaged checkpoints and changed pipelines are handled as documented.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::Client;
-use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_dynamodb::types::AttributeValue;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use datafusion::prelude::{JsonReadOptions, SessionContext};
@@ -67,9 +65,9 @@ fn stop(mut child: Child) -> String {
     err
 }
 
-/// Rows of a lake query as CSV lines (header dropped), sorted.
-fn lake_rows(dir: &Path, sql: &str) -> Vec<String> {
-    let out = output(dir, &["query", "--lake", "lake", "--format", "csv", sql]);
+/// The rows a `laketide query` command prints as CSV (header dropped), sorted.
+fn query_rows(mut query: Command) -> Vec<String> {
+    let out = query.output().unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -82,6 +80,14 @@ fn lake_rows(dir: &Path, sql: &str) -> Vec<String> {
         .collect();
     rows.sort();
     rows
+}
+
+/// Rows of a query over the local lake (`./lake`).
+fn lake_rows(dir: &Path, sql: &str) -> Vec<String> {
+    query_rows(laketide(
+        dir,
+        &["query", "--lake", "lake", "--format", "csv", sql],
+    ))
 }
 
 /// A tiny deterministic generator (the seed is printed so a failure can be replayed).
@@ -164,33 +170,8 @@ async fn oracle(input: &Path, time_format: &str) -> Vec<String> {
     rows
 }
 
-fn dynamodb_client(endpoint: &str) -> Client {
-    let config = aws_sdk_dynamodb::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .endpoint_url(endpoint)
-        .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new("test", "testtest", None, None, "tests"))
-        .build();
-    Client::from_conf(config)
-}
-
 async fn dynamodb_rows(client: &Client, table: &str) -> Vec<String> {
-    let mut items: Vec<HashMap<String, AttributeValue>> = Vec::new();
-    let mut start = None;
-    loop {
-        let page = client
-            .scan()
-            .table_name(table)
-            .set_exclusive_start_key(start.clone())
-            .send()
-            .await
-            .unwrap();
-        items.extend(page.items().iter().cloned());
-        match page.last_evaluated_key() {
-            Some(k) if !k.is_empty() => start = Some(k.clone()),
-            _ => break,
-        }
-    }
+    let items = common::dynamodb::scan_by(client, table).await;
     let text = |v: &AttributeValue| match v {
         AttributeValue::S(s) => s.clone(),
         AttributeValue::N(n) => n.clone(),
@@ -312,7 +293,7 @@ async fn sigkill_at_random_moments_loses_and_repeats_nothing() {
     );
     common::assert_same_rows("Delta table after 20+ SIGKILLs", &stored, &expected_lake);
     let expected_items = oracle(&input, "%Y-%m-%dT%H:%M:%SZ").await;
-    let items = dynamodb_rows(&dynamodb_client(&dynamodb), &table).await;
+    let items = dynamodb_rows(&common::dynamodb::client(&dynamodb), &table).await;
     common::assert_same_rows("DynamoDB items after 20+ SIGKILLs", &items, &expected_items);
 }
 
@@ -428,25 +409,13 @@ fn a_graceful_stop_keeps_open_windows_for_the_next_run_and_a_changed_pipeline_is
     assert_eq!(committed_events(dir.path()), 75);
 }
 
-/// Rows of a query over the lake on S3 (through the real server), CSV lines, sorted.
+/// Rows of a query over the lake on S3 (through the real server).
 fn s3_lake_rows(dir: &Path, s3: &str, lake: &str, sql: &str) -> Vec<String> {
-    let out = laketide(dir, &["query", "--lake", lake, "--format", "csv", sql])
+    let mut query = laketide(dir, &["query", "--lake", lake, "--format", "csv", sql]);
+    query
         .env("AWS_ENDPOINT_URL_S3", s3)
-        .env("AWS_ALLOW_HTTP", "true")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mut rows: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .skip(1)
-        .map(str::to_string)
-        .collect();
-    rows.sort();
-    rows
+        .env("AWS_ALLOW_HTTP", "true");
+    query_rows(query)
 }
 
 /// Puts events `from..to` (ten per second of event time, keys k0..k2) into `stream`.
@@ -543,21 +512,23 @@ async fn losing_the_s3_and_kinesis_servers_for_a_while_loses_nothing() {
     )
     .unwrap();
     // The Delta table and the checkpoints (beside it on S3) go through the S3 proxy.
-    let child = laketide(
-        dir.path(),
-        &["run", "p.sql", "--quiet", "--checkpoint-interval", "500ms"],
-    )
-    .env("AWS_ENDPOINT_URL_S3", &s3_proxy.endpoint)
-    .env("AWS_ALLOW_HTTP", "true")
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
+    let start_run = || {
+        laketide(
+            dir.path(),
+            &["run", "p.sql", "--quiet", "--checkpoint-interval", "500ms"],
+        )
+        .env("AWS_ENDPOINT_URL_S3", &s3_proxy.endpoint)
+        .env("AWS_ALLOW_HTTP", "true")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+    };
     let lake = format!("s3://{bucket}/lake");
     // Rows committed so far (0 while the table does not exist yet).
-    let committed = |dir: &Path| -> usize {
+    let committed = || -> usize {
         let out = laketide(
-            dir,
+            dir.path(),
             &[
                 "query",
                 "--lake",
@@ -577,19 +548,45 @@ async fn losing_the_s3_and_kinesis_servers_for_a_while_loses_nothing() {
             .and_then(|n| n.trim().parse().ok())
             .unwrap_or(0)
     };
-    let mut child = child;
-    let mut wait_for = |rows: usize, what: &str| {
+    let wait_for = |child: &mut Child, rows: usize, what: &str| {
         let deadline = Instant::now() + Duration::from_secs(120);
-        while committed(dir.path()) < rows {
+        while committed() < rows {
             if Instant::now() > deadline || child.try_wait().unwrap().is_some() {
                 let _ = child.kill();
-                panic!("timed out waiting for {what}: {}", stderr_of(&mut child));
+                panic!("timed out waiting for {what}: {}", stderr_of(child));
             }
             std::thread::sleep(Duration::from_millis(300));
         }
     };
+    // Ten events a second, keys k0..k2: the closed 5-second windows, 3 rows each.
+    let expected = |windows: u64| -> Vec<String> {
+        let mut rows: Vec<String> = Vec::new();
+        for w in 0..windows {
+            for k in 0..3u64 {
+                let ns: Vec<u64> = (w * 50..(w + 1) * 50).filter(|i| i % 3 == k).collect();
+                rows.push(format!(
+                    "k{k},2024-01-01T00:{:02}:{:02},{},{}",
+                    (w * 5) / 60,
+                    (w * 5) % 60,
+                    ns.len(),
+                    ns.iter().sum::<u64>()
+                ));
+            }
+        }
+        rows.sort();
+        rows
+    };
+    let stored = || {
+        s3_lake_rows(
+            dir.path(),
+            &s3,
+            &lake,
+            "SELECT k, window_start, c, total FROM counts",
+        )
+    };
+    let mut child = start_run();
     // 30 s of events: windows up to [25,30) minus the open one; 5 windows x 3 keys closed.
-    wait_for(15, "the first windows");
+    wait_for(&mut child, 15, "the first windows");
 
     // The servers are gone for six seconds while events keep arriving.
     down.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -597,42 +594,28 @@ async fn losing_the_s3_and_kinesis_servers_for_a_while_loses_nothing() {
     tokio::time::sleep(Duration::from_secs(6)).await;
     down.store(false, std::sync::atomic::Ordering::SeqCst);
     put_events(&client, &stream, 600, 900).await;
-    // 90 s of events: windows [0,5) .. [80,85) are closed, 17 x 3 rows.
-    wait_for(51, "the windows after the outage");
-    drop(wait_for);
+    // 90 s of events: windows [0,5) .. [80,85) are closed.
+    wait_for(&mut child, 51, "the windows after the outage");
     let err = stop(child);
-    assert!(
-        kinesis_proxy
-            .injected
-            .load(std::sync::atomic::Ordering::SeqCst)
-            > 0
-    );
-    assert!(s3_proxy.injected.load(std::sync::atomic::Ordering::SeqCst) > 0);
-
-    let mut expected: Vec<String> = Vec::new();
-    for w in 0..17u64 {
-        for k in 0..3u64 {
-            let ns: Vec<u64> = (w * 50..(w + 1) * 50).filter(|i| i % 3 == k).collect();
-            expected.push(format!(
-                "k{k},2024-01-01T00:{:02}:{:02},{},{}",
-                (w * 5) / 60,
-                (w * 5) % 60,
-                ns.len(),
-                ns.iter().sum::<u64>()
-            ));
-        }
-    }
-    expected.sort();
-    let stored = s3_lake_rows(
-        dir.path(),
-        &s3,
-        &lake,
-        "SELECT k, window_start, c, total FROM counts",
-    );
+    let injected = |p: &FaultProxy| p.injected.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(injected(&kinesis_proxy) > 0 && injected(&s3_proxy) > 0);
     common::assert_same_rows(
         &format!("windows after an S3 and Kinesis outage ({err})"),
-        &stored,
-        &expected,
+        &stored(),
+        &expected(17),
+    );
+
+    // A restart resumes the shard after the last checkpoint's sequence number, with the open
+    // window [85,90) from its state: no event twice, none lost.
+    put_events(&client, &stream, 900, 1200).await;
+    let mut child = start_run();
+    wait_for(&mut child, 69, "the windows after the restart");
+    let err = stop(child);
+    assert!(err.contains("resumed from"), "{err}");
+    common::assert_same_rows(
+        &format!("windows after a restart from Kinesis positions ({err})"),
+        &stored(),
+        &expected(23),
     );
 }
 

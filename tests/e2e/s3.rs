@@ -571,3 +571,85 @@ fn two_pipelines_append_to_one_s3_table_at_once_without_losing_a_commit() {
         "writer,n,d\na,6000,3000\nb,3000,3000"
     );
 }
+
+/// A Delta sink on S3 that commits on checkpoints, as `laketide run` uses it.
+async fn checkpointed_delta_sink(
+    endpoint: &str,
+    path: &str,
+) -> laketide_connectors::delta::DeltaSink {
+    use laketide_engine::Sink;
+    let options = laketide_connectors::Options::new([
+        ("path".to_string(), path.to_string()),
+        ("endpoint".to_string(), endpoint.to_string()),
+    ])
+    .unwrap();
+    let config = laketide_connectors::delta::DeltaSinkConfig::from_options(options).unwrap();
+    let mut sink = laketide_connectors::delta::DeltaSink::new("t", config);
+    sink.enable_checkpoints("replay-test");
+    sink.open(ids_schema()).await.unwrap();
+    sink
+}
+
+fn ids_schema() -> datafusion::arrow::datatypes::SchemaRef {
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    std::sync::Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, true)]))
+}
+
+fn ids(range: std::ops::Range<i64>) -> datafusion::arrow::record_batch::RecordBatch {
+    datafusion::arrow::record_batch::RecordBatch::try_new(
+        ids_schema(),
+        vec![std::sync::Arc::new(
+            datafusion::arrow::array::Int64Array::from_iter_values(range),
+        )],
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replayed_commit_on_s3_is_applied_once() {
+    use laketide_engine::Sink;
+    let Some(endpoint) = s3_server() else { return };
+    let bucket = common::unique("laketide-replay");
+    create_bucket(&endpoint, &bucket);
+    let path = format!("s3://{bucket}/lake/t");
+    let lake = format!("s3://{bucket}/lake");
+    let dir = tempfile::tempdir().unwrap();
+    let count = || {
+        query_csv(
+            dir.path(),
+            &endpoint,
+            &["--lake", &lake],
+            "SELECT count(*) AS n, count(DISTINCT id) AS d FROM t",
+        )
+    };
+
+    let mut sink = checkpointed_delta_sink(&endpoint, &path).await;
+    sink.write_batch(ids(0..10)).await.unwrap();
+    let first = sink.prepare_commit(1).await.unwrap();
+    sink.commit(1).await.unwrap();
+    sink.write_batch(ids(10..30)).await.unwrap();
+    let second = sink.prepare_commit(2).await.unwrap();
+    // The process dies between storing checkpoint 2 and committing it.
+    drop(sink);
+    assert_eq!(count(), "n,d\n10,10");
+
+    // Recovery from checkpoint 2 commits its files; replaying that recovery (another crash
+    // right after it) or an older checkpoint's commit adds nothing.
+    checkpointed_delta_sink(&endpoint, &path)
+        .await
+        .recover(2, second.clone())
+        .await
+        .unwrap();
+    assert_eq!(count(), "n,d\n30,30");
+    checkpointed_delta_sink(&endpoint, &path)
+        .await
+        .recover(2, second)
+        .await
+        .unwrap();
+    checkpointed_delta_sink(&endpoint, &path)
+        .await
+        .recover(1, first)
+        .await
+        .unwrap();
+    assert_eq!(count(), "n,d\n30,30");
+}

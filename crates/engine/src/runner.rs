@@ -371,7 +371,7 @@ struct SourceTask {
 /// What the source loop does next.
 enum Step {
     Continue,
-    /// Stop reading: drained to the end (`true`) or stopped early.
+    /// The source has read everything (bounded).
     Done,
     Aborted,
 }

@@ -1,5 +1,6 @@
 //! Helpers shared by the end-to-end tests.
 
+pub mod dynamodb;
 pub mod kinesis;
 pub mod proxy;
 
