@@ -47,8 +47,12 @@ fn parse_interval(text: &str) -> std::result::Result<Duration, String> {
 /// The default state location of the pipeline in `file`.
 fn default_state(file: &Path, planned: &PlannedPipeline, name: &str) -> String {
     if let Some(table) = planned.lake_paths.first() {
-        let parent = match table.trim_end_matches('/').rsplit_once('/') {
-            Some((parent, _)) if !parent.is_empty() && !parent.ends_with(':') => parent,
+        let table = table.trim_end_matches('/');
+        let parent = match table.rsplit_once('/') {
+            // A table that is a whole bucket (`s3://bucket`): the state goes inside it (Delta
+            // leaves folders that start with `_` alone).
+            Some((parent, _)) if parent.ends_with(":/") => table,
+            Some((parent, _)) if !parent.is_empty() => parent,
             _ => ".",
         };
         return format!("{parent}/_laketide_state/{name}");
@@ -102,4 +106,34 @@ pub fn settings(
         ),
         recovery,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn planned(table: &str) -> PlannedPipeline {
+        let sql = format!(
+            "CREATE TABLE e (id BIGINT) WITH (connector = 'file', path = 'in', mode = 'once');
+             CREATE TABLE t WITH (connector = 'delta', path = '{table}');
+             INSERT INTO t SELECT id FROM e;"
+        );
+        laketide_sql::plan_script(&laketide_sql::parse_script(&sql).unwrap())
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_default_state_lives_beside_the_first_lake_table() {
+        let file = Path::new("pipelines/p.sql");
+        for (table, state) in [
+            ("lake/t", "lake/_laketide_state/p"),
+            ("t", "./_laketide_state/p"),
+            ("s3://bucket/lake/t/", "s3://bucket/lake/_laketide_state/p"),
+            ("s3://bucket/t", "s3://bucket/_laketide_state/p"),
+            ("s3://bucket", "s3://bucket/_laketide_state/p"),
+        ] {
+            assert_eq!(default_state(file, &planned(table).await, "p"), state);
+        }
+    }
 }

@@ -71,10 +71,9 @@ async fn remote_tables(root: &str) -> Result<Vec<String>> {
             .map_err(list)?
             .objects
             .is_empty()
+            && let Some(name) = prefix.parts().next_back()
         {
-            if let Some(name) = prefix.parts().last() {
-                names.push(name.as_ref().to_string());
-            }
+            names.push(name.as_ref().to_string());
         }
     }
     Ok(names)

@@ -333,7 +333,7 @@ fn flaky_rule(table: String) -> (Rule, Arc<AtomicU64>) {
         if !target.ends_with(".BatchWriteItem") {
             return Action::Forward;
         }
-        if seen.fetch_add(1, Ordering::Relaxed) % 3 == 0 {
+        if seen.fetch_add(1, Ordering::Relaxed).is_multiple_of(3) {
             return Action::Reply {
                 status: 400,
                 body: r#"{"__type":"com.amazonaws.dynamodb.v20120810#ProvisionedThroughputExceededException","message":"Rate exceeded"}"#.into(),

@@ -251,7 +251,7 @@ fn flaky_rule() -> (Rule, Arc<AtomicU64>) {
                         .into(),
                 };
             }
-            if call % 2 == 0 {
+            if call.is_multiple_of(2) {
                 return Action::Reply {
                     status: 400,
                     body: r#"{"__type":"ProvisionedThroughputExceededException","message":"Rate exceeded for shard"}"#.into(),
@@ -372,7 +372,7 @@ async fn a_missing_stream_is_a_clear_error_at_start() {
         return;
     };
     let mut s = source(&endpoint, &common::unique("missing"), &[], BTreeMap::new());
-    let e = s.open().await.err().expect("no such stream");
+    let e = s.open().await.expect_err("no such stream");
     let text = e.to_string();
     assert!(
         text.contains("ListShards") && text.contains("ResourceNotFoundException"),

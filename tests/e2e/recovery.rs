@@ -642,6 +642,21 @@ fn the_checkpoint_interval_is_set_in_the_pipeline_file_or_on_the_command_line() 
     let err = String::from_utf8_lossy(&run.stderr);
     assert!(run.status.success(), "{err}");
     assert!(err.contains("checkpoints every 300ms"), "{err}");
+    // The filesystem sink published its file at the last checkpoint: visible, and nothing
+    // left pending.
+    let names: Vec<String> = std::fs::read_dir(dir.path().join("out"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    let visible: Vec<&String> = names.iter().filter(|n| !n.starts_with('.')).collect();
+    assert_eq!(visible.len(), 1, "{names:?}");
+    assert!(!names.iter().any(|n| n.ends_with(".pending")), "{names:?}");
+    let text = std::fs::read_to_string(dir.path().join("out").join(visible[0])).unwrap();
+    assert_eq!(
+        text.lines().filter(|l| l.parse::<u64>().is_ok()).count(),
+        10,
+        "{text}"
+    );
     let run = output(
         dir.path(),
         &["run", "p.sql", "--quiet", "--checkpoint-interval", "2s"],

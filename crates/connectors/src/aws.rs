@@ -248,7 +248,7 @@ where
                 }
                 policy.status.count_retry();
                 let delay = backoff.next_delay();
-                if backoff.attempts() == 1 || backoff.attempts() % 10 == 0 {
+                if backoff.attempts() == 1 || backoff.attempts().is_multiple_of(10) {
                     tracing::warn!(call = what, error = %describe(&error), "call failed; retrying");
                 }
                 tokio::time::sleep(delay).await;

@@ -40,7 +40,7 @@ impl Sink for ConsoleSink {
     }
 
     async fn write_batch(&mut self, batch: RecordBatch) -> Result<()> {
-        let table = pretty_format_batches(&[batch.clone()])?;
+        let table = pretty_format_batches(std::slice::from_ref(&batch))?;
         let mut out = std::io::stdout().lock();
         writeln!(out, "{}:\n{table}", self.name)
             .and_then(|_| out.flush())

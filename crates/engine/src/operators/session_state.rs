@@ -201,10 +201,10 @@ impl Sessions {
         for (slot, _) in &order {
             let live = &mut self.live[*slot as usize];
             *live -= 1;
-            if *live == 0 {
-                if let Some(b) = self.batches[*slot as usize].take() {
-                    self.stored_rows -= b.num_rows();
-                }
+            if *live == 0
+                && let Some(b) = self.batches[*slot as usize].take()
+            {
+                self.stored_rows -= b.num_rows();
             }
         }
         self.live_rows -= order.len();
