@@ -420,7 +420,7 @@ fn s3_lake_rows(dir: &Path, s3: &str, lake: &str, sql: &str) -> Vec<String> {
 
 /// Puts events `from..to` (ten per second of event time, keys k0..k2) into `stream`.
 async fn put_events(client: &aws_sdk_kinesis::Client, stream: &str, from: u64, to: u64) {
-    let entries: Vec<_> = (from..to)
+    let records = (from..to)
         .map(|i| {
             let data = format!(
                 "{{\"k\":\"k{}\",\"n\":{i},\"ts\":\"2024-01-01T00:{:02}:{:02}.{}Z\"}}",
@@ -429,23 +429,10 @@ async fn put_events(client: &aws_sdk_kinesis::Client, stream: &str, from: u64, t
                 (i / 10) % 60,
                 i % 10
             );
-            aws_sdk_kinesis::types::PutRecordsRequestEntry::builder()
-                .partition_key(format!("k{}", i % 3))
-                .data(aws_sdk_kinesis::primitives::Blob::new(data))
-                .build()
-                .unwrap()
+            (format!("k{}", i % 3), data)
         })
         .collect();
-    for chunk in entries.chunks(500) {
-        let out = client
-            .put_records()
-            .stream_name(stream)
-            .set_records(Some(chunk.to_vec()))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(out.failed_record_count(), Some(0));
-    }
+    common::kinesis::put_records(client, stream, records).await;
 }
 
 #[cfg(unix)]

@@ -95,12 +95,6 @@ pub trait Operator: Send + 'static {
 
     /// Takes back what `snapshot` saved; called before the first message on recovery.
     fn restore(&mut self, state: NodeState) -> Result<()> {
-        if state.is_empty() {
-            Ok(())
-        } else {
-            Err(crate::EngineError::Internal(
-                "a stateless operator was given state to restore".into(),
-            ))
-        }
+        state.expect_empty("a stateless operator")
     }
 }

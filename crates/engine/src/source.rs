@@ -72,12 +72,6 @@ pub trait Source: Send {
 
     /// Takes back positions saved by `snapshot`; called before `open` when recovering.
     fn restore(&mut self, state: NodeState) -> Result<()> {
-        if state.is_empty() {
-            Ok(())
-        } else {
-            Err(crate::EngineError::Internal(
-                "this source saved positions it cannot restore".into(),
-            ))
-        }
+        state.expect_empty("a source without positions")
     }
 }

@@ -72,6 +72,17 @@ impl NodeState {
             .map_err(|e| EngineError::User(format!("the checkpoint's state cannot be read: {e}")))
     }
 
+    /// Fails unless the state is empty: for nodes that keep no state and are given some.
+    pub fn expect_empty(&self, node: &str) -> Result<()> {
+        if self.is_empty() {
+            Ok(())
+        } else {
+            Err(EngineError::Internal(format!(
+                "{node} keeps no state but was given some to restore"
+            )))
+        }
+    }
+
     /// The table called `name`, if saved.
     pub fn table(&self, name: &str) -> Option<&RecordBatch> {
         self.tables.iter().find(|(n, _)| n == name).map(|(_, b)| b)

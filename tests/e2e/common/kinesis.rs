@@ -66,21 +66,31 @@ pub async fn create_stream(client: &Client, prefix: &str, shards: i32) -> String
     stream
 }
 
-/// Writes `{"key":K,"n":N}` records with partition key K; returns their sequence numbers.
+/// Writes `{"key":K,"n":N}` records with partition key K.
 pub async fn put_numbered(client: &Client, stream: &str, keys: usize, from: u64, to: u64) {
-    let mut entries = Vec::new();
+    let mut records = Vec::new();
     for n in from..to {
         for k in 0..keys {
             let key = format!("k{k}");
-            entries.push(
-                aws_sdk_kinesis::types::PutRecordsRequestEntry::builder()
-                    .partition_key(&key)
-                    .data(Blob::new(format!("{{\"key\":\"{key}\",\"n\":{n}}}")))
-                    .build()
-                    .unwrap(),
-            );
+            records.push((key.clone(), format!("{{\"key\":\"{key}\",\"n\":{n}}}")));
         }
     }
+    put_records(client, stream, records).await;
+}
+
+/// Writes `(partition key, data)` records with PutRecords, 500 at a time; every one must be
+/// accepted.
+pub async fn put_records(client: &Client, stream: &str, records: Vec<(String, String)>) {
+    let entries: Vec<_> = records
+        .into_iter()
+        .map(|(key, data)| {
+            aws_sdk_kinesis::types::PutRecordsRequestEntry::builder()
+                .partition_key(key)
+                .data(Blob::new(data))
+                .build()
+                .unwrap()
+        })
+        .collect();
     for chunk in entries.chunks(500) {
         let out = client
             .put_records()
