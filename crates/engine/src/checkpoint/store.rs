@@ -86,7 +86,7 @@ pub struct CheckpointStore {
 
 impl CheckpointStore {
     /// Checkpoints under `prefix` of `store`; `location` names it in messages (a path or URL).
-    /// The newest `keep` complete checkpoints are kept (at least one).
+    /// The newest three checkpoint folders are kept (see [`CheckpointStore::keeping`]).
     pub fn new(store: Arc<dyn ObjectStore>, prefix: Path, location: impl Into<String>) -> Self {
         CheckpointStore {
             store,
@@ -111,7 +111,8 @@ impl CheckpointStore {
         ))
     }
 
-    /// Sets how many complete checkpoints are kept.
+    /// Sets how many of the newest checkpoint folders clean-up keeps (at least one); the
+    /// newest is always complete, since clean-up runs after a checkpoint is stored.
     pub fn keeping(mut self, keep: usize) -> Self {
         self.keep = keep.max(1);
         self
