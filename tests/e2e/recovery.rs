@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::AttributeValue;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
-use datafusion::prelude::{JsonReadOptions, SessionContext};
+use datafusion::prelude::SessionContext;
 
 use crate::common;
 
@@ -143,17 +143,7 @@ async fn oracle(input: &Path, time_format: &str) -> Vec<String> {
         Field::new("v", DataType::Int64, true),
         Field::new("ts", DataType::Timestamp(TimeUnit::Microsecond, None), true),
     ]);
-    ctx.register_json(
-        "e",
-        input.to_str().unwrap(),
-        JsonReadOptions {
-            schema: Some(&schema),
-            file_extension: ".json",
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    common::register_json_files(&ctx, "e", input, &schema).await;
     let mut rows = common::query_rows(
         &ctx,
         &format!(

@@ -76,5 +76,15 @@ impl From<ConnectorError> for EngineError {
     }
 }
 
+/// The column names of `schema`, comma-separated, for messages that list what exists.
+pub(crate) fn column_list(schema: &datafusion::arrow::datatypes::Schema) -> String {
+    schema
+        .fields()
+        .iter()
+        .map(|f| f.name().as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Result alias of the connectors crate.
 pub type Result<T, E = ConnectorError> = std::result::Result<T, E>;

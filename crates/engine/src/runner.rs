@@ -104,20 +104,21 @@ async fn find_restore(
     };
     let mut states = checkpoint.nodes;
     let is_source = |k: &NodeKey| nodes.iter().any(|(n, source)| n == k && *source);
-    if checkpoint.pipeline != settings.fingerprint {
-        if settings.recovery != Recovery::KeepSourcePositions {
-            return Err(EngineError::User(format!(
-                "the pipeline has changed since checkpoint {} in {} was taken, so its state does not fit; run with --from-scratch to start over, or --keep-positions to keep only the source read positions",
-                checkpoint.id,
-                settings.store.location()
-            )));
-        }
+    let changed = checkpoint.pipeline != settings.fingerprint;
+    if changed && settings.recovery != Recovery::KeepSourcePositions {
+        return Err(EngineError::User(format!(
+            "the pipeline has changed since checkpoint {} in {} was taken, so its state does not fit; run with --from-scratch to start over, or --keep-positions to keep only the source read positions",
+            checkpoint.id,
+            settings.store.location()
+        )));
+    }
+    if changed {
         tracing::warn!(
             checkpoint = checkpoint.id,
             "the pipeline changed: keeping only the source positions of the checkpoint"
         );
-        states.retain(|k, _| is_source(k));
-    } else if settings.recovery == Recovery::KeepSourcePositions {
+    }
+    if settings.recovery == Recovery::KeepSourcePositions {
         states.retain(|k, _| is_source(k));
     }
     for key in states.keys() {

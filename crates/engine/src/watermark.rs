@@ -235,12 +235,6 @@ impl InputWatermarks {
         self.combine()
     }
 
-    /// Marks input `i` ended; it no longer holds the watermark back.
-    pub fn end(&mut self, i: usize) -> Option<Watermark> {
-        self.inputs[i] = InputState::Ended;
-        self.combine()
-    }
-
     fn combine(&mut self) -> Option<Watermark> {
         if self.inputs.iter().any(|s| matches!(s, InputState::Waiting)) {
             return None;
@@ -331,7 +325,7 @@ mod tests {
             Some(Watermark::EventTime(20))
         );
         assert_eq!(
-            c.end(1),
+            c.update(1, Watermark::END),
             Some(Watermark::Idle),
             "the only input left is idle"
         );

@@ -27,19 +27,23 @@ pub fn clicks_schema() -> Schema {
 /// A DataFusion session with the generated JSON files registered as `clicks`: the batch oracle.
 pub async fn oracle_context(data: &Path) -> SessionContext {
     let ctx = SessionContext::new();
-    let schema = clicks_schema();
+    register_json_files(&ctx, "clicks", data, &clicks_schema()).await;
+    ctx
+}
+
+/// Registers the `.json` files (JSON lines) under `dir` as table `name` with `schema`.
+pub async fn register_json_files(ctx: &SessionContext, name: &str, dir: &Path, schema: &Schema) {
     ctx.register_json(
-        "clicks",
-        data.to_str().unwrap(),
+        name,
+        dir.to_str().unwrap(),
         JsonReadOptions {
-            schema: Some(&schema),
+            schema: Some(schema),
             file_extension: ".json",
             ..Default::default()
         },
     )
     .await
     .unwrap();
-    ctx
 }
 
 /// Renders rows as `a|b|c` strings (NULL for nulls), in result order.

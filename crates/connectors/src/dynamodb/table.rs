@@ -11,7 +11,7 @@ use datafusion::arrow::datatypes::{DataType, Schema};
 
 use super::config::{DynamoDbSinkConfig, TimeEncoding};
 use crate::aws::{RetryPolicy, call_with_retries};
-use crate::error::{ConnectorError, Result};
+use crate::error::{ConnectorError, Result, column_list};
 
 /// A key attribute: its name, its DynamoDB type, and whether it is the sort key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,12 +61,7 @@ pub fn key_attributes(config: &DynamoDbSinkConfig, schema: &Schema) -> Result<Ve
             let field = schema.field_with_name(column).map_err(|_| {
                 ConnectorError::InvalidOption(format!(
                     "primary key column `{column}` is not a column of the query ({})",
-                    schema
-                        .fields()
-                        .iter()
-                        .map(|f| f.name().as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    column_list(schema)
                 ))
             })?;
             let kind = key_kind(field.data_type(), config.time_encoding).ok_or_else(|| {

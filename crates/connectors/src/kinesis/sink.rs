@@ -16,6 +16,7 @@ use laketide_engine::{EngineError, Result, Sink, SinkSummary, SourceStatus};
 use super::client::StreamClient;
 use super::config::KinesisSinkConfig;
 use super::writer::{OutgoingRecord, RecordWriter};
+use crate::error::column_list;
 use crate::format::RowEncoder;
 
 /// Writes rows to a Kinesis stream; see [`KinesisSinkConfig`].
@@ -84,12 +85,7 @@ impl Sink for KinesisSink {
                 EngineError::User(format!(
                     "sink `{}`: option `partition_key` = '{sql}' is not an expression over the columns ({}): {e}",
                     self.table,
-                    schema
-                        .fields()
-                        .iter()
-                        .map(|f| f.name().as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    column_list(&schema)
                 ))
             })?;
             let physical = ctx.create_physical_expr(expr, &df_schema).map_err(|e| {
