@@ -8,5 +8,6 @@ mod error;
 pub mod lake;
 pub mod pipeline;
 pub mod progress;
+pub mod ui;
 
 pub use error::{CliError, Result};

@@ -33,6 +33,8 @@ enum Command {
         quiet: bool,
         #[command(flatten)]
         checkpoints: laketide::checkpointing::CheckpointArgs,
+        #[command(flatten)]
+        ui: run::UiArgs,
     },
     /// Validate a pipeline file without running it; errors are shown with line:column.
     Check {
@@ -204,7 +206,8 @@ async fn main() -> ExitCode {
             file,
             quiet,
             checkpoints,
-        } => run::run(&file, quiet, &checkpoints).await,
+            ui,
+        } => run::run(&file, quiet, &checkpoints, &ui).await,
         Command::Check { file } => check::check(&file).await,
         Command::Explain { file } => check::explain(&file).await,
         Command::Query {

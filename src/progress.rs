@@ -198,16 +198,16 @@ mod tests {
     use super::*;
     use std::sync::Arc;
 
-    use laketide_engine::SourceStatus;
+    use laketide_engine::ServiceStatus;
 
     #[test]
     fn status_lines_show_shard_lag_and_throttles() {
         let mut metrics = PipelineMetrics::default();
-        let status = Arc::new(SourceStatus::default());
+        let status = Arc::new(ServiceStatus::default());
         status.set_lag("shardId-000000000000", 1_500);
         status.set_lag("shardId-000000000001", 20);
         status.count_throttle();
-        metrics.register_source_status("clicks", status);
+        metrics.register_service_status(NodeRole::Source, "clicks", status);
         let s = metrics.snapshot();
         assert_eq!(s.max_lag_millis, Some(1_500));
         let short = line(&s, 0.0, &metrics, false);

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use laketide_connectors::aws::AwsOptions;
 use laketide_connectors::file::list_files;
 use laketide_connectors::kinesis::{OutgoingRecord, RecordWriter, StreamClient, kpl};
-use laketide_engine::SourceStatus;
+use laketide_engine::ServiceStatus;
 
 use crate::datagen::{ClickstreamEvents, ClickstreamSpec};
 use crate::error::{CliError, Result};
@@ -120,7 +120,7 @@ pub async fn produce(spec: &ProduceSpec) -> Result<()> {
         &spec.stream,
         &spec.aws,
         Duration::from_secs(60),
-        Arc::new(SourceStatus::default()),
+        Arc::new(ServiceStatus::default()),
     )
     .await?;
     if let Some(shards) = spec.create_shards

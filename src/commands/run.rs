@@ -1,5 +1,6 @@
 //! `laketide run FILE`: run a pipeline until its sources finish or it is stopped.
 
+use std::net::SocketAddr;
 use std::path::Path;
 
 use laketide_engine::RunOptions;
@@ -9,6 +10,26 @@ use crate::checkpointing::{self, CheckpointArgs};
 use crate::error::Result;
 use crate::pipeline::plan_file;
 use crate::progress;
+use crate::ui::{Dashboard, RunState};
+
+/// The `--ui` options of `run`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct UiArgs {
+    /// Serve the live dashboard, a query page and Prometheus /metrics at this address, e.g.
+    /// 127.0.0.1:8080 (port 0 picks a free port). A non-loopback address requires a token.
+    #[arg(long, value_name = "ADDR")]
+    pub ui: Option<SocketAddr>,
+    /// The token the dashboard requires of every request (Authorization: Bearer, or ?token=
+    /// once in the browser). Without it, a non-loopback --ui generates one and prints the
+    /// address to open.
+    #[arg(
+        long,
+        env = "LAKETIDE_UI_TOKEN",
+        hide_env_values = true,
+        requires = "ui"
+    )]
+    pub ui_token: Option<String>,
+}
 
 /// Cancels `stop` on the first SIGINT or SIGTERM (a last checkpoint and commit, or without
 /// checkpoints a drain), exits at once at the second.
@@ -58,9 +79,15 @@ async fn wait_for_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-/// Runs the pipeline in `file`, showing progress unless `quiet`, and prints the summary.
-pub async fn run(file: &Path, quiet: bool, checkpoints: &CheckpointArgs) -> Result<()> {
-    let planned = plan_file(file).await?;
+/// Runs the pipeline in `file`, showing progress unless `quiet` and the dashboard if asked,
+/// and prints the summary.
+pub async fn run(
+    file: &Path,
+    quiet: bool,
+    checkpoints: &CheckpointArgs,
+    ui: &UiArgs,
+) -> Result<()> {
+    let mut planned = plan_file(file).await?;
     let checkpoints = checkpointing::settings(checkpoints, file, &planned)?;
     if let Some(c) = &checkpoints {
         eprintln!(
@@ -72,6 +99,18 @@ pub async fn run(file: &Path, quiet: bool, checkpoints: &CheckpointArgs) -> Resu
     if !planned.bounded {
         eprintln!("running continuously (a source watches for new data); press Ctrl-C to stop");
     }
+    let dashboard = match ui.ui {
+        Some(addr) => {
+            let d =
+                Dashboard::start(addr, ui.ui_token.clone(), file, &mut planned.dataflow).await?;
+            eprintln!(
+                "dashboard at {} (queries: /query, Prometheus: /metrics)",
+                d.url()
+            );
+            Some(d)
+        }
+        None => None,
+    };
     let metrics = planned.dataflow.metrics();
     let stop = CancellationToken::new();
     stop_on_signals(stop.clone(), checkpoints.is_some());
@@ -89,6 +128,15 @@ pub async fn run(file: &Path, quiet: bool, checkpoints: &CheckpointArgs) -> Resu
     done.cancel();
     if let Some(task) = display {
         let _ = task.await;
+    }
+    if let Some(d) = dashboard {
+        d.finish(match &result {
+            Ok(_) => RunState::Finished,
+            Err(e) => RunState::Failed {
+                error: e.to_string(),
+            },
+        })
+        .await;
     }
     let summary = result?;
     eprintln!("{}", progress::summary(&summary));

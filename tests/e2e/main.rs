@@ -1,6 +1,6 @@
 //! The end-to-end tests, in one test binary so that the workspace links it once: the CLI,
 //! SQL semantics (sqllogictest files), the batch oracle, Delta interoperability, and the
-//! emulator-backed S3, Kinesis, DynamoDB and webhook tests.
+//! emulator-backed S3, Kinesis, DynamoDB and webhook tests, and the dashboard in Chromium.
 
 #[allow(dead_code)]
 mod common;
@@ -14,4 +14,5 @@ mod oracle;
 mod recovery;
 mod s3;
 mod slt;
+mod ui;
 mod webhook;

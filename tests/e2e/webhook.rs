@@ -15,14 +15,14 @@ const SECRET: &str = "s3cr3t-for-tests";
 
 /// A request the server answered, and how.
 #[derive(Debug, Clone)]
-struct Received {
+pub(crate) struct Received {
     body: String,
     signature: Option<String>,
     status: u16,
 }
 
 /// Serves on a free port; answers the request numbered `n` (from 0) with `status(n)`.
-async fn server(status: fn(usize) -> u16) -> (String, Arc<Mutex<Vec<Received>>>) {
+pub(crate) async fn server(status: fn(usize) -> u16) -> (String, Arc<Mutex<Vec<Received>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let received = Arc::new(Mutex::new(Vec::new()));
@@ -202,4 +202,115 @@ async fn a_rejected_request_fails_the_run_with_the_status_and_no_secret() {
         "{plan}"
     );
     assert!(!plan.contains("hidden-token"), "{plan}");
+}
+
+/// Copies `examples/anomaly_alerts.sql` and its data into `dir`, keeping the layout it expects.
+fn copy_anomaly_example(dir: &Path) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let data = dir.join("examples/data/page_traffic");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::copy(
+        root.join("anomaly_alerts.sql"),
+        dir.join("examples/anomaly_alerts.sql"),
+    )
+    .unwrap();
+    for file in std::fs::read_dir(root.join("data/page_traffic")).unwrap() {
+        let file = file.unwrap();
+        std::fs::copy(file.path(), data.join(file.file_name())).unwrap();
+    }
+}
+
+/// The anomaly rule of the example as a batch query: every 5-minute window sliding by 10
+/// seconds is spelled out (the 30 windows that hold each event), then aggregated.
+const ANOMALY_ORACLE: &str = "
+WITH assigned AS (
+  SELECT page, ts,
+         to_timestamp_seconds(CAST(date_part('epoch', date_bin(INTERVAL '10 seconds', ts)) AS BIGINT) - k * 10) AS window_start
+  FROM page_views CROSS JOIN (SELECT unnest(range(0, 30)) AS k) AS slides
+),
+rates AS (
+  SELECT page, window_start + INTERVAL '5 minutes' AS window_end,
+         sum(CASE WHEN ts >= window_start + INTERVAL '290 seconds' THEN 1 ELSE 0 END) AS last_10s,
+         CAST(sum(CASE WHEN ts < window_start + INTERVAL '290 seconds' THEN 1 ELSE 0 END) AS DOUBLE)
+           / greatest(count(DISTINCT CASE WHEN ts < window_start + INTERVAL '290 seconds'
+                                          THEN date_bin(INTERVAL '10 seconds', ts) END), 1) AS avg_10s
+  FROM assigned GROUP BY page, window_start
+)
+SELECT page, to_char(window_end, '%Y-%m-%dT%H:%M:%S') AS detected_at, last_10s,
+       round(avg_10s, 2) AS avg_10s, round(last_10s / greatest(avg_10s, 1.0), 1) AS ratio
+FROM rates WHERE last_10s >= 20 AND last_10s > 4 * avg_10s";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_anomaly_example_alerts_on_the_burst_like_the_batch_oracle() {
+    let (url, received) = server(|_| 200).await;
+    let dir = tempfile::tempdir().unwrap();
+    copy_anomaly_example(dir.path());
+    let path = dir.path().to_path_buf();
+    let hook = format!("{url}/alerts");
+    let run = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_laketide"))
+            .args(["run", "examples/anomaly_alerts.sql", "--log", "debug"])
+            .current_dir(&path)
+            .env("ALERT_WEBHOOK_URL", &hook)
+            .env("ALERT_WEBHOOK_SECRET", SECRET)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr).to_string();
+    assert!(run.status.success(), "{stderr}");
+    assert!(
+        !stderr.contains(SECRET) && !stderr.contains("/alerts"),
+        "the URL or the secret leaked into the log:\n{stderr}"
+    );
+
+    let received = received.lock().unwrap().clone();
+    let mut posted: Vec<String> = received
+        .iter()
+        .map(|r| {
+            assert_eq!(
+                r.signature.as_deref(),
+                Some(python_signature(&r.body).as_str())
+            );
+            let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+            format!(
+                "{}|{}|{}|{}|{}",
+                v["page"].as_str().unwrap(),
+                v["detected_at"].as_str().unwrap(),
+                v["last_10s"],
+                v["avg_10s"],
+                v["ratio"]
+            )
+        })
+        .collect();
+    posted.sort();
+
+    let ctx = datafusion::prelude::SessionContext::new();
+    common::register_json_files(
+        &ctx,
+        "page_views",
+        &dir.path().join("examples/data/page_traffic"),
+        &common::clicks_schema(),
+    )
+    .await;
+    let mut oracle = common::query_rows(&ctx, ANOMALY_ORACLE).await;
+    oracle.sort();
+    assert!(
+        oracle
+            .iter()
+            .any(|r| r.starts_with("/cart|2024-06-01T12:06:10|")),
+        "the burst on /cart must raise an alert: {oracle:?}"
+    );
+    common::assert_same_rows("alerts posted", &posted, &oracle);
+
+    // The same alerts are kept in the lake.
+    let lake = common::delta_context("page_alerts", &dir.path().join("lake/page_alerts")).await;
+    let mut logged = common::query_rows(
+        &lake,
+        "SELECT page, to_char(detected_at, '%Y-%m-%dT%H:%M:%S'), last_10s, avg_10s, ratio FROM page_alerts",
+    )
+    .await;
+    logged.sort();
+    common::assert_same_rows("alerts in the lake", &logged, &oracle);
 }

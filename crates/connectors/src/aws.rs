@@ -12,7 +12,7 @@ use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_sdk_kinesis::error::{ProvideErrorMetadata, SdkError};
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
-use laketide_engine::SourceStatus;
+use laketide_engine::ServiceStatus;
 
 use crate::error::{ConnectorError, Result};
 use crate::options::Options;
@@ -177,7 +177,7 @@ pub struct RetryPolicy {
     /// How long transient failures are retried.
     pub retry_timeout: Duration,
     /// Where throttles and retries are counted.
-    pub status: Arc<SourceStatus>,
+    pub status: Arc<ServiceStatus>,
 }
 
 /// A call that failed for good: the last error, and how long it was retried.

@@ -4,13 +4,14 @@
 //! failures, 429 and 5xx answers until `retry_timeout`; any other answer fails the pipeline.
 //! The secret never appears in logs, descriptions or errors.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use hmac::{Hmac, KeyInit, Mac};
-use laketide_engine::{EngineError, Result, Sink, SinkSummary};
+use laketide_engine::{EngineError, Result, ServiceStatus, Sink, SinkSummary};
 use sha2::Sha256;
 
 use crate::aws::Backoff;
@@ -18,11 +19,21 @@ use crate::error::ConnectorError;
 use crate::format::{Format, RowEncoder};
 use crate::options::Options;
 
+/// Where a webhook sink POSTs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WebhookUrl {
+    /// The `url` option.
+    Literal(String),
+    /// The environment variable named by `url_env`: for URLs that are themselves secrets (a
+    /// Slack or Teams incoming-webhook URL embeds its token).
+    FromEnv(String),
+}
+
 /// Configuration of a webhook sink (`connector = 'webhook'`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WebhookSinkConfig {
     /// Where to POST.
-    pub url: String,
+    pub url: WebhookUrl,
     /// The environment variable holding the signing secret; no signature without it.
     pub secret_env: Option<String>,
     /// The header that carries `sha256=<hex HMAC of the body>`.
@@ -38,6 +49,7 @@ pub struct WebhookSinkConfig {
 /// The option keys of the webhook sink.
 pub const WEBHOOK_SINK_OPTIONS: &[&str] = &[
     "url",
+    "url_env",
     "secret_env",
     "signature_header",
     "rows_per_request",
@@ -48,13 +60,18 @@ pub const WEBHOOK_SINK_OPTIONS: &[&str] = &[
 impl WebhookSinkConfig {
     /// Reads and validates the options; unknown keys are errors.
     pub fn from_options(mut options: Options) -> crate::error::Result<Self> {
-        let url = options.take_required("url", "webhook")?;
-        if !(url.starts_with("http://") || url.starts_with("https://")) {
-            return Err(ConnectorError::InvalidOption(format!(
-                "option `url` must be an http:// or https:// URL, not '{}'",
-                redact(&url)
-            )));
-        }
+        let url = match (options.take("url"), options.take("url_env")) {
+            (Some(url), None) => {
+                check_url(&url, "option `url`")?;
+                WebhookUrl::Literal(url)
+            }
+            (None, Some(var)) => WebhookUrl::FromEnv(var),
+            _ => {
+                return Err(ConnectorError::InvalidOption(
+                    "the webhook connector needs exactly one of `url` and `url_env` (an environment variable holding the URL)".into(),
+                ));
+            }
+        };
         let rows_per_request = options.take_u64("rows_per_request")?.unwrap_or(1);
         if rows_per_request == 0 {
             return Err(ConnectorError::InvalidOption(
@@ -79,10 +96,24 @@ impl WebhookSinkConfig {
         Ok(config)
     }
 
-    /// The URL without its query string and user info, which may hold tokens: what
-    /// descriptions and errors show.
+    /// The URL without its query string and user info, which may hold tokens, or for
+    /// `url_env` only the variable's name: what descriptions and errors show.
     pub fn display_url(&self) -> String {
-        redact(&self.url)
+        match &self.url {
+            WebhookUrl::Literal(url) => redact(url),
+            WebhookUrl::FromEnv(var) => format!("${var}"),
+        }
+    }
+}
+
+fn check_url(url: &str, what: &str) -> crate::error::Result<()> {
+    if url.starts_with("http://") || url.starts_with("https://") {
+        Ok(())
+    } else {
+        Err(ConnectorError::InvalidOption(format!(
+            "{what} must be an http:// or https:// URL, not '{}'",
+            redact(url)
+        )))
     }
 }
 
@@ -109,12 +140,14 @@ pub fn signature(secret: &[u8], body: &[u8]) -> String {
 pub struct WebhookSink {
     name: String,
     config: WebhookSinkConfig,
+    /// The URL to POST to, resolved at open.
+    url: Option<String>,
     client: Option<reqwest::Client>,
     secret: Option<Vec<u8>>,
     encoder: RowEncoder,
     rows_written: u64,
     requests: u64,
-    retries: u64,
+    status: Arc<ServiceStatus>,
 }
 
 impl WebhookSink {
@@ -123,23 +156,28 @@ impl WebhookSink {
         WebhookSink {
             name: name.to_string(),
             config,
+            url: None,
             client: None,
             secret: None,
             encoder: RowEncoder::new(Format::Json),
             rows_written: 0,
             requests: 0,
-            retries: 0,
+            status: Arc::new(ServiceStatus::default()),
         }
     }
 
-    /// Requests retried so far.
+    /// Requests retried so far (429 answers are counted as throttles instead).
     pub fn retries(&self) -> u64 {
-        self.retries
+        self.status.retries()
     }
 
     async fn post(&mut self, body: Vec<u8>) -> Result<()> {
         let client = self
             .client
+            .clone()
+            .ok_or_else(|| EngineError::Internal("webhook sink written before open".into()))?;
+        let target = self
+            .url
             .clone()
             .ok_or_else(|| EngineError::Internal("webhook sink written before open".into()))?;
         let signature = self.secret.as_ref().map(|s| signature(s, &body));
@@ -148,8 +186,10 @@ impl WebhookSink {
         let url = self.config.display_url();
         loop {
             self.requests += 1;
+            self.status.count_bytes(body.len() as u64);
+            let mut throttled = false;
             let mut request = client
-                .post(&self.config.url)
+                .post(&target)
                 .header("content-type", "application/json")
                 .body(body.clone());
             if let Some(s) = &signature {
@@ -166,6 +206,7 @@ impl WebhookSink {
                         .chars()
                         .take(200)
                         .collect();
+                    throttled = status.as_u16() == 429;
                     let message = format!("{url} answered {status}: {text}");
                     if !(status.is_server_error()
                         || status.as_u16() == 429
@@ -190,7 +231,11 @@ impl WebhookSink {
                     ),
                 ));
             }
-            self.retries += 1;
+            if throttled {
+                self.status.count_throttle();
+            } else {
+                self.status.count_retry();
+            }
             tracing::debug!(sink = %self.name, error = %failure, "webhook request failed; retrying");
             tokio::time::sleep(backoff.next_delay()).await;
         }
@@ -199,7 +244,25 @@ impl WebhookSink {
 
 #[async_trait]
 impl Sink for WebhookSink {
+    fn status(&self) -> Option<Arc<ServiceStatus>> {
+        Some(self.status.clone())
+    }
+
     async fn open(&mut self, _schema: SchemaRef) -> Result<()> {
+        self.url = Some(match &self.config.url {
+            WebhookUrl::Literal(url) => url.clone(),
+            WebhookUrl::FromEnv(var) => {
+                let url = std::env::var(var).map_err(|_| {
+                    EngineError::User(format!(
+                        "sink `{}`: the environment variable {var} (url_env) is not set",
+                        self.name
+                    ))
+                })?;
+                check_url(&url, &format!("the environment variable {var} (url_env)"))
+                    .map_err(|e| EngineError::User(format!("sink `{}`: {e}", self.name)))?;
+                url
+            }
+        });
         if let Some(var) = &self.config.secret_env {
             let secret = std::env::var(var).map_err(|_| {
                 EngineError::User(format!(
@@ -242,8 +305,8 @@ impl Sink for WebhookSink {
     }
 
     async fn close(&mut self) -> Result<SinkSummary> {
-        if self.retries > 0 {
-            tracing::info!(sink = %self.name, retries = self.retries, "webhook sink finished");
+        if self.status.retries() > 0 {
+            tracing::info!(sink = %self.name, retries = self.status.retries(), "webhook sink finished");
         }
         Ok(SinkSummary {
             rows_written: self.rows_written,
@@ -281,6 +344,13 @@ mod tests {
         let c = WebhookSinkConfig::from_options(o(&[("url", "http://127.0.0.1:1/x")])).unwrap();
         assert_eq!(c.rows_per_request, 1);
         assert!(WebhookSinkConfig::from_options(o(&[("url", "ftp://x")])).is_err());
+        let from_env = WebhookSinkConfig::from_options(o(&[("url_env", "HOOK_URL")])).unwrap();
+        assert_eq!(from_env.display_url(), "$HOOK_URL");
+        assert!(WebhookSinkConfig::from_options(o(&[])).is_err());
+        assert!(
+            WebhookSinkConfig::from_options(o(&[("url", "http://x"), ("url_env", "HOOK_URL")]))
+                .is_err()
+        );
         assert!(
             WebhookSinkConfig::from_options(o(&[("url", "http://x"), ("secret", "s")]))
                 .unwrap_err()

@@ -77,7 +77,8 @@ impl Dataflow {
             self.metrics.register_bad_records(b);
         }
         if let Some(status) = source.status() {
-            self.metrics.register_source_status(name.clone(), status);
+            self.metrics
+                .register_service_status(NodeRole::Source, name.clone(), status);
         }
         self.push(Node {
             name,
@@ -123,6 +124,10 @@ impl Dataflow {
         let name = name.into();
         let schema = self.nodes[input].schema.clone();
         let metrics = self.metrics.register(NodeRole::Sink, name.clone());
+        if let Some(status) = sink.status() {
+            self.metrics
+                .register_service_status(NodeRole::Sink, name.clone(), status);
+        }
         Ok(self.push(Node {
             name,
             description: description.into(),
@@ -160,6 +165,21 @@ impl Dataflow {
     fn push(&mut self, node: Node) -> NodeId {
         self.nodes.push(node);
         self.nodes.len() - 1
+    }
+
+    /// Replaces every sink by what `wrap` makes of it (given the sink's name), e.g. to observe
+    /// the rows that reach the sinks. Call before running.
+    pub fn wrap_sinks(&mut self, mut wrap: impl FnMut(&str, Box<dyn Sink>) -> Box<dyn Sink>) {
+        self.nodes = std::mem::take(&mut self.nodes)
+            .into_iter()
+            .map(|mut node| {
+                node.kind = match node.kind {
+                    NodeKind::Sink(sink) => NodeKind::Sink(wrap(&node.name, sink)),
+                    other => other,
+                };
+                node
+            })
+            .collect();
     }
 
     /// The schema a node emits.

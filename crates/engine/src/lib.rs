@@ -27,7 +27,7 @@ pub use bad_records::{BadRecords, OnError};
 pub use error::{EngineError, ErrorKind, Result};
 pub use graph::{Dataflow, Node, NodeId, NodeKind};
 pub use message::{CheckpointBarrier, EventTime, Message, Watermark};
-pub use metrics::{MetricsSnapshot, NodeMetrics, NodeRole, PipelineMetrics, SourceStatus};
+pub use metrics::{MetricsSnapshot, NodeMetrics, NodeRole, PipelineMetrics, ServiceStatus};
 pub use operator::{Operator, Output};
 pub use runner::{RunOptions, RunSummary, run};
 pub use sink::{Sink, SinkSummary};

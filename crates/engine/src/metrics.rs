@@ -41,18 +41,19 @@ impl NodeMetrics {
     }
 }
 
-/// Live gauges a source keeps about its splits and its calls to a remote service: how far each
-/// split is behind the newest data (a Kinesis shard's MillisBehindLatest), and how often the
-/// service throttled it or a call had to be retried. Updated by the source's tasks, read by
-/// anyone; thread-safe.
+/// Live gauges a connector keeps about its data and its calls to a remote service: how far
+/// each split of a source is behind the newest data (a Kinesis shard's MillisBehindLatest), how
+/// often the service throttled it or a call had to be retried, and how many bytes it read or
+/// sent. Updated by the connector's tasks, read by anyone; thread-safe.
 #[derive(Debug, Default)]
-pub struct SourceStatus {
+pub struct ServiceStatus {
     lag_millis: Mutex<BTreeMap<String, i64>>,
     throttles: AtomicU64,
     retries: AtomicU64,
+    bytes: AtomicU64,
 }
 
-impl SourceStatus {
+impl ServiceStatus {
     /// Records how far `split` is behind the newest data, in milliseconds.
     pub fn set_lag(&self, split: &str, millis: i64) {
         let mut lags = self.lag_millis.lock().unwrap_or_else(|e| e.into_inner());
@@ -99,6 +100,16 @@ impl SourceStatus {
     pub fn retries(&self) -> u64 {
         self.retries.load(Ordering::Relaxed)
     }
+
+    /// Counts bytes read (a source: encoded records) or sent (a sink: request bodies, files).
+    pub fn count_bytes(&self, n: u64) {
+        self.bytes.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Bytes read or sent so far.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
 }
 
 /// The kind of a node, for aggregating counters.
@@ -117,7 +128,7 @@ pub enum NodeRole {
 pub struct PipelineMetrics {
     nodes: Vec<(NodeRole, Arc<NodeMetrics>)>,
     bad_records: Vec<Arc<crate::BadRecords>>,
-    source_status: Vec<(String, Arc<SourceStatus>)>,
+    services: Vec<(NodeRole, String, Arc<ServiceStatus>)>,
     checkpoint: Arc<Mutex<crate::checkpoint::CheckpointInfo>>,
 }
 
@@ -136,7 +147,7 @@ pub struct MetricsSnapshot {
     pub bad_records: u64,
     /// The largest lag of any split of any source, in milliseconds, if a source reports lag.
     pub max_lag_millis: Option<i64>,
-    /// Calls to remote services that were throttled, over all sources.
+    /// Calls to remote services that were throttled, over all sources and sinks.
     pub throttles: u64,
     /// The last stored checkpoint, when the run takes checkpoints and one was stored or
     /// restored.
@@ -156,12 +167,16 @@ impl PipelineMetrics {
         self.bad_records.push(handler);
     }
 
-    /// Registers a source's live gauges.
-    pub fn register_source_status(&mut self, source: impl Into<String>, status: Arc<SourceStatus>) {
-        self.source_status.push((source.into(), status));
+    /// Registers a source's or a sink's live gauges.
+    pub fn register_service_status(
+        &mut self,
+        role: NodeRole,
+        node: impl Into<String>,
+        status: Arc<ServiceStatus>,
+    ) {
+        self.services.push((role, node.into(), status));
     }
 
-    /// Every source's gauges, by source name.
     /// The checkpoint status shared with the coordinator.
     pub(crate) fn checkpoint_cell(&self) -> Arc<Mutex<crate::checkpoint::CheckpointInfo>> {
         self.checkpoint.clone()
@@ -175,8 +190,25 @@ impl PipelineMetrics {
             .clone()
     }
 
-    pub fn source_status(&self) -> impl Iterator<Item = (&str, &Arc<SourceStatus>)> {
-        self.source_status.iter().map(|(n, s)| (n.as_str(), s))
+    /// Every source's gauges, by source name.
+    pub fn source_status(&self) -> impl Iterator<Item = (&str, &Arc<ServiceStatus>)> {
+        self.service_status(NodeRole::Source)
+    }
+
+    /// The gauges of every node of `role` that keeps them, by node name.
+    pub fn service_status(
+        &self,
+        role: NodeRole,
+    ) -> impl Iterator<Item = (&str, &Arc<ServiceStatus>)> {
+        self.services
+            .iter()
+            .filter(move |(r, _, _)| *r == role)
+            .map(|(_, n, s)| (n.as_str(), s))
+    }
+
+    /// Every source's bad-record handler (its name and count).
+    pub fn bad_records(&self) -> impl Iterator<Item = &Arc<crate::BadRecords>> {
+        self.bad_records.iter()
     }
 
     /// Every node's counters, in registration order.
@@ -202,7 +234,7 @@ impl PipelineMetrics {
         if checkpoint.id > 0 || checkpoint.restored_from.is_some() {
             s.checkpoint = Some(checkpoint);
         }
-        for (_, status) in &self.source_status {
+        for (_, _, status) in &self.services {
             s.throttles += status.throttles();
             if let Some(max) = status.lags().values().max() {
                 s.max_lag_millis = Some(s.max_lag_millis.map_or(*max, |m| m.max(*max)));

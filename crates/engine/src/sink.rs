@@ -1,11 +1,14 @@
 //! The sink trait: where results leave a pipeline.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 
 use crate::error::Result;
 use crate::message::Watermark;
+use crate::metrics::ServiceStatus;
 use crate::state::NodeState;
 
 /// What a sink reports when it closes.
@@ -46,6 +49,13 @@ pub trait Sink: Send {
 
     /// Accepts a batch of rows.
     async fn write_batch(&mut self, batch: RecordBatch) -> Result<()>;
+
+    /// Live gauges (retries, throttles, bytes sent) for progress output and metrics, if the
+    /// sink keeps any. Called once, when the sink is added to a dataflow; a wrapping sink
+    /// returns its inner sink's.
+    fn status(&self) -> Option<Arc<ServiceStatus>> {
+        None
+    }
 
     /// Observes event-time progress.
     async fn on_watermark(&mut self, _watermark: Watermark) -> Result<()> {

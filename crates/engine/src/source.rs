@@ -7,7 +7,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 use std::sync::Arc;
 
 use crate::error::Result;
-use crate::metrics::SourceStatus;
+use crate::metrics::ServiceStatus;
 use crate::state::NodeState;
 
 /// Identifies an independently ordered part of a source (a file, a Kinesis shard). Watermarks
@@ -60,7 +60,7 @@ pub trait Source: Send {
 
     /// Live gauges (per-split lag, throttles) for progress output and metrics, if the source
     /// keeps any. Called once, when the source is added to a dataflow.
-    fn status(&self) -> Option<Arc<SourceStatus>> {
+    fn status(&self) -> Option<Arc<ServiceStatus>> {
         None
     }
 

@@ -1,3 +1,4 @@
+use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
@@ -12,7 +13,7 @@ use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use serde::{Deserialize, Serialize};
 
-use laketide_engine::{EngineError, NodeState, Result, Sink, SinkSummary};
+use laketide_engine::{EngineError, NodeState, Result, ServiceStatus, Sink, SinkSummary};
 
 use super::config::DeltaSinkConfig;
 use super::schema::check_table_schema;
@@ -39,6 +40,9 @@ pub struct DeltaSink {
     last_commit: Instant,
     summary: SinkSummary,
     two_phase: Option<TwoPhase>,
+    /// Bytes of data files written (counted when files are written ahead of their commit,
+    /// that is with checkpoints).
+    status: Arc<ServiceStatus>,
 }
 
 /// The sink's state when it commits on checkpoints.
@@ -75,6 +79,7 @@ impl DeltaSink {
             last_commit: Instant::now(),
             summary: SinkSummary::default(),
             two_phase: None,
+            status: Arc::new(ServiceStatus::default()),
         }
     }
 
@@ -101,6 +106,8 @@ impl DeltaSink {
                 e,
             )
         })?;
+        let bytes: i64 = adds.iter().map(|a| a.size).sum();
+        self.status.count_bytes(bytes.max(0) as u64);
         tp.written.extend(adds);
         tp.written_rows += std::mem::take(&mut tp.unflushed_rows);
         Ok(())
@@ -246,6 +253,10 @@ impl DeltaSink {
 
 #[async_trait]
 impl Sink for DeltaSink {
+    fn status(&self) -> Option<Arc<ServiceStatus>> {
+        Some(self.status.clone())
+    }
+
     async fn open(&mut self, schema: SchemaRef) -> Result<()> {
         for p in &self.config.partition_by {
             if schema.field_with_name(p).is_err() {

@@ -12,7 +12,7 @@ use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use futures::stream::{self, StreamExt, TryStreamExt};
-use laketide_engine::{BadRecords, EngineError, Result, Sink, SinkSummary, SourceStatus};
+use laketide_engine::{BadRecords, EngineError, Result, ServiceStatus, Sink, SinkSummary};
 
 use super::config::{DynamoDbSinkConfig, WriteMode};
 use super::item::{Item, MAX_ITEM_BYTES, batch_items, item_size};
@@ -46,7 +46,7 @@ impl DynamoDbSink {
             bad: Arc::new(BadRecords::new(name, config.on_error.clone())),
             policy: RetryPolicy {
                 retry_timeout: config.retry_timeout,
-                status: Arc::new(SourceStatus::default()),
+                status: Arc::new(ServiceStatus::default()),
             },
             config,
             client: None,
@@ -57,7 +57,7 @@ impl DynamoDbSink {
     }
 
     /// Throttles and retries so far.
-    pub fn status(&self) -> Arc<SourceStatus> {
+    pub fn status(&self) -> Arc<ServiceStatus> {
         self.policy.status.clone()
     }
 
@@ -323,6 +323,10 @@ async fn write_one(
 
 #[async_trait]
 impl Sink for DynamoDbSink {
+    fn status(&self) -> Option<Arc<ServiceStatus>> {
+        Some(self.policy.status.clone())
+    }
+
     async fn open(&mut self, schema: SchemaRef) -> Result<()> {
         let keys = key_attributes(&self.config, &schema)?;
         let columns: Vec<&String> = self
@@ -363,6 +367,8 @@ impl Sink for DynamoDbSink {
             return Ok(());
         }
         let count = items.len() as u64;
+        let bytes: usize = items.iter().map(item_size).sum();
+        self.policy.status.count_bytes(bytes as u64);
         let client = self.client()?;
         let in_flight = self.config.max_in_flight;
         let conditional =

@@ -16,7 +16,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use tokio::sync::mpsc::Sender;
 
-use laketide_engine::{BadRecords, EngineError};
+use laketide_engine::{BadRecords, EngineError, ServiceStatus};
 
 use super::config::{FileMode, FileSourceConfig};
 use super::store::FileStore;
@@ -54,6 +54,7 @@ pub(crate) fn start_readers(
     resume: HashMap<PathBuf, u64>,
     threads: usize,
     events: Sender<ReaderEvent>,
+    status: Arc<ServiceStatus>,
 ) -> std::io::Result<()> {
     let (work_tx, work_rx) = std::sync::mpsc::sync_channel::<PathBuf>(threads);
     let work_rx = Arc::new(Mutex::new(work_rx));
@@ -66,6 +67,7 @@ pub(crate) fn start_readers(
             schema: schema.clone(),
             tx: events.clone(),
             resume: resume.clone(),
+            status: status.clone(),
         };
         let work = work_rx.clone();
         std::thread::Builder::new()
@@ -144,6 +146,8 @@ struct Reader {
     decoder: RecordDecoder,
     tx: Sender<ReaderEvent>,
     resume: Arc<HashMap<PathBuf, u64>>,
+    /// Counts the bytes read (after decompression).
+    status: Arc<ServiceStatus>,
 }
 
 impl Reader {
@@ -213,6 +217,7 @@ impl Reader {
             if n == 0 {
                 break;
             }
+            self.status.count_bytes(n as u64);
             line += 1;
             let mut end = buffer.len();
             while end > start && matches!(buffer[end - 1], b'\n' | b'\r') {
@@ -264,6 +269,7 @@ impl Reader {
             .store
             .read_all(path)
             .map_err(|e| failed(e.to_string()))?;
+        self.status.count_bytes(bytes.len() as u64);
         let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
             .map_err(|e| failed(e.to_string()))?
             .with_batch_size(self.config.batch_size)

@@ -7,7 +7,9 @@ use async_trait::async_trait;
 use datafusion::arrow::datatypes::SchemaRef;
 use tokio::sync::mpsc::{Receiver, channel};
 
-use laketide_engine::{BadRecords, EngineError, NodeState, Result, Source, SourcePoll};
+use laketide_engine::{
+    BadRecords, EngineError, NodeState, Result, ServiceStatus, Source, SourcePoll,
+};
 use serde::{Deserialize, Serialize};
 
 use super::config::{FileMode, FileSourceConfig};
@@ -25,6 +27,7 @@ pub struct FileSource {
     files_read: HashSet<PathBuf>,
     /// Files started and not finished, with the position after the rows delivered so far.
     reading: HashMap<PathBuf, u64>,
+    status: Arc<ServiceStatus>,
 }
 
 /// The file source's checkpoint: files read to their end, and where each file being read
@@ -45,6 +48,7 @@ impl FileSource {
             events: None,
             files_read: HashSet::new(),
             reading: HashMap::new(),
+            status: Arc::new(ServiceStatus::default()),
         }
     }
 
@@ -64,6 +68,10 @@ impl Source for FileSource {
         self.schema.clone()
     }
 
+    fn status(&self) -> Option<Arc<ServiceStatus>> {
+        Some(self.status.clone())
+    }
+
     async fn open(&mut self) -> Result<()> {
         let threads = self.config.reader_threads.max(1);
         let (tx, rx) = channel(4 * threads);
@@ -77,6 +85,7 @@ impl Source for FileSource {
             self.reading.clone(),
             threads,
             tx,
+            self.status.clone(),
         )
         .map_err(|e| EngineError::external("starting the file reader threads", e))?;
         self.events = Some(rx);

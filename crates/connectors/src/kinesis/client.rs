@@ -10,7 +10,7 @@ use aws_sdk_kinesis::Client;
 use aws_sdk_kinesis::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_kinesis::primitives::DateTime;
 use aws_sdk_kinesis::types::ShardIteratorType;
-use laketide_engine::SourceStatus;
+use laketide_engine::ServiceStatus;
 
 use super::position::IteratorStart;
 use super::shards::ShardInfo;
@@ -64,7 +64,7 @@ pub struct StreamClient {
     client: Client,
     stream: StreamRef,
     retry_timeout: Duration,
-    status: Arc<SourceStatus>,
+    status: Arc<ServiceStatus>,
 }
 
 /// What a failed call means to the caller after retries.
@@ -88,7 +88,7 @@ impl StreamClient {
         stream: &str,
         aws: &AwsOptions,
         retry_timeout: Duration,
-        status: Arc<SourceStatus>,
+        status: Arc<ServiceStatus>,
     ) -> Result<Self> {
         let config = aws.load("Kinesis").await?;
         Ok(StreamClient {
@@ -110,7 +110,7 @@ impl StreamClient {
     }
 
     /// The counters of throttles and retries.
-    pub fn status(&self) -> &Arc<SourceStatus> {
+    pub fn status(&self) -> &Arc<ServiceStatus> {
         &self.status
     }
 

@@ -137,6 +137,8 @@ impl ShardReader {
             }
             let records = out.records();
             if !records.is_empty() {
+                let bytes: usize = records.iter().map(|r| r.data().as_ref().len()).sum();
+                client.status().count_bytes(bytes as u64);
                 let chunks = self.settings.decoder.decode(
                     &self.shard,
                     records,

@@ -11,7 +11,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::DFSchema;
 use datafusion::physical_plan::PhysicalExpr;
 use datafusion::prelude::SessionContext;
-use laketide_engine::{EngineError, Result, Sink, SinkSummary, SourceStatus};
+use laketide_engine::{EngineError, Result, ServiceStatus, Sink, SinkSummary};
 
 use super::client::StreamClient;
 use super::config::KinesisSinkConfig;
@@ -28,6 +28,7 @@ pub struct KinesisSink {
     partition_key: Option<Arc<dyn PhysicalExpr>>,
     rows_written: u64,
     calls: u64,
+    status: Arc<ServiceStatus>,
 }
 
 impl KinesisSink {
@@ -41,6 +42,7 @@ impl KinesisSink {
             partition_key: None,
             rows_written: 0,
             calls: 0,
+            status: Arc::new(ServiceStatus::default()),
         }
     }
 
@@ -76,6 +78,10 @@ impl KinesisSink {
 
 #[async_trait]
 impl Sink for KinesisSink {
+    fn status(&self) -> Option<Arc<ServiceStatus>> {
+        Some(self.status.clone())
+    }
+
     async fn open(&mut self, schema: SchemaRef) -> Result<()> {
         if let Some(sql) = &self.config.partition_key {
             let df_schema = DFSchema::try_from(schema.as_ref().clone())
@@ -100,7 +106,7 @@ impl Sink for KinesisSink {
             &self.config.stream,
             &self.config.aws,
             self.config.retry_timeout,
-            Arc::new(SourceStatus::default()),
+            self.status.clone(),
         )
         .await?;
         // Fails at start if the stream is missing or unreachable.
@@ -119,6 +125,8 @@ impl Sink for KinesisSink {
         }
         let data = self.encoder.encode(&batch)?;
         let keys = self.partition_keys(&batch)?;
+        let bytes: usize = data.iter().map(Vec::len).sum();
+        self.status.count_bytes(bytes as u64);
         let records = keys
             .into_iter()
             .zip(data)

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::SchemaRef;
 use laketide_engine::{
-    BadRecords, EngineError, NodeState, Result, Source, SourcePoll, SourceStatus,
+    BadRecords, EngineError, NodeState, Result, ServiceStatus, Source, SourcePoll,
 };
 use tokio::sync::mpsc::{Receiver, Sender, channel};
 use tokio::task::JoinSet;
@@ -36,7 +36,7 @@ pub struct KinesisSource {
     schema: SchemaRef,
     metadata: Vec<MetadataColumn>,
     bad: Arc<BadRecords>,
-    status: Arc<SourceStatus>,
+    status: Arc<ServiceStatus>,
     tracker: ShardTracker,
     settings: Option<Arc<ReaderSettings>>,
     sender: Option<Sender<ShardEvent>>,
@@ -72,7 +72,7 @@ impl KinesisSource {
             schema,
             metadata,
             bad,
-            status: Arc::new(SourceStatus::default()),
+            status: Arc::new(ServiceStatus::default()),
             settings: None,
             sender: None,
             events: None,
@@ -219,7 +219,7 @@ impl Source for KinesisSource {
         }
     }
 
-    fn status(&self) -> Option<Arc<SourceStatus>> {
+    fn status(&self) -> Option<Arc<ServiceStatus>> {
         Some(self.status.clone())
     }
 

@@ -1,0 +1,188 @@
+//! The latest rows that reached each sink, for the dashboard's charts and tables.
+//!
+//! [`RecordingSink`] wraps a pipeline's sink: it keeps a copy of the last rows it receives in
+//! [`LatestResults`] and passes everything on unchanged. The rows are those handed to the sink,
+//! which with checkpoints become visible in the sink's target at the next commit.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
+use laketide_engine::{NodeState, Result, ServiceStatus, Sink, SinkSummary, Watermark};
+use serde::Serialize;
+use serde_json::Value;
+
+use super::rows::{Column, columns, json_rows, tail};
+
+/// The rows kept per sink: enough for a chart of recent windows.
+pub const ROWS_KEPT: usize = 1_000;
+
+/// The latest rows of one sink.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SinkRows {
+    /// Changes whenever rows arrive, so that watchers send only what changed.
+    pub version: u64,
+    /// Rows received in all.
+    pub total: u64,
+    /// The sink's columns.
+    pub columns: Vec<Column>,
+    /// The last rows received, oldest first, at most [`ROWS_KEPT`].
+    pub rows: VecDeque<Vec<Value>>,
+}
+
+/// The latest rows of every sink, shared by the recording sinks and the web server.
+#[derive(Debug, Clone, Default)]
+pub struct LatestResults {
+    sinks: Arc<Mutex<BTreeMap<String, SinkRows>>>,
+}
+
+impl LatestResults {
+    fn with<T>(&self, f: impl FnOnce(&mut BTreeMap<String, SinkRows>) -> T) -> T {
+        f(&mut self.sinks.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn set_columns(&self, sink: &str, schema: &SchemaRef) {
+        self.with(|sinks| sinks.entry(sink.to_string()).or_default().columns = columns(schema));
+    }
+
+    fn record(&self, sink: &str, batch: &RecordBatch) -> crate::Result<()> {
+        let rows = json_rows(&tail(batch, ROWS_KEPT))?;
+        self.with(|sinks| {
+            let entry = sinks.entry(sink.to_string()).or_default();
+            entry.version += 1;
+            entry.total += batch.num_rows() as u64;
+            entry.rows.extend(rows);
+            let excess = entry.rows.len().saturating_sub(ROWS_KEPT);
+            entry.rows.drain(..excess);
+        });
+        Ok(())
+    }
+
+    /// The version of every sink's rows.
+    pub fn versions(&self) -> BTreeMap<String, u64> {
+        self.with(|sinks| sinks.iter().map(|(k, v)| (k.clone(), v.version)).collect())
+    }
+
+    /// A copy of one sink's rows.
+    pub fn get(&self, sink: &str) -> Option<SinkRows> {
+        self.with(|sinks| sinks.get(sink).cloned())
+    }
+}
+
+/// A sink that records the rows it receives in [`LatestResults`] and forwards everything to
+/// the sink it wraps: same contract, same errors, same checkpoint behaviour.
+pub struct RecordingSink {
+    name: String,
+    inner: Box<dyn Sink>,
+    results: LatestResults,
+}
+
+impl RecordingSink {
+    /// Wraps `inner`, the sink named `name`.
+    pub fn new(name: &str, inner: Box<dyn Sink>, results: LatestResults) -> Self {
+        RecordingSink {
+            name: name.to_string(),
+            inner,
+            results,
+        }
+    }
+}
+
+#[async_trait]
+impl Sink for RecordingSink {
+    fn status(&self) -> Option<Arc<ServiceStatus>> {
+        self.inner.status()
+    }
+
+    async fn open(&mut self, schema: SchemaRef) -> Result<()> {
+        self.results.set_columns(&self.name, &schema);
+        self.inner.open(schema).await
+    }
+
+    async fn write_batch(&mut self, batch: RecordBatch) -> Result<()> {
+        if let Err(e) = self.results.record(&self.name, &batch) {
+            // The dashboard's copy is best effort; the sink must still get its rows.
+            tracing::warn!(sink = %self.name, error = %e, "could not show rows on the dashboard");
+        }
+        self.inner.write_batch(batch).await
+    }
+
+    async fn on_watermark(&mut self, watermark: Watermark) -> Result<()> {
+        self.inner.on_watermark(watermark).await
+    }
+
+    async fn maintain(&mut self) -> Result<()> {
+        self.inner.maintain().await
+    }
+
+    fn enable_checkpoints(&mut self, pipeline: &str) {
+        self.inner.enable_checkpoints(pipeline)
+    }
+
+    async fn prepare_commit(&mut self, checkpoint: u64) -> Result<NodeState> {
+        self.inner.prepare_commit(checkpoint).await
+    }
+
+    async fn commit(&mut self, checkpoint: u64) -> Result<()> {
+        self.inner.commit(checkpoint).await
+    }
+
+    async fn recover(&mut self, checkpoint: u64, state: NodeState) -> Result<()> {
+        self.inner.recover(checkpoint, state).await
+    }
+
+    async fn close(&mut self) -> Result<SinkSummary> {
+        self.inner.close().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::Int64Array;
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+
+    struct Counting(u64);
+
+    #[async_trait]
+    impl Sink for Counting {
+        async fn open(&mut self, _schema: SchemaRef) -> Result<()> {
+            Ok(())
+        }
+        async fn write_batch(&mut self, batch: RecordBatch) -> Result<()> {
+            self.0 += batch.num_rows() as u64;
+            Ok(())
+        }
+        async fn close(&mut self) -> Result<SinkSummary> {
+            Ok(SinkSummary {
+                rows_written: self.0,
+                commits: 1,
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn keeps_the_last_rows_and_forwards_all() {
+        let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)]));
+        let results = LatestResults::default();
+        let mut sink = RecordingSink::new("out", Box::new(Counting(0)), results.clone());
+        sink.open(schema.clone()).await.unwrap();
+        for start in [0i64, 600] {
+            let batch = RecordBatch::try_new(
+                schema.clone(),
+                vec![Arc::new(Int64Array::from_iter_values(start..start + 600))],
+            )
+            .unwrap();
+            sink.write_batch(batch).await.unwrap();
+        }
+        assert_eq!(sink.close().await.unwrap().rows_written, 1_200);
+        let rows = results.get("out").unwrap();
+        assert_eq!((rows.version, rows.total), (2, 1_200));
+        assert_eq!(rows.rows.len(), ROWS_KEPT);
+        assert_eq!(rows.rows.front().unwrap()[0], Value::from(200));
+        assert_eq!(rows.rows.back().unwrap()[0], Value::from(1_199));
+        assert_eq!(rows.columns[0].name, "n");
+    }
+}
