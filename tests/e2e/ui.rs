@@ -397,7 +397,13 @@ async fn a_dashboard_on_a_public_address_needs_its_token_and_shows_no_secret() {
     const TOKEN: &str = "ui-token-4f1e9c";
     const URL_SECRET: &str = "url-secret-77a1";
     const SIGNING_SECRET: &str = "signing-secret-9b2c";
-    let (hook, received) = crate::webhook::server(|_| 200).await;
+    // The first request is throttled (429), the second fails (503): both are retried.
+    let (hook, received) = crate::webhook::server(|n| match n {
+        0 => 429,
+        1 => 503,
+        _ => 200,
+    })
+    .await;
     let dir = pipeline_dir();
     write_events(&dir.path().join("in"), 0, 400);
     std::fs::write(
@@ -431,7 +437,7 @@ async fn a_dashboard_on_a_public_address_needs_its_token_and_shows_no_secret() {
     // A token the user chose is never printed.
     assert!(!run.url.contains("token"), "{}", run.url);
     let deadline = Instant::now() + Duration::from_secs(60);
-    while received.lock().unwrap().is_empty() {
+    while received.lock().unwrap().len() < 3 {
         assert!(Instant::now() < deadline, "no alert was posted");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -473,6 +479,20 @@ async fn a_dashboard_on_a_public_address_needs_its_token_and_shows_no_secret() {
             None,
         );
         assert_eq!(with_cookie.status, 200);
+        let metrics = http(&format!("{base}/metrics"), &[&bearer], None).body;
+        let parsed =
+            prometheus_parse::Scrape::parse(metrics.lines().map(|l| Ok(l.to_string()))).unwrap();
+        let alerts = [("node", "alerts"), ("role", "sink")];
+        assert_eq!(
+            sample(&parsed, "laketide_connector_throttles_total", &alerts),
+            Some(1.0),
+            "{metrics}"
+        );
+        assert_eq!(
+            sample(&parsed, "laketide_connector_retries_total", &alerts),
+            Some(1.0),
+            "{metrics}"
+        );
         let query = http(
             &format!("{base}/api/query"),
             &[&bearer],
@@ -567,4 +587,93 @@ fn a_loopback_dashboard_refuses_other_host_names() {
     );
     let (status, stderr) = run.stop();
     assert!(status.success(), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kinesis_lag_per_shard_and_bytes_show_on_the_dashboard_and_in_metrics() {
+    use crate::common::kinesis;
+    let Some(endpoint) = kinesis::kinesis_server() else {
+        return;
+    };
+    let client = kinesis::client(&endpoint);
+    let stream = kinesis::create_stream(&client, "ui-lag", 2).await;
+    // 4 keys × 50 records, spread over both shards.
+    kinesis::put_numbered(&client, &stream, 4, 0, 50).await;
+    let bytes: usize = (0..50u64)
+        .flat_map(|n| (0..4).map(move |k| format!("{{\"key\":\"k{k}\",\"n\":{n}}}").len()))
+        .sum();
+    let dir = pipeline_dir();
+    std::fs::write(
+        dir.path().join("p.sql"),
+        format!(
+            "CREATE TABLE numbers (key TEXT, n BIGINT)
+             WITH (connector = 'kinesis', stream = '{stream}', start_position = 'trim_horizon',
+                   endpoint = '{endpoint}', poll_interval = '200ms');
+             CREATE TABLE copied WITH (connector = 'filesystem', path = 'out', format = 'json');
+             INSERT INTO copied SELECT key, n FROM numbers;"
+        ),
+    )
+    .unwrap();
+    let path = dir.path().to_path_buf();
+    let run = tokio::task::spawn_blocking(move || {
+        Running::start(
+            &path,
+            "p.sql",
+            "127.0.0.1:0",
+            &["--checkpoint-interval", "500ms"],
+            &[],
+        )
+    })
+    .await
+    .unwrap();
+    let base = run.base();
+    let (metrics, status) = tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let (text, parsed) = scrape(&base);
+            let source = [("node", "numbers"), ("role", "source")];
+            let shards = parsed
+                .samples
+                .iter()
+                .filter(|s| s.metric == "laketide_source_lag_seconds")
+                .count();
+            if sample(&parsed, "laketide_records_in_total", &source) == Some(200.0) && shards == 2 {
+                let status = http(&format!("{base}/api/status"), &[], None).body;
+                return (parsed, status);
+            }
+            assert!(Instant::now() < deadline, "timed out:\n{text}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    })
+    .await
+    .unwrap();
+    let source = [("node", "numbers"), ("role", "source")];
+    assert_eq!(
+        sample(&metrics, "laketide_connector_bytes_total", &source),
+        Some(bytes as f64)
+    );
+    for s in metrics
+        .samples
+        .iter()
+        .filter(|s| s.metric == "laketide_source_lag_seconds")
+    {
+        assert!(
+            s.labels.get("split").unwrap().starts_with("shardId-"),
+            "{s:?}"
+        );
+    }
+    // The page gets the same lag per shard.
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let numbers = status["connectors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "numbers")
+        .unwrap()
+        .clone();
+    assert_eq!(numbers["lag_ms"].as_object().unwrap().len(), 2, "{numbers}");
+    let (exit, stderr) = tokio::task::spawn_blocking(move || run.stop())
+        .await
+        .unwrap();
+    assert!(exit.success(), "{stderr}");
 }
