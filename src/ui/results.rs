@@ -47,7 +47,7 @@ impl LatestResults {
         self.with(|sinks| sinks.entry(sink.to_string()).or_default().columns = columns(schema));
     }
 
-    fn record(&self, sink: &str, batch: &RecordBatch) -> crate::Result<()> {
+    fn record(&self, sink: &str, batch: &RecordBatch) -> datafusion::arrow::error::Result<()> {
         let rows = json_rows(&tail(batch, ROWS_KEPT))?;
         self.with(|sinks| {
             let entry = sinks.entry(sink.to_string()).or_default();

@@ -7,7 +7,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::error::Result;
+use datafusion::arrow::error::{ArrowError, Result};
 
 /// What the page may do with a column.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -81,7 +81,7 @@ pub fn json_rows(batch: &RecordBatch) -> Result<Vec<Vec<Value>>> {
         writer.finish()?;
     }
     let objects: Vec<serde_json::Map<String, Value>> = serde_json::from_slice(&buf)
-        .map_err(|e| crate::CliError::Usage(format!("encoding rows as JSON: {e}")))?;
+        .map_err(|e| ArrowError::JsonError(format!("reading back rows encoded as JSON: {e}")))?;
     Ok(objects
         .into_iter()
         .map(|mut o| {

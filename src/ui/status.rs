@@ -161,7 +161,7 @@ pub fn read(
         }
     }
     let c = metrics.checkpoint_status();
-    let checkpoint = (c.id > 0 || c.restored_from.is_some()).then(|| CheckpointStatus {
+    let checkpoint = (c.id > 0 || c.restored_from.is_some()).then_some(CheckpointStatus {
         id: c.id,
         completed_at_ms: c.completed_at_ms,
         bytes: c.bytes,
