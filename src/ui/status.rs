@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
+use laketide_engine::checkpoint::CheckpointInfo;
 use laketide_engine::{Dataflow, EventTime, NodeKind, NodeRole, PipelineMetrics};
 use serde::Serialize;
 
@@ -84,17 +85,6 @@ pub struct ConnectorStatus {
     pub lag_ms: BTreeMap<String, i64>,
 }
 
-/// The last checkpoint.
-#[derive(Debug, Clone, Serialize)]
-pub struct CheckpointStatus {
-    pub id: u64,
-    pub completed_at_ms: i64,
-    pub bytes: u64,
-    pub duration_ms: u64,
-    pub failed: u64,
-    pub restored_from: Option<u64>,
-}
-
 /// Where the run stands.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 #[serde(tag = "state", rename_all = "lowercase")]
@@ -118,7 +108,8 @@ pub struct Status {
     pub connectors: Vec<ConnectorStatus>,
     /// Bad records per source.
     pub bad_records: BTreeMap<String, u64>,
-    pub checkpoint: Option<CheckpointStatus>,
+    /// The last stored checkpoint (or the one the run resumed from).
+    pub checkpoint: Option<CheckpointInfo>,
     /// Latest rows of the sinks whose rows changed since the versions the caller has seen.
     pub results: BTreeMap<String, SinkRows>,
 }
@@ -160,15 +151,6 @@ pub fn read(
             });
         }
     }
-    let c = metrics.checkpoint_status();
-    let checkpoint = (c.id > 0 || c.restored_from.is_some()).then_some(CheckpointStatus {
-        id: c.id,
-        completed_at_ms: c.completed_at_ms,
-        bytes: c.bytes,
-        duration_ms: c.duration_ms,
-        failed: c.failed,
-        restored_from: c.restored_from,
-    });
     let mut changed = BTreeMap::new();
     for (sink, version) in results.versions() {
         if seen.get(&sink) != Some(&version)
@@ -187,7 +169,7 @@ pub fn read(
             .bad_records()
             .map(|b| (b.source().to_string(), b.count()))
             .collect(),
-        checkpoint,
+        checkpoint: metrics.snapshot().checkpoint,
         results: changed,
     }
 }

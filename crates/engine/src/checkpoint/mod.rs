@@ -43,8 +43,8 @@ pub struct CheckpointSettings {
     pub recovery: Recovery,
 }
 
-/// The last completed checkpoint, for the status line and metrics.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// The last completed checkpoint, for the status line, the dashboard and metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct CheckpointInfo {
     /// Its number.
     pub id: u64,
