@@ -20,14 +20,9 @@ pub struct UiArgs {
     #[arg(long, value_name = "ADDR")]
     pub ui: Option<SocketAddr>,
     /// The token the dashboard requires of every request (Authorization: Bearer, or ?token=
-    /// once in the browser). Without it, a non-loopback --ui generates one and prints the
-    /// address to open.
-    #[arg(
-        long,
-        env = "LAKETIDE_UI_TOKEN",
-        hide_env_values = true,
-        requires = "ui"
-    )]
+    /// once in the browser); 8 to 256 of A-Z a-z 0-9 . _ ~ -. Without it, a non-loopback
+    /// --ui generates one and prints the address to open. Ignored without --ui.
+    #[arg(long, env = "LAKETIDE_UI_TOKEN", hide_env_values = true)]
     pub ui_token: Option<String>,
 }
 
@@ -101,8 +96,14 @@ pub async fn run(
     }
     let dashboard = match ui.ui {
         Some(addr) => {
-            let d =
-                Dashboard::start(addr, ui.ui_token.clone(), file, &mut planned.dataflow).await?;
+            let d = Dashboard::start(
+                addr,
+                ui.ui_token.clone(),
+                file,
+                &mut planned.dataflow,
+                checkpoints.is_some(),
+            )
+            .await?;
             eprintln!(
                 "dashboard at {} (queries: /query, Prometheus: /metrics)",
                 d.url()

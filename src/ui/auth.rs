@@ -16,13 +16,21 @@ use axum::response::{IntoResponse, Redirect, Response};
 
 use super::Shared;
 
-const COOKIE: &str = "laketide_token";
+/// Whether `token` can travel in a cookie and a query string unchanged.
+pub fn valid_token(token: &str) -> bool {
+    (8..=256).contains(&token.len())
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'~' | b'-'))
+}
 
 /// The dashboard's access rule.
 #[derive(Debug, Clone)]
 pub struct Access {
     token: Option<String>,
     loopback_only: bool,
+    /// The cookie's name: per port, so that two dashboards on one host keep their own.
+    cookie: String,
 }
 
 impl Access {
@@ -31,6 +39,7 @@ impl Access {
         Access {
             token,
             loopback_only: addr.ip().is_loopback(),
+            cookie: format!("laketide_token_{}", addr.port()),
         }
     }
 
@@ -56,7 +65,7 @@ impl Access {
                 .is_ok_and(|ip| ip.is_loopback())
     }
 
-    fn presented<'a>(headers: &'a HeaderMap, query: Option<&'a str>) -> Vec<&'a str> {
+    fn presented<'a>(&self, headers: &'a HeaderMap, query: Option<&'a str>) -> Vec<&'a str> {
         let mut tokens = Vec::new();
         if let Some(bearer) = headers
             .get(header::AUTHORIZATION)
@@ -69,7 +78,7 @@ impl Access {
             if let Ok(cookies) = cookies.to_str() {
                 tokens.extend(cookies.split(';').filter_map(|c| {
                     c.trim()
-                        .strip_prefix(COOKIE)
+                        .strip_prefix(self.cookie.as_str())
                         .and_then(|v| v.strip_prefix('='))
                 }));
             }
@@ -111,7 +120,7 @@ pub async fn check(State(shared): State<Shared>, request: Request, next: Next) -
         return next.run(request).await;
     }
     let query = request.uri().query();
-    let tokens = Access::presented(request.headers(), query);
+    let tokens = access.presented(request.headers(), query);
     if !tokens.iter().any(|t| access.token_matches(t)) {
         return (
             StatusCode::UNAUTHORIZED,
@@ -126,13 +135,17 @@ pub async fn check(State(shared): State<Shared>, request: Request, next: Next) -
             .split('&')
             .filter(|p| !p.starts_with("token="))
             .collect();
-        let mut target = request.uri().path().to_string();
+        // One leading slash: `//host/` would send the browser to another site.
+        let mut target = format!("/{}", request.uri().path().trim_start_matches(['/', '\\']));
         if !rest.is_empty() {
             target.push('?');
             target.push_str(&rest.join("&"));
         }
         let token = access.token.as_deref().unwrap_or_default();
-        let cookie = format!("{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/");
+        let cookie = format!(
+            "{}={token}; HttpOnly; SameSite=Strict; Path=/",
+            access.cookie
+        );
         return ([(header::SET_COOKIE, cookie)], Redirect::to(&target)).into_response();
     }
     next.run(request).await
@@ -178,10 +191,16 @@ mod tests {
         let access = Access::new("0.0.0.0:1".parse().unwrap(), Some("s3cret".into()));
         let h = headers(&[
             (header::AUTHORIZATION, "Bearer wrong"),
-            (header::COOKIE, "a=b; laketide_token=s3cret"),
+            (
+                header::COOKIE,
+                "a=b; laketide_token_1=s3cret; laketide_token_2=other-port",
+            ),
         ]);
-        let tokens = Access::presented(&h, Some("x=1&token=other"));
+        let tokens = access.presented(&h, Some("x=1&token=other"));
         assert_eq!(tokens, vec!["wrong", "s3cret", "other"]);
+        assert!(valid_token("Abc-123_x.y~z"));
+        assert!(!valid_token("short"));
+        assert!(!valid_token("has space or; semicolon"));
         assert!(access.token_matches("s3cret"));
         assert!(!access.token_matches("s3cre"));
         assert!(!access.token_matches("other"));

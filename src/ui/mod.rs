@@ -45,6 +45,9 @@ use crate::error::{CliError, Result};
 /// How often the page gets an update.
 const UPDATE_INTERVAL: Duration = Duration::from_millis(500);
 
+/// How long the server may take to close its connections when the run ends.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
 /// What every request handler shares.
 #[derive(Clone)]
 struct Shared(Arc<Inner>);
@@ -57,6 +60,9 @@ struct Inner {
     run: Mutex<RunState>,
     pipeline_file: PathBuf,
     stop: CancellationToken,
+    /// Ad-hoc queries run one at a time: each one snapshots the pipeline's file sources.
+    queries: tokio::sync::Semaphore,
+    checkpoints: bool,
 }
 
 impl std::ops::Deref for Shared {
@@ -84,16 +90,21 @@ pub struct Dashboard {
 impl Dashboard {
     /// Binds `addr` and serves the dashboard of `dataflow` (the pipeline in `file`), whose
     /// sinks are wrapped to record their latest rows. `token`, when set, is required of every
-    /// request; a non-loopback address without one gets a generated token.
+    /// request; a non-loopback address without one gets a generated token. `checkpoints`
+    /// says whether the run takes checkpoints (their metrics are then always exported).
     pub async fn start(
         addr: SocketAddr,
         token: Option<String>,
         file: &Path,
         dataflow: &mut Dataflow,
+        checkpoints: bool,
     ) -> Result<Self> {
         let (token, generated) = match token {
-            Some(t) if t.trim().is_empty() => {
-                return Err(CliError::Usage("the dashboard token is empty".into()));
+            Some(t) if !auth::valid_token(&t) => {
+                return Err(CliError::Usage(
+                    "the dashboard token must be 8 to 256 characters among A-Z a-z 0-9 . _ ~ -"
+                        .into(),
+                ));
             }
             Some(t) => (Some(t), false),
             None if addr.ip().is_loopback() => (None, false),
@@ -123,6 +134,8 @@ impl Dashboard {
             run: Mutex::new(RunState::Running),
             pipeline_file: file.to_path_buf(),
             stop: CancellationToken::new(),
+            queries: tokio::sync::Semaphore::new(1),
+            checkpoints,
         }));
         let app = router(shared.clone());
         let stop = shared.stop.clone();
@@ -158,12 +171,17 @@ impl Dashboard {
         &self.first_visit
     }
 
-    /// Records how the run ended and stops the server (open pages get a last update).
-    pub async fn finish(self, run: RunState) {
+    /// Records how the run ended and stops the server: open pages get a last update, and
+    /// connections still open after a grace period (a long query, a stalled page) are cut.
+    pub async fn finish(mut self, run: RunState) {
         *self.shared.run.lock().unwrap_or_else(|e| e.into_inner()) = run;
-        tokio::time::sleep(UPDATE_INTERVAL).await;
         self.shared.stop.cancel();
-        let _ = self.task.await;
+        if tokio::time::timeout(SHUTDOWN_GRACE, &mut self.task)
+            .await
+            .is_err()
+        {
+            self.task.abort();
+        }
     }
 }
 
@@ -189,7 +207,7 @@ async fn page(html: &'static str) -> Response {
         [
             (
                 header::CONTENT_SECURITY_POLICY,
-                "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'",
+                "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'",
             ),
             (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
             (header::CACHE_CONTROL, "no-store"),
@@ -221,15 +239,20 @@ async fn status_now(State(s): State<Shared>) -> Response {
     axum::Json(s.status(&mut BTreeMap::new())).into_response()
 }
 
-/// An update now, then one every [`UPDATE_INTERVAL`] until the server stops. Each carries
-/// only the sink results that changed since the previous one.
+/// An update now, then one every [`UPDATE_INTERVAL`]; when the server stops, a last one
+/// (with how the run ended) and the end of the stream. Each update carries only the sink
+/// results that changed since the previous one.
 async fn events(State(s): State<Shared>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let stream = futures::stream::unfold(
-        (s, BTreeMap::new(), true),
-        |(s, mut seen, first)| async move {
-            if !first {
+        (s, BTreeMap::new(), true, false),
+        |(s, mut seen, first, ended)| async move {
+            if ended {
+                return None;
+            }
+            let mut last = s.stop.is_cancelled();
+            if !first && !last {
                 tokio::select! {
-                    _ = s.stop.cancelled() => return None,
+                    _ = s.stop.cancelled() => last = true,
                     _ = tokio::time::sleep(UPDATE_INTERVAL) => {}
                 }
             }
@@ -237,7 +260,7 @@ async fn events(State(s): State<Shared>) -> Sse<impl Stream<Item = Result<Event,
                 .event("status")
                 .json_data(s.status(&mut seen))
                 .unwrap_or_else(|_| Event::default().comment("status unavailable"));
-            Some((Ok(event), (s, seen, false)))
+            Some((Ok(event), (s, seen, false, last)))
         },
     );
     Sse::new(stream).keep_alive(KeepAlive::default())
@@ -249,6 +272,9 @@ struct QueryRequest {
 }
 
 async fn run_query(State(s): State<Shared>, axum::Json(q): axum::Json<QueryRequest>) -> Response {
+    let Ok(_turn) = s.queries.acquire().await else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "the dashboard is stopping").into_response();
+    };
     match query::run(&s.pipeline_file, &q.sql).await {
         Ok(result) => axum::Json(result).into_response(),
         Err(e) => (
@@ -262,7 +288,7 @@ async fn run_query(State(s): State<Shared>, axum::Json(q): axum::Json<QueryReque
 async fn metrics(State(s): State<Shared>) -> Response {
     (
         [(header::CONTENT_TYPE, prometheus::CONTENT_TYPE)],
-        render_metrics(&s.metrics),
+        render_metrics(&s.metrics, s.checkpoints),
     )
         .into_response()
 }

@@ -35,6 +35,8 @@ enum Samples {
 #[derive(Debug)]
 struct PipelineCollector {
     metrics: PipelineMetrics,
+    /// Whether the run takes checkpoints: their families are then exported from the start.
+    checkpoints: bool,
 }
 
 fn role_name(role: NodeRole) -> &'static str {
@@ -150,7 +152,7 @@ impl PipelineCollector {
             ),
             (
                 "laketide_connector_bytes",
-                "Bytes a source read (decompressed file lines, Kinesis record data) or a sink sent (request bodies, data files).",
+                "Bytes a source read (decompressed file lines, Kinesis record data) or a sink sent (request bodies, records, items, files).",
                 service_counter(&|s| s.bytes()),
             ),
             (
@@ -201,7 +203,7 @@ impl PipelineCollector {
                 ),
             ),
         ];
-        if checkpoint.id > 0 || checkpoint.failed > 0 {
+        if self.checkpoints || checkpoint.id > 0 || checkpoint.failed > 0 {
             families.extend([
                 (
                     "laketide_checkpoint_last_id",
@@ -262,11 +264,12 @@ impl Collector for PipelineCollector {
     }
 }
 
-/// The text of a scrape of `metrics`.
-pub fn render(metrics: &PipelineMetrics) -> String {
+/// The text of a scrape of `metrics`, of a run that takes checkpoints or not.
+pub fn render(metrics: &PipelineMetrics, checkpoints: bool) -> String {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(PipelineCollector {
         metrics: metrics.clone(),
+        checkpoints,
     }));
     let mut text = String::new();
     // Writing into a String cannot fail.

@@ -1,10 +1,11 @@
-//! The query page's engine: one SQL statement over the tables of the running pipeline's file,
-//! exactly as `laketide query -f FILE` sees them (its Delta and filesystem sinks, and a
+//! The query page's engine: one read-only SQL query over the tables of the running pipeline's
+//! file, exactly as `laketide query -f FILE` sees them (its Delta and filesystem sinks, and a
 //! snapshot of its file sources).
 
 use std::path::Path;
 use std::time::Instant;
 
+use datafusion::execution::context::SQLOptions;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -32,7 +33,13 @@ pub async fn run(file: &Path, sql: &str) -> Result<QueryResult> {
     let started = Instant::now();
     let ctx = query_context();
     let tables = register_pipeline(&ctx, file).await?;
-    let frame = ctx.sql(sql).await?;
+    // Queries only: no DDL (CREATE EXTERNAL TABLE could read any file), no DML (COPY TO
+    // could write one), no SET.
+    let read_only = SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false);
+    let frame = ctx.sql_with_options(sql, read_only).await?;
     let schema = frame.schema().as_arrow().clone();
     let batches = frame.limit(0, Some(MAX_ROWS + 1))?.collect().await?;
     let mut rows = Vec::new();

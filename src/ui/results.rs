@@ -144,31 +144,72 @@ mod tests {
     use datafusion::arrow::array::Int64Array;
     use datafusion::arrow::datatypes::{DataType, Field, Schema};
 
-    struct Counting(u64);
+    /// A sink that logs every call it gets.
+    struct Logging(Arc<Mutex<Vec<String>>>, Arc<ServiceStatus>);
+
+    impl Logging {
+        fn log(&self, call: String) {
+            self.0.lock().unwrap().push(call);
+        }
+    }
 
     #[async_trait]
-    impl Sink for Counting {
+    impl Sink for Logging {
+        fn status(&self) -> Option<Arc<ServiceStatus>> {
+            Some(self.1.clone())
+        }
         async fn open(&mut self, _schema: SchemaRef) -> Result<()> {
+            self.log("open".into());
             Ok(())
         }
         async fn write_batch(&mut self, batch: RecordBatch) -> Result<()> {
-            self.0 += batch.num_rows() as u64;
+            self.log(format!("write {}", batch.num_rows()));
+            Ok(())
+        }
+        async fn on_watermark(&mut self, watermark: Watermark) -> Result<()> {
+            self.log(format!("watermark {watermark:?}"));
+            Ok(())
+        }
+        async fn maintain(&mut self) -> Result<()> {
+            self.log("maintain".into());
+            Ok(())
+        }
+        fn enable_checkpoints(&mut self, pipeline: &str) {
+            self.log(format!("enable {pipeline}"));
+        }
+        async fn prepare_commit(&mut self, checkpoint: u64) -> Result<NodeState> {
+            self.log(format!("prepare {checkpoint}"));
+            Ok(NodeState::empty())
+        }
+        async fn commit(&mut self, checkpoint: u64) -> Result<()> {
+            self.log(format!("commit {checkpoint}"));
+            Ok(())
+        }
+        async fn recover(&mut self, checkpoint: u64, _state: NodeState) -> Result<()> {
+            self.log(format!("recover {checkpoint}"));
             Ok(())
         }
         async fn close(&mut self) -> Result<SinkSummary> {
+            self.log("close".into());
             Ok(SinkSummary {
-                rows_written: self.0,
+                rows_written: 7,
                 commits: 1,
             })
         }
     }
 
     #[tokio::test]
-    async fn keeps_the_last_rows_and_forwards_all() {
+    async fn keeps_the_last_rows_and_forwards_every_call() {
         let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)]));
         let results = LatestResults::default();
-        let mut sink = RecordingSink::new("out", Box::new(Counting(0)), results.clone());
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let status = Arc::new(ServiceStatus::default());
+        let inner = Logging(calls.clone(), status.clone());
+        let mut sink = RecordingSink::new("out", Box::new(inner), results.clone());
+        assert!(Arc::ptr_eq(&sink.status().unwrap(), &status));
+        sink.enable_checkpoints("p");
         sink.open(schema.clone()).await.unwrap();
+        sink.recover(3, NodeState::empty()).await.unwrap();
         for start in [0i64, 600] {
             let batch = RecordBatch::try_new(
                 schema.clone(),
@@ -177,7 +218,26 @@ mod tests {
             .unwrap();
             sink.write_batch(batch).await.unwrap();
         }
-        assert_eq!(sink.close().await.unwrap().rows_written, 1_200);
+        sink.on_watermark(Watermark::EventTime(5)).await.unwrap();
+        sink.maintain().await.unwrap();
+        sink.prepare_commit(4).await.unwrap();
+        sink.commit(4).await.unwrap();
+        assert_eq!(sink.close().await.unwrap().rows_written, 7);
+        assert_eq!(
+            *calls.lock().unwrap(),
+            vec![
+                "enable p",
+                "open",
+                "recover 3",
+                "write 600",
+                "write 600",
+                "watermark EventTime(5)",
+                "maintain",
+                "prepare 4",
+                "commit 4",
+                "close"
+            ]
+        );
         let rows = results.get("out").unwrap();
         assert_eq!((rows.version, rows.total), (2, 1_200));
         assert_eq!(rows.rows.len(), ROWS_KEPT);

@@ -169,7 +169,8 @@ pub fn read(
             .bad_records()
             .map(|b| (b.source().to_string(), b.count()))
             .collect(),
-        checkpoint: metrics.snapshot().checkpoint,
+        checkpoint: Some(metrics.checkpoint_status())
+            .filter(|c| c.id > 0 || c.restored_from.is_some() || c.failed > 0),
         results: changed,
     }
 }

@@ -3,6 +3,8 @@
 //! independent Prometheus parser and checked against the input, the token rule, and secrets
 //! kept out of every page, log and plan.
 
+use crate::common;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -321,7 +323,8 @@ fn metrics_scrape_parses_and_counts_what_the_files_hold() {
             )
         })
         .collect();
-    std::fs::write(input.join("f00001.json"), &late).unwrap();
+    std::fs::write(input.join(".f00001.tmp"), &late).unwrap();
+    std::fs::rename(input.join(".f00001.tmp"), input.join("f00001.json")).unwrap();
     let (text, parsed) = wait_for("the late events", &|s| {
         sample(s, "laketide_records_in_total", &source) == Some(303.0)
             && sample(
@@ -329,6 +332,9 @@ fn metrics_scrape_parses_and_counts_what_the_files_hold() {
                 "laketide_late_records_total",
                 &[("node", "window_aggregate")],
             ) == Some(3.0)
+            // The Delta sink's data files, written at a checkpoint after the windows closed.
+            && sample(s, "laketide_connector_bytes_total", &[("node", "views")])
+                .is_some_and(|b| b > 0.0)
     });
     let (status, stderr) = run.stop();
     assert!(status.success(), "{stderr}");
@@ -457,12 +463,14 @@ async fn a_dashboard_on_a_public_address_needs_its_token_and_shows_no_secret() {
             assert_eq!(allowed.status, 200, "{path} with the token");
             pages.push_str(&allowed.body);
         }
-        // In a browser: the token once in the address becomes an HTTP-only cookie.
+        // In a browser: the token once in the address becomes an HTTP-only cookie, named
+        // after the port so that two dashboards on one host keep their own.
+        let port = base.rsplit(':').next().unwrap().to_string();
         let visit = http(&format!("{base}/?token={TOKEN}"), &[], None);
         assert_eq!(visit.status, 303);
         assert!(
             visit.headers.contains(&format!(
-                "set-cookie: laketide_token={}; httponly",
+                "set-cookie: laketide_token_{port}={}; httponly",
                 TOKEN.to_lowercase()
             )),
             "{}",
@@ -473,12 +481,52 @@ async fn a_dashboard_on_a_public_address_needs_its_token_and_shows_no_secret() {
             "{}",
             visit.headers
         );
+        // The redirect stays on this server.
+        let sneaky = http(&format!("{base}//evil.example/?token={TOKEN}"), &[], None);
+        assert!(
+            sneaky.headers.contains("location: /evil.example/\r\n"),
+            "{}",
+            sneaky.headers
+        );
         let with_cookie = http(
             &format!("{base}/"),
-            &[&format!("cookie: laketide_token={TOKEN}")],
+            &[&format!("cookie: laketide_token_{port}={TOKEN}")],
             None,
         );
         assert_eq!(with_cookie.status, 200);
+        let other_port = http(
+            &format!("{base}/"),
+            &[&format!("cookie: laketide_token_1={TOKEN}")],
+            None,
+        );
+        assert_eq!(other_port.status, 401);
+        // The event stream, read for a moment.
+        let events = Command::new("curl")
+            .args([
+                "-s",
+                "--max-time",
+                "2",
+                "-H",
+                &bearer,
+                &format!("{base}/api/events"),
+            ])
+            .output()
+            .unwrap();
+        let events = String::from_utf8_lossy(&events.stdout).to_string();
+        assert!(events.contains("event: status"), "{events}");
+        pages.push_str(&events);
+        // Only queries: no statement that could read or write other files.
+        let written = std::env::temp_dir().join(common::unique("copy-to"));
+        for sql in [
+            format!("COPY (SELECT 1) TO '{}'", written.display()),
+            "CREATE EXTERNAL TABLE creds STORED AS CSV LOCATION '/etc/hostname'".to_string(),
+            "SET datafusion.execution.batch_size = 1".to_string(),
+        ] {
+            let body = serde_json::json!({ "sql": sql }).to_string();
+            let refused = http(&format!("{base}/api/query"), &[&bearer], Some(&body));
+            assert_eq!(refused.status, 400, "{sql}: {}", refused.body);
+        }
+        assert!(!written.exists());
         let metrics = http(&format!("{base}/metrics"), &[&bearer], None).body;
         let parsed =
             prometheus_parse::Scrape::parse(metrics.lines().map(|l| Ok(l.to_string()))).unwrap();
@@ -637,7 +685,15 @@ async fn kinesis_lag_per_shard_and_bytes_show_on_the_dashboard_and_in_metrics() 
                 .iter()
                 .filter(|s| s.metric == "laketide_source_lag_seconds")
                 .count();
-            if sample(&parsed, "laketide_records_in_total", &source) == Some(200.0) && shards == 2 {
+            let sink_bytes = sample(
+                &parsed,
+                "laketide_connector_bytes_total",
+                &[("node", "copied")],
+            );
+            if sample(&parsed, "laketide_records_in_total", &source) == Some(200.0)
+                && shards == 2
+                && sink_bytes.is_some_and(|b| b > 0.0)
+            {
                 let status = http(&format!("{base}/api/status"), &[], None).body;
                 return (parsed, status);
             }
@@ -676,4 +732,37 @@ async fn kinesis_lag_per_shard_and_bytes_show_on_the_dashboard_and_in_metrics() 
         .await
         .unwrap();
     assert!(exit.success(), "{stderr}");
+}
+
+#[test]
+fn the_token_variable_is_ignored_without_ui_and_checked_with_it() {
+    let dir = pipeline_dir();
+    write_events(&dir.path().join("in"), 0, 10);
+    std::fs::write(
+        dir.path().join("once.sql"),
+        PIPELINE.replace("'continuous'", "'once'"),
+    )
+    .unwrap();
+    let run = |args: &[&str], token: &str| {
+        Command::new(env!("CARGO_BIN_EXE_laketide"))
+            .args(args)
+            .current_dir(dir.path())
+            .env("LAKETIDE_UI_TOKEN", token)
+            .output()
+            .unwrap()
+    };
+    let plain = run(&["run", "once.sql", "--quiet"], "exported-for-another-run");
+    assert!(
+        plain.status.success(),
+        "{}",
+        String::from_utf8_lossy(&plain.stderr)
+    );
+    let refused = run(
+        &["run", "once.sql", "--quiet", "--ui", "0.0.0.0:0"],
+        "two words",
+    );
+    let stderr = String::from_utf8_lossy(&refused.stderr).to_string();
+    assert!(!refused.status.success());
+    assert!(stderr.contains("the dashboard token must be"), "{stderr}");
+    assert!(!stderr.contains("two words"), "{stderr}");
 }

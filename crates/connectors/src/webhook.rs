@@ -184,9 +184,9 @@ impl WebhookSink {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let started = Instant::now();
         let url = self.config.display_url();
+        self.status.count_bytes(body.len() as u64);
         loop {
             self.requests += 1;
-            self.status.count_bytes(body.len() as u64);
             let mut throttled = false;
             let mut request = client
                 .post(&target)
@@ -258,8 +258,13 @@ impl Sink for WebhookSink {
                         self.name
                     ))
                 })?;
-                check_url(&url, &format!("the environment variable {var} (url_env)"))
-                    .map_err(|e| EngineError::User(format!("sink `{}`: {e}", self.name)))?;
+                if check_url(&url, "url_env").is_err() {
+                    // Not even part of the value is shown: the URL may be the secret.
+                    return Err(EngineError::User(format!(
+                        "sink `{}`: the environment variable {var} (url_env) does not hold an http:// or https:// URL",
+                        self.name
+                    )));
+                }
                 url
             }
         });

@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 
-use laketide_engine::{EngineError, NodeState, Result, Sink, SinkSummary};
+use laketide_engine::{EngineError, NodeState, Result, ServiceStatus, Sink, SinkSummary};
 
 use super::config::FilesystemSinkConfig;
 use super::writer::FormatWriter;
@@ -47,6 +47,8 @@ pub struct FilesystemSink {
     run_id: String,
     sequence: u64,
     summary: SinkSummary,
+    /// Bytes of finished files.
+    status: Arc<ServiceStatus>,
     rows_in_file: u64,
     two_phase: bool,
     /// Files staged since the last prepare.
@@ -77,6 +79,7 @@ impl FilesystemSink {
             run_id: uuid::Uuid::new_v4().simple().to_string()[..12].to_string(),
             sequence: 0,
             summary: SinkSummary::default(),
+            status: Arc::new(ServiceStatus::default()),
             rows_in_file: 0,
             two_phase: false,
             staged: Vec::new(),
@@ -217,6 +220,9 @@ impl FilesystemSink {
         writer
             .finish()
             .map_err(|e| self.err("finishing", &temp_path, e))?;
+        if let Ok(meta) = std::fs::metadata(&temp_path) {
+            self.status.count_bytes(meta.len());
+        }
         let file = FinishedFile {
             temp_path,
             final_path,
@@ -283,6 +289,10 @@ async fn upload(
 
 #[async_trait]
 impl Sink for FilesystemSink {
+    fn status(&self) -> Option<Arc<ServiceStatus>> {
+        Some(self.status.clone())
+    }
+
     async fn open(&mut self, schema: SchemaRef) -> Result<()> {
         if self.config.path.contains("://") {
             let location = self.config.path.clone();
