@@ -2,7 +2,8 @@
 //!
 //! [`RecordingSink`] wraps a pipeline's sink: it keeps a copy of the last rows it receives in
 //! [`LatestResults`] and passes everything on unchanged. The rows are those handed to the sink,
-//! which with checkpoints become visible in the sink's target at the next commit.
+//! which with checkpoints become visible in the sink's target at the next commit. The copy is
+//! kept as Arrow slices (cheap: shared buffers) and encoded as JSON only when a page asks.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -32,14 +33,25 @@ pub struct SinkRows {
     pub rows: VecDeque<Vec<Value>>,
 }
 
+/// What is kept of one sink's rows: the tails of its last batches, holding at least
+/// [`ROWS_KEPT`] rows when that many arrived.
+#[derive(Debug, Default)]
+struct SinkTail {
+    version: u64,
+    total: u64,
+    columns: Vec<Column>,
+    batches: VecDeque<RecordBatch>,
+    rows: usize,
+}
+
 /// The latest rows of every sink, shared by the recording sinks and the web server.
 #[derive(Debug, Clone, Default)]
 pub struct LatestResults {
-    sinks: Arc<Mutex<BTreeMap<String, SinkRows>>>,
+    sinks: Arc<Mutex<BTreeMap<String, SinkTail>>>,
 }
 
 impl LatestResults {
-    fn with<T>(&self, f: impl FnOnce(&mut BTreeMap<String, SinkRows>) -> T) -> T {
+    fn with<T>(&self, f: impl FnOnce(&mut BTreeMap<String, SinkTail>) -> T) -> T {
         f(&mut self.sinks.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
@@ -47,17 +59,25 @@ impl LatestResults {
         self.with(|sinks| sinks.entry(sink.to_string()).or_default().columns = columns(schema));
     }
 
-    fn record(&self, sink: &str, batch: &RecordBatch) -> datafusion::arrow::error::Result<()> {
-        let rows = json_rows(&tail(batch, ROWS_KEPT))?;
+    fn record(&self, sink: &str, batch: &RecordBatch) {
+        if batch.num_rows() == 0 {
+            return;
+        }
+        let kept = tail(batch, ROWS_KEPT);
         self.with(|sinks| {
             let entry = sinks.entry(sink.to_string()).or_default();
             entry.version += 1;
             entry.total += batch.num_rows() as u64;
-            entry.rows.extend(rows);
-            let excess = entry.rows.len().saturating_sub(ROWS_KEPT);
-            entry.rows.drain(..excess);
+            entry.rows += kept.num_rows();
+            entry.batches.push_back(kept);
+            while let Some(oldest) = entry.batches.front() {
+                if entry.rows - oldest.num_rows() < ROWS_KEPT {
+                    break;
+                }
+                entry.rows -= oldest.num_rows();
+                entry.batches.pop_front();
+            }
         });
-        Ok(())
     }
 
     /// The version of every sink's rows.
@@ -65,9 +85,33 @@ impl LatestResults {
         self.with(|sinks| sinks.iter().map(|(k, v)| (k.clone(), v.version)).collect())
     }
 
-    /// A copy of one sink's rows.
-    pub fn get(&self, sink: &str) -> Option<SinkRows> {
-        self.with(|sinks| sinks.get(sink).cloned())
+    /// One sink's latest rows, encoded for the page.
+    pub fn get(&self, sink: &str) -> Option<datafusion::arrow::error::Result<SinkRows>> {
+        let (version, total, columns, batches) = self.with(|sinks| {
+            sinks.get(sink).map(|t| {
+                (
+                    t.version,
+                    t.total,
+                    t.columns.clone(),
+                    t.batches.iter().cloned().collect::<Vec<_>>(),
+                )
+            })
+        })?;
+        let encode = || {
+            let mut rows = VecDeque::new();
+            for batch in &batches {
+                rows.extend(json_rows(batch)?);
+            }
+            let excess = rows.len().saturating_sub(ROWS_KEPT);
+            rows.drain(..excess);
+            Ok(SinkRows {
+                version,
+                total,
+                columns,
+                rows,
+            })
+        };
+        Some(encode())
     }
 }
 
@@ -102,10 +146,7 @@ impl Sink for RecordingSink {
     }
 
     async fn write_batch(&mut self, batch: RecordBatch) -> Result<()> {
-        if let Err(e) = self.results.record(&self.name, &batch) {
-            // The dashboard's copy is best effort; the sink must still get its rows.
-            tracing::warn!(sink = %self.name, error = %e, "could not show rows on the dashboard");
-        }
+        self.results.record(&self.name, &batch);
         self.inner.write_batch(batch).await
     }
 
@@ -238,7 +279,7 @@ mod tests {
                 "close"
             ]
         );
-        let rows = results.get("out").unwrap();
+        let rows = results.get("out").unwrap().unwrap();
         assert_eq!((rows.version, rows.total), (2, 1_200));
         assert_eq!(rows.rows.len(), ROWS_KEPT);
         assert_eq!(rows.rows.front().unwrap()[0], Value::from(200));

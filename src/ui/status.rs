@@ -153,11 +153,20 @@ pub fn read(
     }
     let mut changed = BTreeMap::new();
     for (sink, version) in results.versions() {
-        if seen.get(&sink) != Some(&version)
-            && let Some(rows) = results.get(&sink)
-        {
-            seen.insert(sink.clone(), rows.version);
-            changed.insert(sink, rows);
+        if seen.get(&sink) == Some(&version) {
+            continue;
+        }
+        match results.get(&sink) {
+            Some(Ok(rows)) => {
+                seen.insert(sink.clone(), rows.version);
+                changed.insert(sink, rows);
+            }
+            // The page keeps what it has (once per version); the sink itself is unaffected.
+            Some(Err(e)) => {
+                tracing::warn!(sink = %sink, error = %e, "could not show rows on the dashboard");
+                seen.insert(sink, version);
+            }
+            None => {}
         }
     }
     Status {
