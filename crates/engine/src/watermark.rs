@@ -70,7 +70,10 @@ struct SplitState {
 }
 
 /// Tracks per-split watermarks of one source and combines them: the minimum over splits that
-/// are neither idle nor finished. The combined watermark never goes backwards.
+/// are neither idle nor finished. When every split has finished, nothing holds the source back
+/// any more: its watermark reaches the largest one a finished split reached (as a source
+/// without splits would: the maximum over all rows seen). The combined watermark never goes
+/// backwards.
 #[derive(Debug)]
 pub struct SplitWatermarks {
     splits: HashMap<SplitId, SplitState>,
@@ -83,6 +86,8 @@ pub struct SplitWatermarks {
     /// When the last active splits went idle together: the watermark of the one with the most
     /// recent data, which the source reaches before it goes idle.
     last_active: Option<EventTime>,
+    /// The largest watermark of the splits finished since the source last had none open.
+    finished: Option<EventTime>,
 }
 
 impl Default for SplitWatermarks {
@@ -101,6 +106,7 @@ impl SplitWatermarks {
             last_activity: Instant::now(),
             quiet: false,
             last_active: None,
+            finished: None,
         }
     }
 
@@ -130,7 +136,9 @@ impl SplitWatermarks {
 
     /// Removes a finished split from the minimum.
     pub fn finish_split(&mut self, split: &str) {
-        self.splits.remove(split);
+        if let Some(state) = self.splits.remove(split) {
+            self.finished = self.finished.max(Some(state.watermark));
+        }
     }
 
     /// Marks splits idle that had no data for `timeout`, and the whole source when it has no
@@ -168,6 +176,13 @@ impl SplitWatermarks {
     pub fn advance(&mut self) -> Option<Watermark> {
         let active = self.splits.values().filter(|s| !s.idle);
         let mut min = active.map(|s| s.watermark).min();
+        if self.splits.is_empty()
+            && let Some(w) = self.finished.take()
+            && w != EventTime::MIN
+            && self.emitted.is_none_or(|e| w > e)
+        {
+            min = Some(w);
+        }
         if min.is_none()
             && let Some(w) = self.last_active.take()
             && w != EventTime::MIN
@@ -287,6 +302,27 @@ mod tests {
         w.mark_idle(Duration::from_secs(5), t0 + Duration::from_secs(30));
         assert_eq!(w.advance(), Some(Watermark::Idle));
         assert_eq!(w.advance(), None);
+    }
+
+    #[test]
+    fn when_every_split_has_finished_the_source_reaches_the_largest_watermark() {
+        let t0 = Instant::now();
+        let mut w = SplitWatermarks::new();
+        w.observe("early", Some(100), t0);
+        w.observe("late", Some(900), t0);
+        assert_eq!(w.advance(), Some(Watermark::EventTime(100)));
+        // The split that is further ahead finishes first: the other still holds the minimum.
+        w.finish_split("late");
+        w.observe("early", Some(200), t0);
+        assert_eq!(w.advance(), Some(Watermark::EventTime(200)));
+        // Nothing is open any more: the rows of "late" no longer wait for anyone.
+        w.finish_split("early");
+        assert_eq!(w.advance(), Some(Watermark::EventTime(900)));
+        assert_eq!(w.advance(), None);
+        // A new split starts from there; an older finished one does not pull it back.
+        w.observe("next", Some(950), t0);
+        w.finish_split("next");
+        assert_eq!(w.advance(), Some(Watermark::EventTime(950)));
     }
 
     #[test]

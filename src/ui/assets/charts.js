@@ -127,7 +127,13 @@ const LT = (() => {
       this.key = key;
       this.plot = new uPlot({
         width: this.width(), height: 260,
-        scales: { x: { time: true } },
+        // Event times are UTC (laketide reads timestamps without a zone as UTC): label them so.
+        tzDate: ts => uPlot.tzDate(new Date(ts * 1e3), "Etc/UTC"),
+        // A single instant gets a minute either side (uPlot would widen it to 1,000 days).
+        scales: { x: { time: true, range: (u, min, max) => {
+          const xs = u.data[0];
+          return xs.length && xs[0] === xs[xs.length - 1] ? [xs[0] - 60, xs[0] + 60] : [min, max];
+        } } },
         series: [{}, ...data.series.map((s, i) => ({ label: s.label, stroke: PALETTE[i % PALETTE.length], width: 2, spanGaps: true, points: { show: true, size: 4 } }))],
         axes: [{}, { size: 60 }],
         legend: { live: false },

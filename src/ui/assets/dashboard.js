@@ -19,7 +19,7 @@
 
   // Layered drawing: a node's column is the length of the longest path from a source to it.
   function drawGraph(g) {
-    const W = 200, H = 66, GX = 70, GY = 22;
+    const W = 190, H = 66, GX = 44, GY = 22;
     const layer = [];
     for (const n of g.nodes) layer[n.id] = n.inputs.length ? 1 + Math.max(...n.inputs.map(i => layer[i])) : 0;
     const rows = [];
@@ -31,7 +31,8 @@
     }
     const width = 20 + rows.length * (W + GX) - GX;
     const height = 20 + Math.max(...rows) * (H + GY) - GY;
-    const root = svg("svg", { viewBox: `0 0 ${width} ${height}`, height, role: "img", "aria-label": "pipeline graph" });
+    // Drawn at its natural size; a wide pipeline scrolls sideways rather than shrinking.
+    const root = svg("svg", { viewBox: `0 0 ${width} ${height}`, width, height, role: "img", "aria-label": "pipeline graph" });
     for (const n of g.nodes) {
       for (const i of n.inputs) {
         const a = pos[i], b = pos[n.id];
