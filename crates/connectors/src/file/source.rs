@@ -18,7 +18,8 @@ use super::store::FileStore;
 
 /// Reads JSON-lines, CSV or Parquet files; see [`FileSourceConfig`]. Each file is a split:
 /// its rows arrive in file order, and the source's watermark is the minimum over the files
-/// started and not yet finished (`reader_threads` at a time, started in path order).
+/// started and not yet finished (`reader_threads` at a time, started in path order), or when
+/// all are finished the largest watermark any of them reached.
 pub struct FileSource {
     config: FileSourceConfig,
     schema: SchemaRef,
