@@ -8,10 +8,23 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
+use datafusion::arrow::datatypes::{DataType, Field, TimeUnit};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use crate::error::{CliError, Result};
+
+/// The columns of a generated event, as a pipeline or a batch query declares them.
+pub fn clickstream_fields() -> Vec<Field> {
+    vec![
+        Field::new("event_id", DataType::Int64, true),
+        Field::new("user_id", DataType::Utf8, true),
+        Field::new("page", DataType::Utf8, true),
+        Field::new("action", DataType::Utf8, true),
+        Field::new("amount", DataType::Float64, true),
+        Field::new("ts", DataType::Timestamp(TimeUnit::Microsecond, None), true),
+    ]
+}
 
 /// How timestamps are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

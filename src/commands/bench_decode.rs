@@ -13,7 +13,7 @@ use laketide_connectors::format::Format;
 use laketide_connectors::kinesis::{KinesisDecoder, kpl};
 use laketide_engine::{BadRecords, OnError};
 
-use crate::datagen::{ClickstreamEvents, ClickstreamSpec};
+use crate::datagen::{ClickstreamEvents, ClickstreamSpec, clickstream_fields};
 use crate::error::Result;
 use crate::progress::human_rate;
 
@@ -58,19 +58,13 @@ fn responses(events: u64, aggregate: usize) -> Vec<Vec<Record>> {
 /// Decodes `events` generated events from in-memory responses and prints records per second,
 /// plain and with `aggregate` user records per Kinesis record.
 pub fn bench_decode(events: u64, aggregate: usize) -> Result<()> {
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("event_id", DataType::Int64, true),
-        Field::new("user_id", DataType::Utf8, true),
-        Field::new("page", DataType::Utf8, true),
-        Field::new("action", DataType::Utf8, true),
-        Field::new("amount", DataType::Float64, true),
-        Field::new("ts", DataType::Timestamp(TimeUnit::Microsecond, None), true),
-        Field::new(
-            "arrived",
-            DataType::Timestamp(TimeUnit::Millisecond, None),
-            true,
-        ),
-    ]));
+    let mut fields = clickstream_fields();
+    fields.push(Field::new(
+        "arrived",
+        DataType::Timestamp(TimeUnit::Millisecond, None),
+        true,
+    ));
+    let schema = Arc::new(Schema::new(fields));
     let metadata = vec![MetadataColumn {
         column: "arrived".into(),
         key: "arrival_time".into(),

@@ -4,9 +4,8 @@
 //! Names follow Prometheus conventions: a `laketide_` prefix, base units (seconds, bytes),
 //! `_total` on counters. Labels: `node` (table or operator name), `node_id` (its position in
 //! `laketide explain`, since operator names repeat), `role`, and `split` (a Kinesis shard).
-//! Connector gauges of two nodes with one name (two INSERTs into one table) are summed.
+//! Source and sink names are unique: one node per table.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
 use laketide_engine::{EventTime, NodeRole, PipelineMetrics};
@@ -39,14 +38,6 @@ struct PipelineCollector {
     checkpoints: bool,
 }
 
-fn role_name(role: NodeRole) -> &'static str {
-    match role {
-        NodeRole::Source => "source",
-        NodeRole::Operator => "operator",
-        NodeRole::Sink => "sink",
-    }
-}
-
 impl PipelineCollector {
     /// Every family: name, help, samples.
     fn families(&self) -> Vec<(&'static str, &'static str, Samples)> {
@@ -55,7 +46,7 @@ impl PipelineCollector {
             .timestamp_nanos_opt()
             .unwrap_or(EventTime::MAX);
         let node = |role: NodeRole, name: &str| -> Labels {
-            vec![("node", name.to_string()), ("role", role_name(role).into())]
+            vec![("node", name.to_string()), ("role", role.name().into())]
         };
         let node_with_id = |id: usize, role: NodeRole, name: &str| -> Labels {
             let mut labels = node(role, name);
@@ -83,27 +74,10 @@ impl PipelineCollector {
             })
             .filter(|(_, w)| *w != EventTime::MIN && *w != EventTime::MAX)
             .collect();
-        let services: Vec<_> = [NodeRole::Source, NodeRole::Sink]
-            .into_iter()
-            .flat_map(|role| {
-                m.service_status(role)
-                    .map(move |(name, s)| (role, name.to_string(), s.clone()))
-                    .collect::<Vec<_>>()
-            })
-            .collect();
         let service_counter = |read: &dyn Fn(&laketide_engine::ServiceStatus) -> u64| {
-            let mut sums: BTreeMap<(&'static str, &str), u64> = BTreeMap::new();
-            for (role, name, s) in &services {
-                *sums.entry((role_name(*role), name.as_str())).or_default() += read(s);
-            }
             Samples::Counter(
-                sums.into_iter()
-                    .map(|((role, name), v)| {
-                        (
-                            vec![("node", name.to_string()), ("role", role.to_string())],
-                            v,
-                        )
-                    })
+                m.services()
+                    .map(|(role, name, s)| (node(role, name), read(s)))
                     .collect(),
             )
         };
@@ -138,17 +112,11 @@ impl PipelineCollector {
             (
                 "laketide_bad_records",
                 "Malformed records skipped or dead-lettered by a source.",
-                {
-                    let mut sums: BTreeMap<&str, u64> = BTreeMap::new();
-                    for b in m.bad_records() {
-                        *sums.entry(b.source()).or_default() += b.count();
-                    }
-                    Samples::Counter(
-                        sums.into_iter()
-                            .map(|(source, n)| (node(NodeRole::Source, source), n))
-                            .collect(),
-                    )
-                },
+                Samples::Counter(
+                    m.bad_records()
+                        .map(|b| (node(NodeRole::Source, b.source()), b.count()))
+                        .collect(),
+                ),
             ),
             (
                 "laketide_connector_bytes",
@@ -189,12 +157,10 @@ impl PipelineCollector {
                 "laketide_source_lag_seconds",
                 "How far a source split (Kinesis shard) is behind the newest data (MillisBehindLatest).",
                 Samples::Gauge(
-                    services
-                        .iter()
-                        .filter(|(role, _, _)| *role == NodeRole::Source)
-                        .flat_map(|(role, name, s)| {
+                    m.service_status(NodeRole::Source)
+                        .flat_map(|(name, s)| {
                             s.lags().into_iter().map(move |(split, ms)| {
-                                let mut labels = node(*role, name);
+                                let mut labels = node(NodeRole::Source, name);
                                 labels.push(("split", split));
                                 (labels, ms as f64 / 1e3)
                             })
@@ -240,20 +206,16 @@ impl Collector for PipelineCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         for (name, help, samples) in self.families() {
             match samples {
-                Samples::Counter(samples) => {
-                    let mut family =
-                        encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-                    for (labels, value) in samples {
-                        ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
-                    }
-                }
-                Samples::Gauge(samples) => {
-                    let mut family =
-                        encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
-                    for (labels, value) in samples {
-                        ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
-                    }
-                }
+                Samples::Counter(samples) => encode_labelled(
+                    &mut encoder,
+                    (name, help, MetricType::Counter),
+                    samples.into_iter().map(|(l, v)| (l, ConstCounter::new(v))),
+                )?,
+                Samples::Gauge(samples) => encode_labelled(
+                    &mut encoder,
+                    (name, help, MetricType::Gauge),
+                    samples.into_iter().map(|(l, v)| (l, ConstGauge::new(v))),
+                )?,
                 Samples::SingleCounter(value) => ConstCounter::new(value)
                     .encode(encoder.encode_descriptor(name, help, None, MetricType::Counter)?)?,
                 Samples::SingleGauge(value) => ConstGauge::new(value)
@@ -262,6 +224,19 @@ impl Collector for PipelineCollector {
         }
         Ok(())
     }
+}
+
+/// Writes one family (name, help, type) with a sample per label set.
+fn encode_labelled<M: EncodeMetric>(
+    encoder: &mut DescriptorEncoder,
+    (name, help, kind): (&str, &str, MetricType),
+    samples: impl Iterator<Item = (Labels, M)>,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, kind)?;
+    for (labels, metric) in samples {
+        metric.encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
 }
 
 /// The text of a scrape of `metrics`, of a run that takes checkpoints or not.

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
 use laketide_engine::checkpoint::CheckpointInfo;
-use laketide_engine::{Dataflow, EventTime, NodeKind, NodeRole, PipelineMetrics};
+use laketide_engine::{Dataflow, EventTime, PipelineMetrics};
 use serde::Serialize;
 
 use super::results::{LatestResults, SinkRows};
@@ -44,11 +44,7 @@ impl Graph {
             .map(|(id, n)| GraphNode {
                 id,
                 name: n.name.clone(),
-                role: match n.kind {
-                    NodeKind::Source { .. } => "source",
-                    NodeKind::Operator(_) => "operator",
-                    NodeKind::Sink(_) => "sink",
-                },
+                role: n.kind.role().name(),
                 description: n.description.clone(),
                 inputs: n.inputs.clone(),
             })
@@ -138,19 +134,17 @@ pub fn read(
             }
         })
         .collect();
-    let mut connectors = Vec::new();
-    for (role, label) in [(NodeRole::Source, "source"), (NodeRole::Sink, "sink")] {
-        for (name, s) in metrics.service_status(role) {
-            connectors.push(ConnectorStatus {
-                name: name.to_string(),
-                role: label,
-                bytes: s.bytes(),
-                retries: s.retries(),
-                throttles: s.throttles(),
-                lag_ms: s.lags(),
-            });
-        }
-    }
+    let connectors = metrics
+        .services()
+        .map(|(role, name, s)| ConnectorStatus {
+            name: name.to_string(),
+            role: role.name(),
+            bytes: s.bytes(),
+            retries: s.retries(),
+            throttles: s.throttles(),
+            lag_ms: s.lags(),
+        })
+        .collect();
     let mut changed = BTreeMap::new();
     for (sink, version) in results.versions() {
         if seen.get(&sink) == Some(&version) {

@@ -332,6 +332,24 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn a_url_variable_that_is_not_set_is_named_in_the_error() {
+        let options = Options::new([(
+            "url_env".to_string(),
+            "LAKETIDE_TEST_HOOK_URL_NEVER_SET".to_string(),
+        )])
+        .unwrap();
+        let mut sink =
+            WebhookSink::new("alerts", WebhookSinkConfig::from_options(options).unwrap());
+        let schema = std::sync::Arc::new(datafusion::arrow::datatypes::Schema::empty());
+        let e = sink.open(schema).await.unwrap_err().to_string();
+        assert!(
+            e.contains("sink `alerts`")
+                && e.contains("LAKETIDE_TEST_HOOK_URL_NEVER_SET (url_env) is not set"),
+            "{e}"
+        );
+    }
+
     #[test]
     fn signatures_are_hmac_sha256_hex() {
         // RFC 4231 test case 2.

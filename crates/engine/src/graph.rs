@@ -31,6 +31,17 @@ pub enum NodeKind {
     Sink(Box<dyn Sink>),
 }
 
+impl NodeKind {
+    /// Whether the node reads, transforms or writes records.
+    pub fn role(&self) -> NodeRole {
+        match self {
+            NodeKind::Source { .. } => NodeRole::Source,
+            NodeKind::Operator(_) => NodeRole::Operator,
+            NodeKind::Sink(_) => NodeRole::Sink,
+        }
+    }
+}
+
 /// One node of the graph.
 pub struct Node {
     /// Short name (table name, operator kind).
@@ -206,11 +217,7 @@ impl Dataflow {
     pub fn explain(&self) -> String {
         let mut s = String::new();
         for (id, n) in self.nodes.iter().enumerate() {
-            let role = match n.kind {
-                NodeKind::Source { .. } => "source",
-                NodeKind::Operator(_) => "operator",
-                NodeKind::Sink(_) => "sink",
-            };
+            let role = n.kind.role().name();
             let _ = write!(s, "[{id}] {role} {}: {}", n.name, n.description);
             if !n.inputs.is_empty() {
                 let inputs: Vec<String> = n.inputs.iter().map(|i| format!("[{i}]")).collect();

@@ -123,6 +123,17 @@ pub enum NodeRole {
     Sink,
 }
 
+impl NodeRole {
+    /// `source`, `operator` or `sink`, as `explain`, the dashboard and metrics label it.
+    pub fn name(self) -> &'static str {
+        match self {
+            NodeRole::Source => "source",
+            NodeRole::Operator => "operator",
+            NodeRole::Sink => "sink",
+        }
+    }
+}
+
 /// Every node's counters, plus the sources' bad-record counters.
 #[derive(Debug, Default, Clone)]
 pub struct PipelineMetrics {
@@ -200,10 +211,15 @@ impl PipelineMetrics {
         &self,
         role: NodeRole,
     ) -> impl Iterator<Item = (&str, &Arc<ServiceStatus>)> {
-        self.services
-            .iter()
+        self.services()
             .filter(move |(r, _, _)| *r == role)
-            .map(|(_, n, s)| (n.as_str(), s))
+            .map(|(_, n, s)| (n, s))
+    }
+
+    /// The gauges of every node that keeps them, with its role and name, in registration
+    /// order.
+    pub fn services(&self) -> impl Iterator<Item = (NodeRole, &str, &Arc<ServiceStatus>)> {
+        self.services.iter().map(|(r, n, s)| (*r, n.as_str(), s))
     }
 
     /// Every source's bad-record handler (its name and count).

@@ -163,5 +163,21 @@ const LT = (() => {
     }
   }
 
-  return { num, rate, bytes, millis, isoTime, seconds, cell, fillTable, timeColumn, numberColumns, timeSeries, Chart, MAX_SERIES };
+  // Charts column `value` of result rows in `chart`: a time series when there is a time
+  // column, else bars of the first `bars` rows labelled by the first text column. Returns what
+  // was drawn: {series, points, hidden}.
+  function plot(chart, columns, rows, value, bars) {
+    if (value === undefined || value < 0) { chart.destroy(); return { series: 0, points: 0, hidden: 0 }; }
+    if (timeColumn(columns) >= 0) {
+      const data = timeSeries(columns, rows, value);
+      chart.time(data);
+      return { series: data.series.length, points: data.points, hidden: data.hidden };
+    }
+    const label = columns.findIndex(c => c.kind === "text");
+    chart.bars(bars.map((r, i) => label >= 0 ? cell(r[label]) : String(i + 1)),
+      bars.map(r => r[value] === null ? null : Number(r[value])), columns[value].name);
+    return { series: 1, points: bars.length, hidden: 0 };
+  }
+
+  return { num, rate, bytes, millis, isoTime, seconds, cell, fillTable, timeColumn, numberColumns, timeSeries, plot, Chart, MAX_SERIES };
 })();

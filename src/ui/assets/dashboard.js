@@ -195,28 +195,15 @@
 
   function drawPanel(p) {
     const numbers = LT.numberColumns(p.columns);
-    const t = LT.timeColumn(p.columns);
     if (p.select.options.length !== numbers.length) {
       p.select.replaceChildren(...numbers.map(i => new Option(p.columns[i].name, i)));
     }
-    const value = Number(p.select.value || numbers[0]);
+    const value = numbers.length ? Number(p.select.value || numbers[0]) : -1;
+    const drawn = LT.plot(p.chart, p.columns, p.rows, value, p.rows.slice(-30));
+    p.root.dataset.series = drawn.series;
+    p.root.dataset.points = drawn.points;
     let info = `${LT.num(p.total)} rows received; showing the latest ${Math.min(15, p.rows.length)}`;
-    if (t >= 0 && numbers.length) {
-      const data = LT.timeSeries(p.columns, p.rows, value);
-      p.chart.time(data);
-      p.root.dataset.series = data.series.length;
-      p.root.dataset.points = data.points;
-      if (data.hidden) info += ` · chart shows ${data.series.length} of ${data.series.length + data.hidden} groups (largest latest values)`;
-    } else if (numbers.length) {
-      const recent = p.rows.slice(-30);
-      const labelCol = p.columns.findIndex(c => c.kind === "text");
-      p.chart.bars(recent.map((r, i) => labelCol >= 0 ? LT.cell(r[labelCol]) : String(i + 1)), recent.map(r => r[value] === null ? null : Number(r[value])), p.columns[value].name);
-      p.root.dataset.series = 1;
-      p.root.dataset.points = recent.length;
-    } else {
-      p.chart.destroy();
-      p.root.dataset.points = 0;
-    }
+    if (drawn.hidden) info += ` · chart shows ${drawn.series} of ${drawn.series + drawn.hidden} groups (largest latest values)`;
     p.info.textContent = info;
     LT.fillTable(p.table, p.columns, p.rows.slice(-15).reverse());
   }

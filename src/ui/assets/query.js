@@ -10,22 +10,8 @@
     const { columns, rows } = result;
     LT.fillTable($("query-table"), columns, rows);
     const numbers = LT.numberColumns(columns);
-    const t = LT.timeColumn(columns);
-    let points = 0;
-    if (numbers.length && t >= 0) {
-      const data = LT.timeSeries(columns, rows, numbers[0]);
-      chart.time(data);
-      points = data.points;
-    } else if (numbers.length) {
-      const shown = rows.slice(0, 50);
-      const label = columns.findIndex(c => c.kind === "text");
-      chart.bars(shown.map((r, i) => label >= 0 ? LT.cell(r[label]) : String(i + 1)),
-        shown.map(r => r[numbers[0]] === null ? null : Number(r[numbers[0]])), columns[numbers[0]].name);
-      points = shown.length;
-    } else {
-      chart.destroy();
-    }
-    $("query-chart").dataset.points = points;
+    const drawn = LT.plot(chart, columns, rows, numbers.length ? numbers[0] : -1, rows.slice(0, 50));
+    $("query-chart").dataset.points = drawn.points;
   }
 
   async function run() {

@@ -7,21 +7,14 @@ pub mod proxy;
 use std::path::Path;
 use std::sync::Arc;
 
-use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use datafusion::arrow::datatypes::Schema;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::prelude::{JsonReadOptions, SessionContext};
 
 /// The clickstream schema as the generator writes it.
 pub fn clicks_schema() -> Schema {
-    Schema::new(vec![
-        Field::new("event_id", DataType::Int64, true),
-        Field::new("user_id", DataType::Utf8, true),
-        Field::new("page", DataType::Utf8, true),
-        Field::new("action", DataType::Utf8, true),
-        Field::new("amount", DataType::Float64, true),
-        Field::new("ts", DataType::Timestamp(TimeUnit::Microsecond, None), true),
-    ])
+    Schema::new(laketide::datagen::clickstream_fields())
 }
 
 /// A DataFusion session with the generated JSON files registered as `clicks`: the batch oracle.

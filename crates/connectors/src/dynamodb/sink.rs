@@ -80,8 +80,9 @@ impl DynamoDbSink {
             .join("\u{1f}")
     }
 
-    /// Items for the rows of `batch`, last row per key only; bad rows go to the policy.
-    fn items(&self, batch: &RecordBatch) -> Result<Vec<Item>> {
+    /// Items for the rows of `batch`, last row per key only, each with its size in bytes; bad
+    /// rows go to the policy.
+    fn items(&self, batch: &RecordBatch) -> Result<Vec<SizedItem>> {
         let (mut items, errors) = batch_items(batch, self.config.time_encoding);
         let encoder = RowEncoder::new(crate::format::Format::Json);
         let raw = |row: usize| {
@@ -115,7 +116,7 @@ impl DynamoDbSink {
             }
         }
         let mut last: HashMap<String, usize> = HashMap::new();
-        let mut kept: Vec<Option<Item>> = Vec::with_capacity(items.len());
+        let mut kept: Vec<Option<SizedItem>> = Vec::with_capacity(items.len());
         for (row, item) in items.into_iter().enumerate() {
             let Some(item) = item else {
                 kept.push(None);
@@ -150,7 +151,7 @@ impl DynamoDbSink {
             if let Some(earlier) = last.insert(self.key_of(&item), row) {
                 kept[earlier] = None;
             }
-            kept.push(Some(item));
+            kept.push(Some((item, size)));
         }
         Ok(kept.into_iter().flatten().collect())
     }
@@ -162,13 +163,15 @@ impl DynamoDbSink {
     }
 }
 
+/// An item and its size in bytes (as DynamoDB counts it).
+type SizedItem = (Item, usize);
+
 /// Groups items into BatchWriteItem requests of at most 25 items and 16 MB.
-fn requests(items: Vec<Item>) -> Vec<Vec<WriteRequest>> {
+fn requests(items: Vec<SizedItem>) -> Vec<Vec<WriteRequest>> {
     let mut out = Vec::new();
     let mut current: Vec<WriteRequest> = Vec::new();
     let mut bytes = 0;
-    for item in items {
-        let size = item_size(&item);
+    for (item, size) in items {
         if current.len() == MAX_BATCH_ITEMS || bytes + size > MAX_BATCH_BYTES {
             out.push(std::mem::take(&mut current));
             bytes = 0;
@@ -367,7 +370,7 @@ impl Sink for DynamoDbSink {
             return Ok(());
         }
         let count = items.len() as u64;
-        let bytes: usize = items.iter().map(item_size).sum();
+        let bytes: usize = items.iter().map(|(_, size)| size).sum();
         self.policy.status.count_bytes(bytes as u64);
         let client = self.client()?;
         let in_flight = self.config.max_in_flight;
@@ -381,7 +384,7 @@ impl Sink for DynamoDbSink {
                 self.requests.clone(),
             );
             stream::iter(items)
-                .map(|item| {
+                .map(|(item, _)| {
                     let (client, stale, requests) =
                         (client.clone(), stale.clone(), requests.clone());
                     async move {
@@ -463,7 +466,7 @@ mod tests {
         assert_eq!(sink.bad_rows(), 2, "the NULL key and the 400 KB item");
         assert_eq!(items.len(), 1);
         assert_eq!(
-            items[0]["text"],
+            items[0].0["text"],
             AttributeValue::S("d".into()),
             "the last row of key 1"
         );
@@ -471,8 +474,12 @@ mod tests {
 
     #[test]
     fn requests_hold_at_most_25_items() {
-        let items: Vec<Item> = (0..60)
-            .map(|i| HashMap::from([("id".to_string(), AttributeValue::N(i.to_string()))]))
+        let items: Vec<SizedItem> = (0..60)
+            .map(|i| {
+                let item = HashMap::from([("id".to_string(), AttributeValue::N(i.to_string()))]);
+                let size = item_size(&item);
+                (item, size)
+            })
             .collect();
         let r = requests(items);
         assert_eq!(r.iter().map(Vec::len).collect::<Vec<_>>(), vec![25, 25, 10]);

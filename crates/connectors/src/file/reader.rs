@@ -211,13 +211,15 @@ impl Reader {
         let mut records: Vec<Range<usize>> = Vec::with_capacity(batch_size);
         let mut line_numbers: Vec<u64> = Vec::with_capacity(batch_size);
         let mut line = 0u64;
+        // Bytes read since the last batch: counted once per batch, not per line.
+        let mut unreported = 0u64;
         loop {
             let start = buffer.len();
             let n = reader.read_until(b'\n', &mut buffer).map_err(io)?;
             if n == 0 {
                 break;
             }
-            self.status.count_bytes(n as u64);
+            unreported += n as u64;
             line += 1;
             let mut end = buffer.len();
             while end > start && matches!(buffer[end - 1], b'\n' | b'\r') {
@@ -231,12 +233,14 @@ impl Reader {
             records.push(start..end);
             line_numbers.push(line);
             if records.len() >= batch_size {
+                self.status.count_bytes(std::mem::take(&mut unreported));
                 self.decode_and_send(path, &buffer, &records, &line_numbers, line)?;
                 buffer.clear();
                 records.clear();
                 line_numbers.clear();
             }
         }
+        self.status.count_bytes(unreported);
         self.decode_and_send(path, &buffer, &records, &line_numbers, line)
     }
 
