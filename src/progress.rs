@@ -41,6 +41,12 @@ fn line(s: &MetricsSnapshot, rate: f64, metrics: &PipelineMetrics, per_split: bo
     if let Some(c) = &s.checkpoint {
         text.push_str(&format!(" | {}", checkpoint_text(c)));
     }
+    for (source, ms) in &s.ahead_of_clock {
+        text.push_str(&format!(
+            " | WARNING: {source}'s watermark is {} ahead of the clock",
+            human_millis(*ms)
+        ));
+    }
     if per_split {
         for (source, status) in metrics.source_status() {
             let lags = status.lags();
@@ -97,7 +103,12 @@ pub fn human_bytes(bytes: u64) -> String {
 
 /// Formats milliseconds behind as `850ms`, `12.3s` or `4m05s`.
 pub fn human_millis(ms: i64) -> String {
-    if ms < 1_000 {
+    const DAY: i64 = 86_400_000;
+    if ms >= 365 * DAY {
+        format!("{:.1} years", ms as f64 / (365.25 * DAY as f64))
+    } else if ms >= DAY {
+        format!("{}d{:02}h", ms / DAY, (ms % DAY) / 3_600_000)
+    } else if ms < 1_000 {
         format!("{ms}ms")
     } else if ms < 60_000 {
         format!("{:.1}s", ms as f64 / 1e3)
@@ -182,6 +193,29 @@ pub fn summary(s: &RunSummary) -> String {
     if let Some(c) = &t.checkpoint {
         out.push_str(&format!("; {}", checkpoint_text(c)));
     }
+    if !t.peak_open_state.is_empty() {
+        let peaks: Vec<String> = t
+            .peak_open_state
+            .iter()
+            .map(|(op, n)| format!("{op} {n}"))
+            .collect();
+        out.push_str(&format!(
+            "\n  peak open state (windows × groups, or sessions): {}",
+            peaks.join(", ")
+        ));
+    }
+    for late in t.late_by_source.iter().filter(|l| l.rows > 0) {
+        out.push_str(&format!("\n  {}: {} late rows", late.source, late.rows));
+        if let Some(file) = &late.kept_in {
+            out.push_str(&format!(" (kept in {file})"));
+        }
+    }
+    for (source, ms) in &t.ahead_of_clock {
+        out.push_str(&format!(
+            "\n  WARNING: {source}'s watermark is {} ahead of the clock: records with future event times moved it (see max_future)",
+            human_millis(*ms)
+        ));
+    }
     for (name, sink) in &s.sinks {
         out.push_str(&format!(
             "\n  {name}: {} rows in {} commit{}",
@@ -221,5 +255,7 @@ mod tests {
             "{long}"
         );
         assert_eq!(human_millis(245_000), "4m05s");
+        assert_eq!(human_millis(90_000_000), "1d01h");
+        assert_eq!(human_millis(900 * 31_557_600_000), "900.0 years");
     }
 }

@@ -72,8 +72,15 @@ pub fn bench_decode(events: u64, aggregate: usize) -> Result<()> {
     for per_record in [1, aggregate] {
         let responses = responses(events, per_record);
         let bad = Arc::new(BadRecords::new("bench", OnError::Fail));
-        let decoder =
-            KinesisDecoder::new("bench", schema.clone(), &metadata, Format::Json, bad, 8192)?;
+        let decoder = KinesisDecoder::new(
+            "bench",
+            schema.clone(),
+            &metadata,
+            Format::Json,
+            bad,
+            8192,
+            None,
+        )?;
         let started = Instant::now();
         let mut rows = 0usize;
         for response in &responses {

@@ -154,6 +154,31 @@ impl PipelineCollector {
                 ),
             ),
             (
+                "laketide_source_late_records",
+                "Late records attributed to a source: dropped by an operator downstream of it because their window or session had closed (or their event time is NULL).",
+                Samples::Counter(
+                    m.late_rows()
+                        .map(|l| (node(NodeRole::Source, l.source()), l.count()))
+                        .collect(),
+                ),
+            ),
+            (
+                "laketide_source_watermark_ahead_seconds",
+                "How far a source's watermark is ahead of the wall clock (0 when it is not): records with future event times moved it.",
+                Samples::Gauge(
+                    m.nodes()
+                        .filter(|(r, _)| *r == NodeRole::Source)
+                        .filter_map(|(_, n)| {
+                            let w = n.watermark.load(Ordering::Relaxed);
+                            (w != EventTime::MIN && w != EventTime::MAX).then(|| {
+                                let ahead = (w - now_ns).max(0);
+                                (node(NodeRole::Source, &n.name), ahead as f64 / 1e9)
+                            })
+                        })
+                        .collect(),
+                ),
+            ),
+            (
                 "laketide_source_lag_seconds",
                 "How far a source split (Kinesis shard) is behind the newest data (MillisBehindLatest).",
                 Samples::Gauge(

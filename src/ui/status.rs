@@ -104,6 +104,10 @@ pub struct Status {
     pub connectors: Vec<ConnectorStatus>,
     /// Bad records per source.
     pub bad_records: BTreeMap<String, u64>,
+    /// Late rows per source (attributed to every source upstream of the operator).
+    pub late_by_source: BTreeMap<String, u64>,
+    /// Sources whose watermark is ahead of the wall clock, by how many milliseconds.
+    pub ahead_of_clock_ms: BTreeMap<String, i64>,
     /// The last stored checkpoint (or the one the run resumed from).
     pub checkpoint: Option<CheckpointInfo>,
     /// Latest rows of the sinks whose rows changed since the versions the caller has seen.
@@ -171,6 +175,14 @@ pub fn read(
         bad_records: metrics
             .bad_records()
             .map(|b| (b.source().to_string(), b.count()))
+            .collect(),
+        late_by_source: metrics
+            .late_rows()
+            .map(|l| (l.source().to_string(), l.count()))
+            .collect(),
+        ahead_of_clock_ms: metrics
+            .sources_ahead_of_clock(laketide_engine::time::now())
+            .into_iter()
             .collect(),
         checkpoint: Some(metrics.checkpoint_status())
             .filter(|c| c.id > 0 || c.restored_from.is_some() || c.failed > 0),

@@ -5,8 +5,10 @@
 #[allow(dead_code)]
 mod common;
 
+mod bad_input;
 mod cli;
 mod dynamodb;
+mod idleness;
 mod interop;
 mod kinesis;
 mod kinesis_pipeline;

@@ -327,15 +327,18 @@ fn metrics_scrape_parses_and_counts_what_the_files_hold() {
     std::fs::rename(input.join(".f00001.tmp"), input.join("f00001.json")).unwrap();
     let (text, parsed) = wait_for("the late events", &|s| {
         sample(s, "laketide_records_in_total", &source) == Some(303.0)
-            && sample(
-                s,
-                "laketide_late_records_total",
-                &[("node", "window_aggregate")],
-            ) == Some(3.0)
+            // Dropped whole by the window assignment, before the aggregate sees them.
+            && sample(s, "laketide_late_records_total", &[("node", "tumble")]) == Some(3.0)
+            && sample(s, "laketide_source_late_records_total", &source) == Some(3.0)
             // The Delta sink's data files, written at a checkpoint after the windows closed.
             && sample(s, "laketide_connector_bytes_total", &[("node", "views")])
                 .is_some_and(|b| b > 0.0)
     });
+    assert_eq!(
+        sample(&parsed, "laketide_source_watermark_ahead_seconds", &source),
+        Some(0.0),
+        "events from 2024 keep the watermark behind the clock"
+    );
     let (status, stderr) = run.stop();
     assert!(status.success(), "{stderr}");
 

@@ -19,6 +19,7 @@ pub mod storage;
 pub mod webhook;
 
 pub use error::{ConnectorError, Result};
+pub use format::{DEFAULT_MAX_FUTURE, EventTimeBound};
 pub use metadata::MetadataColumn;
 pub use options::{Options, parse_bytes, parse_duration};
 pub use registry::{

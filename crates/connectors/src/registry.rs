@@ -13,6 +13,7 @@ use crate::dynamodb::{DynamoDbSink, DynamoDbSinkConfig};
 use crate::error::{ConnectorError, Result};
 use crate::file::{FileMode, FileSource, FileSourceConfig};
 use crate::filesystem::{FilesystemSink, FilesystemSinkConfig};
+use crate::format::EventTimeBound;
 use crate::kinesis::{KinesisSink, KinesisSinkConfig, KinesisSource, KinesisSourceConfig};
 use crate::metadata::{MetadataColumn, split_schema};
 use crate::options::Options;
@@ -71,17 +72,20 @@ fn unknown(connector: &str, role: &str, known: &[&str]) -> ConnectorError {
 }
 
 /// Builds the source of table `table` with rows of `schema`, whose `metadata` columns are
-/// filled from record metadata (`col TYPE METADATA FROM 'key'`).
+/// filled from record metadata (`col TYPE METADATA FROM 'key'`). Records beyond
+/// `event_time_bound` are bad records.
 pub fn build_source(
     table: &str,
     schema: SchemaRef,
     metadata: &[MetadataColumn],
     connector: &str,
     options: Options,
+    event_time_bound: Option<EventTimeBound>,
 ) -> Result<BuiltSource> {
     match connector {
         "kinesis" => {
-            let config = KinesisSourceConfig::from_options(options)?;
+            let mut config = KinesisSourceConfig::from_options(options)?;
+            config.event_time_bound = event_time_bound;
             let bad = Arc::new(BadRecords::new(table, config.on_error.clone()));
             let description = format!(
                 "kinesis {} ({}, from {})",
@@ -109,7 +113,8 @@ pub fn build_source(
         }
         "file" => {
             split_schema("file", &schema, metadata, &[])?;
-            let config = FileSourceConfig::from_options(options)?;
+            let mut config = FileSourceConfig::from_options(options)?;
+            config.event_time_bound = event_time_bound;
             let bad = Arc::new(BadRecords::new(table, config.on_error.clone()));
             let description = format!(
                 "file {} ({}, {})",

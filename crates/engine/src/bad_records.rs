@@ -1,13 +1,12 @@
 //! What happens to records that cannot be decoded: the `on_error` policy.
 
-use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::Mutex;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::{EngineError, Result};
+use crate::jsonl_file::JsonLinesFile;
 
 /// The `on_error` option of a source.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,7 +55,7 @@ pub struct BadRecords {
     source: String,
     policy: OnError,
     count: AtomicU64,
-    dead_letters: Mutex<Option<File>>,
+    dead_letters: OnceLock<JsonLinesFile>,
 }
 
 impl BadRecords {
@@ -66,7 +65,7 @@ impl BadRecords {
             source: source.into(),
             policy,
             count: AtomicU64::new(0),
-            dead_letters: Mutex::new(None),
+            dead_letters: OnceLock::new(),
         }
     }
 
@@ -104,41 +103,16 @@ impl BadRecords {
         raw: &[u8],
         reason: &str,
     ) -> Result<()> {
-        let mut guard = self
+        let file = self
             .dead_letters
-            .lock()
-            .map_err(|_| EngineError::Internal("dead-letter lock poisoned".into()))?;
-        if guard.is_none() {
-            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                std::fs::create_dir_all(parent).map_err(|e| {
-                    EngineError::external(
-                        format!("creating dead-letter directory {}", parent.display()),
-                        e,
-                    )
-                })?;
-            }
-            let file = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(|e| {
-                    EngineError::external(format!("opening dead-letter file {}", path.display()), e)
-                })?;
-            *guard = Some(file);
-        }
-        let line = serde_json::json!({
+            .get_or_init(|| JsonLinesFile::new(path.to_path_buf(), "dead-letter"));
+        file.append(&[serde_json::json!({
             "source": self.source,
             "location": location,
             "reason": reason,
             "raw": String::from_utf8_lossy(raw),
             "at": chrono::Utc::now().to_rfc3339(),
-        });
-        let file = guard.as_mut().expect("opened above");
-        writeln!(file, "{line}")
-            .and_then(|_| file.flush())
-            .map_err(|e| {
-                EngineError::external(format!("writing dead-letter file {}", path.display()), e)
-            })
+        })])
     }
 
     /// Bad records seen so far (skipped or dead-lettered).

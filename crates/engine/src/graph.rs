@@ -7,6 +7,7 @@ use datafusion::arrow::datatypes::SchemaRef;
 
 use crate::bad_records::BadRecords;
 use crate::error::{EngineError, Result};
+use crate::late_rows::LateRows;
 use crate::metrics::{NodeMetrics, NodeRole, PipelineMetrics};
 use crate::operator::Operator;
 use crate::sink::Sink;
@@ -56,6 +57,9 @@ pub struct Node {
     pub schema: SchemaRef,
     /// The node's counters.
     pub metrics: Arc<NodeMetrics>,
+    /// The late-row handlers of the sources upstream of this node (a source: its own), which
+    /// the late rows an operator drops are handed to.
+    pub late: Vec<Arc<LateRows>>,
 }
 
 /// A streaming pipeline: a directed acyclic graph built source-first, so every node's inputs
@@ -84,6 +88,8 @@ impl Dataflow {
         let name = name.into();
         let schema = source.schema();
         let metrics = self.metrics.register(NodeRole::Source, name.clone());
+        let late = Arc::new(LateRows::new(name.clone(), None));
+        self.metrics.register_late_rows(late.clone());
         if let Some(b) = bad_records {
             self.metrics.register_bad_records(b);
         }
@@ -98,6 +104,7 @@ impl Dataflow {
             inputs: vec![],
             schema,
             metrics,
+            late: vec![late],
         })
     }
 
@@ -113,6 +120,14 @@ impl Dataflow {
         let name = name.into();
         let schema = operator.output_schema();
         let metrics = self.metrics.register(NodeRole::Operator, name.clone());
+        let mut late: Vec<Arc<LateRows>> = Vec::new();
+        for input in &inputs {
+            for handler in &self.nodes[*input].late {
+                if !late.iter().any(|l| Arc::ptr_eq(l, handler)) {
+                    late.push(handler.clone());
+                }
+            }
+        }
         Ok(self.push(Node {
             name,
             description: description.into(),
@@ -120,6 +135,7 @@ impl Dataflow {
             inputs,
             schema,
             metrics,
+            late,
         }))
     }
 
@@ -146,7 +162,22 @@ impl Dataflow {
             inputs: vec![input],
             schema,
             metrics,
+            late: Vec::new(),
         }))
+    }
+
+    /// Keeps the late rows attributed to source `source` in the JSON-lines file `path`
+    /// (`late_dead_letter_path`), besides counting them.
+    pub fn keep_late_rows(&mut self, source: NodeId, path: std::path::PathBuf) -> Result<()> {
+        match self.nodes.get(source) {
+            Some(node) if matches!(node.kind, NodeKind::Source { .. }) => {
+                node.late[0].keep_in(path);
+                Ok(())
+            }
+            _ => Err(EngineError::Internal(format!(
+                "node {source} is not a source"
+            ))),
+        }
     }
 
     fn check_inputs(&self, inputs: &[NodeId]) -> Result<()> {

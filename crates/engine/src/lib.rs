@@ -9,9 +9,12 @@
 //! watermark passes its end. This crate knows nothing of SQL or of any storage service.
 
 mod bad_records;
+mod caught_up;
 pub mod checkpoint;
 mod error;
 mod graph;
+mod jsonl_file;
+mod late_rows;
 mod message;
 mod metrics;
 mod operator;
@@ -24,10 +27,14 @@ pub mod time;
 mod watermark;
 
 pub use bad_records::{BadRecords, OnError};
+pub use caught_up::CaughtUpSplits;
 pub use error::{EngineError, ErrorKind, Result};
 pub use graph::{Dataflow, Node, NodeId, NodeKind};
+pub use late_rows::LateRows;
 pub use message::{CheckpointBarrier, EventTime, Message, Watermark};
-pub use metrics::{MetricsSnapshot, NodeMetrics, NodeRole, PipelineMetrics, ServiceStatus};
+pub use metrics::{
+    MetricsSnapshot, NodeMetrics, NodeRole, PipelineMetrics, ServiceStatus, SourceLateRows,
+};
 pub use operator::{Operator, Output};
 pub use runner::{RunOptions, RunSummary, run};
 pub use sink::{Sink, SinkSummary};

@@ -21,6 +21,13 @@ pub struct NodeMetrics {
     pub windows_emitted: AtomicU64,
     /// The node's current watermark (`i64::MIN` before the first one).
     pub watermark: AtomicI64,
+    /// The largest watermark other than the end of input (`i64::MIN` before the first one):
+    /// how far event time really got.
+    pub watermark_before_end: AtomicI64,
+    /// Windows, sessions or groups an operator holds open now ([`crate::Operator::open_state`]).
+    pub open_state: AtomicU64,
+    /// The most it has held open at once.
+    pub peak_open_state: AtomicU64,
 }
 
 impl NodeMetrics {
@@ -32,7 +39,16 @@ impl NodeMetrics {
             late_rows: AtomicU64::new(0),
             windows_emitted: AtomicU64::new(0),
             watermark: AtomicI64::new(EventTime::MIN),
+            watermark_before_end: AtomicI64::new(EventTime::MIN),
+            open_state: AtomicU64::new(0),
+            peak_open_state: AtomicU64::new(0),
         }
+    }
+
+    /// Records how much an operator holds open now.
+    pub fn set_open_state(&self, n: u64) {
+        self.open_state.store(n, Ordering::Relaxed);
+        self.peak_open_state.fetch_max(n, Ordering::Relaxed);
     }
 
     /// Adds to a counter.
@@ -139,6 +155,7 @@ impl NodeRole {
 pub struct PipelineMetrics {
     nodes: Vec<(NodeRole, Arc<NodeMetrics>)>,
     bad_records: Vec<Arc<crate::BadRecords>>,
+    late_rows: Vec<Arc<crate::LateRows>>,
     services: Vec<(NodeRole, String, Arc<ServiceStatus>)>,
     checkpoint: Arc<Mutex<crate::checkpoint::CheckpointInfo>>,
 }
@@ -156,6 +173,14 @@ pub struct MetricsSnapshot {
     pub late_rows: u64,
     /// Bad records skipped or dead-lettered by all sources.
     pub bad_records: u64,
+    /// Late rows per source (attributed to every source upstream of the operator that
+    /// dropped them), with the file they are kept in, in registration order.
+    pub late_by_source: Vec<SourceLateRows>,
+    /// Sources whose watermark is ahead of the wall clock, with how far (milliseconds).
+    pub ahead_of_clock: Vec<(String, i64)>,
+    /// Operators that held state, with the most windows, sessions or groups each held open
+    /// at once.
+    pub peak_open_state: Vec<(String, u64)>,
     /// The largest lag of any split of any source, in milliseconds, if a source reports lag.
     pub max_lag_millis: Option<i64>,
     /// Calls to remote services that were throttled, over all sources and sinks.
@@ -163,6 +188,17 @@ pub struct MetricsSnapshot {
     /// The last stored checkpoint, when the run takes checkpoints and one was stored or
     /// restored.
     pub checkpoint: Option<crate::checkpoint::CheckpointInfo>,
+}
+
+/// The late rows attributed to one source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceLateRows {
+    /// The source table.
+    pub source: String,
+    /// Late rows so far.
+    pub rows: u64,
+    /// Where they are kept (`late_dead_letter_path`), if anywhere.
+    pub kept_in: Option<String>,
 }
 
 impl PipelineMetrics {
@@ -176,6 +212,16 @@ impl PipelineMetrics {
     /// Registers a source's bad-record handler so its count shows in summaries.
     pub fn register_bad_records(&mut self, handler: Arc<crate::BadRecords>) {
         self.bad_records.push(handler);
+    }
+
+    /// Registers a source's late-row handler so its count shows per source.
+    pub fn register_late_rows(&mut self, handler: Arc<crate::LateRows>) {
+        self.late_rows.push(handler);
+    }
+
+    /// Every source's late-row handler (its name, count and file), in registration order.
+    pub fn late_rows(&self) -> impl Iterator<Item = &Arc<crate::LateRows>> {
+        self.late_rows.iter()
     }
 
     /// Registers a source's or a sink's live gauges.
@@ -232,6 +278,21 @@ impl PipelineMetrics {
         self.nodes.iter().map(|(r, m)| (*r, m))
     }
 
+    /// Sources whose watermark is (or, after the end of input, was) ahead of `now` (event
+    /// time), with how far in milliseconds.
+    /// A watermark ahead of the clock means some records carry future times: later records
+    /// with correct times may be late.
+    pub fn sources_ahead_of_clock(&self, now: EventTime) -> Vec<(String, i64)> {
+        self.nodes
+            .iter()
+            .filter(|(role, _)| *role == NodeRole::Source)
+            .filter_map(|(_, m)| {
+                let w = m.watermark_before_end.load(Ordering::Relaxed);
+                (w > now).then(|| (m.name.clone(), (w - now) / 1_000_000))
+            })
+            .collect()
+    }
+
     /// Sums the counters.
     pub fn snapshot(&self) -> MetricsSnapshot {
         let mut s = MetricsSnapshot::default();
@@ -242,10 +303,24 @@ impl PipelineMetrics {
                 NodeRole::Operator => {
                     s.windows_emitted += m.windows_emitted.load(Ordering::Relaxed);
                     s.late_rows += m.late_rows.load(Ordering::Relaxed);
+                    let peak = m.peak_open_state.load(Ordering::Relaxed);
+                    if peak > 0 {
+                        s.peak_open_state.push((m.name.clone(), peak));
+                    }
                 }
             }
         }
         s.bad_records = self.bad_records.iter().map(|b| b.count()).sum();
+        s.late_by_source = self
+            .late_rows
+            .iter()
+            .map(|l| SourceLateRows {
+                source: l.source().to_string(),
+                rows: l.count(),
+                kept_in: l.path().map(|p| p.display().to_string()),
+            })
+            .collect();
+        s.ahead_of_clock = self.sources_ahead_of_clock(crate::time::now());
         let checkpoint = self.checkpoint_status();
         if checkpoint.id > 0 || checkpoint.restored_from.is_some() {
             s.checkpoint = Some(checkpoint);

@@ -11,6 +11,7 @@ use crate::state::NodeState;
 #[derive(Debug, Default)]
 pub struct Output {
     messages: Vec<Message>,
+    late: Vec<(RecordBatch, String)>,
     late_rows: u64,
     windows_emitted: u64,
 }
@@ -33,9 +34,19 @@ impl Output {
         self.messages.drain(..)
     }
 
-    /// Counts rows dropped because they arrived after their window closed.
-    pub fn count_late(&mut self, rows: u64) {
-        self.late_rows += rows;
+    /// Drops `rows` (in the operator's input schema) as late: they arrived after their window
+    /// or session closed, or have no event time. `reason` says which (naming the watermark).
+    /// The runner counts them and hands them to the late-row handlers of the sources upstream.
+    pub fn late(&mut self, rows: RecordBatch, reason: impl Into<String>) {
+        if rows.num_rows() > 0 {
+            self.late_rows += rows.num_rows() as u64;
+            self.late.push((rows, reason.into()));
+        }
+    }
+
+    /// Takes the late rows dropped since the last call, with their reasons.
+    pub fn take_late(&mut self) -> Vec<(RecordBatch, String)> {
+        std::mem::take(&mut self.late)
     }
 
     /// Counts window results (one per group of a closed window).
@@ -51,6 +62,9 @@ impl Output {
         )
     }
 }
+
+/// How often [`Operator::on_tick`] is called, at the most.
+pub const TICK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// A streaming operator (projection, filter, window assignment, window aggregation, union …).
 ///
@@ -68,6 +82,10 @@ impl Output {
 ///   between two messages; it returns everything the operator holds (open windows, sessions,
 ///   its watermark) and leaves the operator able to go on. `restore` is called once, before
 ///   the first message, when the run recovers from a checkpoint.
+/// - `on_tick` is called about every [`TICK_INTERVAL`] of wall time between messages, also
+///   when none arrive, for work an operator deferred (emitting closed sessions in batches).
+///   What it emits follows the rules above; it must not depend on being called at any given
+///   moment for correctness, only for latency.
 /// - Errors stop the pipeline; the operator is dropped without further calls. Operators do no
 ///   I/O and never block, so cancellation is simply being dropped.
 pub trait Operator: Send + 'static {
@@ -81,6 +99,17 @@ pub trait Operator: Send + 'static {
     fn process_watermark(&mut self, watermark: Watermark, out: &mut Output) -> Result<()> {
         out.watermark(watermark);
         Ok(())
+    }
+
+    /// Deferred work, about every [`TICK_INTERVAL`] between messages. The default does nothing.
+    fn on_tick(&mut self, _out: &mut Output) -> Result<()> {
+        Ok(())
+    }
+
+    /// How many windows, sessions or groups the operator holds open (0 for stateless ones),
+    /// for the run summary's peak open state.
+    fn open_state(&self) -> u64 {
+        0
     }
 
     /// Flushes everything held; called once at the end of all inputs.

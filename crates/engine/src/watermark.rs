@@ -65,7 +65,6 @@ impl WatermarkStrategy {
 #[derive(Debug)]
 struct SplitState {
     watermark: EventTime,
-    last_data: Instant,
     idle: bool,
 }
 
@@ -74,14 +73,18 @@ struct SplitState {
 /// any more: its watermark reaches the largest one a finished split reached (as a source
 /// without splits would: the maximum over all rows seen). The combined watermark never goes
 /// backwards.
+///
+/// Idleness comes only from the source's own evidence ([`crate::Source::caught_up_splits`]
+/// and polls that found nothing), never from how long delivery took: a split whose rows wait
+/// on a slow downstream keeps holding the watermark.
 #[derive(Debug)]
 pub struct SplitWatermarks {
     splits: HashMap<SplitId, SplitState>,
     emitted: Option<EventTime>,
     idle_emitted: bool,
-    /// Last time any split had data or was started (the source's own activity).
-    last_activity: Instant,
-    /// No split is active and the source has been quiet for its idle timeout.
+    /// Since when every poll of the source found nothing (cleared by anything else).
+    nothing_since: Option<Instant>,
+    /// No split is open and the source has found nothing for its idle timeout.
     quiet: bool,
     /// When the last active splits went idle together: the watermark of the one with the most
     /// recent data, which the source reaches before it goes idle.
@@ -103,7 +106,7 @@ impl SplitWatermarks {
             splits: HashMap::new(),
             emitted: None,
             idle_emitted: false,
-            last_activity: Instant::now(),
+            nothing_since: None,
             quiet: false,
             last_active: None,
             finished: None,
@@ -112,23 +115,21 @@ impl SplitWatermarks {
 
     /// Registers a split that is about to deliver data; until its first batch it holds the
     /// watermark where it is.
-    pub fn start_split(&mut self, split: &str, now: Instant) {
-        self.observe(split, None, now);
+    pub fn start_split(&mut self, split: &str) {
+        self.observe(split, None);
     }
 
     /// Records data on `split` with watermark candidate `candidate`.
-    pub fn observe(&mut self, split: &str, candidate: Option<EventTime>, now: Instant) {
+    pub fn observe(&mut self, split: &str, candidate: Option<EventTime>) {
         let state = self.splits.entry(split.to_string()).or_insert(SplitState {
             watermark: EventTime::MIN,
-            last_data: now,
             idle: false,
         });
-        state.last_data = now;
         state.idle = false;
         if let Some(c) = candidate {
             state.watermark = state.watermark.max(c);
         }
-        self.last_activity = now;
+        self.nothing_since = None;
         self.quiet = false;
         // Data ends an "all idle" episode: what it would have reached no longer applies.
         self.last_active = None;
@@ -136,38 +137,48 @@ impl SplitWatermarks {
 
     /// Removes a finished split from the minimum.
     pub fn finish_split(&mut self, split: &str) {
+        self.nothing_since = None;
         if let Some(state) = self.splits.remove(split) {
             self.finished = self.finished.max(Some(state.watermark));
         }
     }
 
-    /// Marks splits idle that had no data for `timeout`, and the whole source when it has no
-    /// split and no activity for `timeout`.
+    /// A poll of the source at `now` found nothing to deliver.
+    pub fn found_nothing(&mut self, now: Instant) {
+        self.nothing_since.get_or_insert(now);
+    }
+
+    /// Marks idle the splits that `caught_up` (the source's [`crate::Source::caught_up_splits`])
+    /// lists as having had nothing to deliver for `timeout`, and the whole source when it has
+    /// no split and its polls found nothing for `timeout`.
     ///
     /// Splits that go idle in the same check are taken in the order their data stopped, as if
     /// each had gone idle on its own: when all active splits go idle at once, the source first
     /// reaches the watermark of the split whose data came last (the minimum over the splits
     /// still active just before it went idle), so its windows close.
-    pub fn mark_idle(&mut self, timeout: Duration, now: Instant) {
+    pub fn mark_idle(&mut self, timeout: Duration, caught_up: &[(SplitId, Instant)], now: Instant) {
         let mut last: Option<(Instant, EventTime)> = None;
-        let mut any_left = false;
-        for state in self.splits.values_mut() {
-            if state.idle {
+        for (split, since) in caught_up {
+            let Some(state) = self.splits.get_mut(split) else {
+                continue;
+            };
+            if state.idle || now.saturating_duration_since(*since) < timeout {
                 continue;
             }
-            if now.duration_since(state.last_data) >= timeout {
-                state.idle = true;
-                if last.is_none_or(|(t, _)| state.last_data >= t) {
-                    last = Some((state.last_data, state.watermark));
-                }
-            } else {
-                any_left = true;
+            state.idle = true;
+            if last.is_none_or(|(t, _)| *since >= t) {
+                last = Some((*since, state.watermark));
             }
         }
+        let any_left = self.splits.values().any(|s| !s.idle);
         if !any_left && let Some((_, w)) = last {
             self.last_active = Some(w);
         }
-        if self.splits.is_empty() && now.duration_since(self.last_activity) >= timeout {
+        if self.splits.is_empty()
+            && self
+                .nothing_since
+                .is_some_and(|t| now.saturating_duration_since(t) >= timeout)
+        {
             self.quiet = true;
         }
     }
@@ -283,44 +294,80 @@ impl InputWatermarks {
 mod tests {
     use super::*;
 
+    fn caught_up(splits: &[(&str, Instant)]) -> Vec<(SplitId, Instant)> {
+        splits.iter().map(|(s, t)| (s.to_string(), *t)).collect()
+    }
+
     #[test]
     fn split_minimum_excludes_idle_and_finished_splits() {
         let t0 = Instant::now();
+        let five = Duration::from_secs(5);
         let mut w = SplitWatermarks::new();
-        w.observe("a", Some(100), t0);
-        w.observe("b", Some(50), t0);
+        w.observe("a", Some(100));
+        w.observe("b", Some(50));
         assert_eq!(w.advance(), Some(Watermark::EventTime(50)));
-        w.observe("a", Some(300), t0 + Duration::from_secs(10));
-        w.mark_idle(Duration::from_secs(5), t0 + Duration::from_secs(10));
+        w.observe("a", Some(300));
+        // b has had nothing to deliver since t0; a has more.
+        w.mark_idle(five, &caught_up(&[("b", t0)]), t0 + Duration::from_secs(10));
         assert_eq!(w.advance(), Some(Watermark::EventTime(300)));
         // b comes back with an older value: the combined watermark never regresses.
-        w.observe("b", Some(60), t0 + Duration::from_secs(11));
+        w.observe("b", Some(60));
         assert_eq!(w.advance(), None);
         w.finish_split("b");
-        w.observe("a", Some(400), t0 + Duration::from_secs(12));
+        w.observe("a", Some(400));
         assert_eq!(w.advance(), Some(Watermark::EventTime(400)));
-        w.mark_idle(Duration::from_secs(5), t0 + Duration::from_secs(30));
+        w.mark_idle(
+            five,
+            &caught_up(&[("a", t0 + Duration::from_secs(12))]),
+            t0 + Duration::from_secs(30),
+        );
         assert_eq!(w.advance(), Some(Watermark::Idle));
         assert_eq!(w.advance(), None);
     }
 
     #[test]
-    fn when_every_split_has_finished_the_source_reaches_the_largest_watermark() {
+    fn a_split_the_source_does_not_list_as_caught_up_never_goes_idle() {
+        // However long the runner took to deliver (a slow downstream), a split with data
+        // keeps holding the watermark: only the source's own evidence makes it idle.
         let t0 = Instant::now();
         let mut w = SplitWatermarks::new();
-        w.observe("early", Some(100), t0);
-        w.observe("late", Some(900), t0);
+        w.observe("slow", Some(10));
+        w.observe("fast", Some(500));
+        assert_eq!(w.advance(), Some(Watermark::EventTime(10)));
+        let hour = t0 + Duration::from_secs(3600);
+        w.mark_idle(Duration::from_secs(1), &caught_up(&[]), hour);
+        assert_eq!(w.advance(), None);
+        // Caught up, but not for the whole timeout yet.
+        w.mark_idle(
+            Duration::from_secs(30),
+            &caught_up(&[("slow", hour)]),
+            hour + Duration::from_secs(29),
+        );
+        assert_eq!(w.advance(), None);
+        w.mark_idle(
+            Duration::from_secs(30),
+            &caught_up(&[("slow", hour)]),
+            hour + Duration::from_secs(30),
+        );
+        assert_eq!(w.advance(), Some(Watermark::EventTime(500)));
+    }
+
+    #[test]
+    fn when_every_split_has_finished_the_source_reaches_the_largest_watermark() {
+        let mut w = SplitWatermarks::new();
+        w.observe("early", Some(100));
+        w.observe("late", Some(900));
         assert_eq!(w.advance(), Some(Watermark::EventTime(100)));
         // The split that is further ahead finishes first: the other still holds the minimum.
         w.finish_split("late");
-        w.observe("early", Some(200), t0);
+        w.observe("early", Some(200));
         assert_eq!(w.advance(), Some(Watermark::EventTime(200)));
         // Nothing is open any more: the rows of "late" no longer wait for anyone.
         w.finish_split("early");
         assert_eq!(w.advance(), Some(Watermark::EventTime(900)));
         assert_eq!(w.advance(), None);
         // A new split starts from there; an older finished one does not pull it back.
-        w.observe("next", Some(950), t0);
+        w.observe("next", Some(950));
         w.finish_split("next");
         assert_eq!(w.advance(), Some(Watermark::EventTime(950)));
     }
@@ -329,16 +376,17 @@ mod tests {
     fn splits_going_idle_together_first_reach_the_latest_ones_watermark() {
         let mut w = SplitWatermarks::new();
         let t0 = Instant::now();
-        w.observe("a", Some(10), t0);
-        w.observe("b", Some(50), t0 + Duration::from_secs(1));
+        w.observe("a", Some(10));
+        w.observe("b", Some(50));
         assert_eq!(w.advance(), Some(Watermark::EventTime(10)));
-        // Both are quiet for longer than the timeout by the next check.
-        w.mark_idle(Duration::from_secs(5), t0 + Duration::from_secs(30));
+        // Both are caught up for longer than the timeout by the next check; b's data came last.
+        let both = caught_up(&[("b", t0 + Duration::from_secs(1)), ("a", t0)]);
+        w.mark_idle(Duration::from_secs(5), &both, t0 + Duration::from_secs(30));
         assert_eq!(w.advance(), Some(Watermark::EventTime(50)));
         assert_eq!(w.advance(), Some(Watermark::Idle));
         assert_eq!(w.advance(), None);
         // New data makes a split active again, from where it was.
-        w.observe("a", Some(60), t0 + Duration::from_secs(31));
+        w.observe("a", Some(60));
         assert_eq!(w.advance(), Some(Watermark::EventTime(60)));
     }
 
@@ -388,17 +436,29 @@ mod tests {
     }
 
     #[test]
-    fn a_source_without_splits_goes_idle_after_its_timeout() {
+    fn a_source_without_splits_goes_idle_after_its_polls_found_nothing_for_its_timeout() {
         let t0 = Instant::now();
+        let five = Duration::from_secs(5);
         let mut w = SplitWatermarks::new();
-        w.start_split("f1", t0);
+        w.start_split("f1");
         assert_eq!(w.advance(), None, "a started split holds the watermark");
-        w.observe("f1", Some(100), t0);
+        w.observe("f1", Some(100));
         assert_eq!(w.advance(), Some(Watermark::EventTime(100)));
         w.finish_split("f1");
-        w.mark_idle(Duration::from_secs(5), t0 + Duration::from_secs(1));
+        // Time without polls (the runner was busy delivering) does not count.
+        w.mark_idle(five, &[], t0 + Duration::from_secs(60));
         assert_eq!(w.advance(), None);
-        w.mark_idle(Duration::from_secs(5), t0 + Duration::from_secs(6));
+        w.found_nothing(t0 + Duration::from_secs(60));
+        w.mark_idle(five, &[], t0 + Duration::from_secs(61));
+        assert_eq!(w.advance(), None);
+        w.found_nothing(t0 + Duration::from_secs(65));
+        w.mark_idle(five, &[], t0 + Duration::from_secs(65));
         assert_eq!(w.advance(), Some(Watermark::Idle));
+        // Anything else a poll returns starts the count again.
+        w.start_split("f2");
+        w.finish_split("f2");
+        w.found_nothing(t0 + Duration::from_secs(66));
+        w.mark_idle(five, &[], t0 + Duration::from_secs(67));
+        assert_eq!(w.advance(), None);
     }
 }

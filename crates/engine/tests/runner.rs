@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use datafusion::arrow::array::{Int64Array, TimestampMillisecondArray};
@@ -12,8 +12,8 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::physical_expr::expressions::Column;
 use laketide_engine::operators::UnionOperator;
 use laketide_engine::{
-    Dataflow, EngineError, Result, RunOptions, Sink, SinkSummary, Source, SourcePoll, Watermark,
-    WatermarkStrategy,
+    Dataflow, EngineError, Result, RunOptions, Sink, SinkSummary, Source, SourcePoll, SplitId,
+    Watermark, WatermarkStrategy,
 };
 
 fn schema() -> SchemaRef {
@@ -48,6 +48,10 @@ enum Step {
 struct ScriptedSource {
     steps: VecDeque<Step>,
     idles_left: usize,
+    /// Splits delivered so far: while the script idles they have nothing more to deliver.
+    splits: Vec<String>,
+    /// When the current run of idle polls began.
+    idle_since: Option<Instant>,
 }
 
 impl ScriptedSource {
@@ -55,6 +59,8 @@ impl ScriptedSource {
         Box::new(ScriptedSource {
             steps: steps.into(),
             idles_left: 0,
+            splits: Vec::new(),
+            idle_since: None,
         })
     }
 }
@@ -69,6 +75,13 @@ impl Source for ScriptedSource {
         Ok(())
     }
 
+    fn caught_up_splits(&self) -> Vec<(SplitId, Instant)> {
+        match self.idle_since {
+            Some(since) => self.splits.iter().map(|s| (s.clone(), since)).collect(),
+            None => Vec::new(),
+        }
+    }
+
     async fn poll_next(&mut self) -> Result<SourcePoll> {
         if self.idles_left > 0 {
             self.idles_left -= 1;
@@ -77,12 +90,19 @@ impl Source for ScriptedSource {
         }
         match self.steps.pop_front() {
             None => Ok(SourcePoll::Finished),
-            Some(Step::Batch(split, times)) => Ok(SourcePoll::Batch {
-                split: split.to_string(),
-                batch: batch(&times),
-            }),
+            Some(Step::Batch(split, times)) => {
+                self.idle_since = None;
+                if !self.splits.iter().any(|s| s == split) {
+                    self.splits.push(split.to_string());
+                }
+                Ok(SourcePoll::Batch {
+                    split: split.to_string(),
+                    batch: batch(&times),
+                })
+            }
             Some(Step::Idle(n)) => {
                 self.idles_left = n;
+                self.idle_since.get_or_insert_with(Instant::now);
                 Ok(SourcePoll::Idle)
             }
             Some(Step::Fail) => Err(EngineError::User("scripted failure".into())),

@@ -42,7 +42,12 @@ pub struct TableDef {
 }
 
 /// Table options the SQL layer reads itself; every other option belongs to the connector.
-pub const TABLE_OPTIONS: &[&str] = &["connector", "idle_timeout"];
+pub const TABLE_OPTIONS: &[&str] = &[
+    "connector",
+    "idle_timeout",
+    "max_future",
+    "late_dead_letter_path",
+];
 
 impl TableDef {
     /// The connector's name, lower-cased.

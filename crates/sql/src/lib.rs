@@ -4,6 +4,7 @@
 
 pub mod ddl;
 mod error;
+mod event_time;
 mod planner;
 mod script;
 mod session;

@@ -21,21 +21,21 @@ use laketide_engine::{Dataflow, NodeId, Sink, WatermarkStrategy};
 
 use crate::ddl::TableDef;
 use crate::error::{Location, Result, SqlError, from_datafusion};
+use crate::event_time::{EventTimeOptions, event_time_options};
 use crate::script::{Script, Statement};
 use crate::session::planning_context;
 use crate::stream_table::StreamTable;
 use crate::translate::{Relations, Translator};
 use crate::window_functions::KnownRelations;
 
-/// Default idle timeout of a source's splits (`idle_timeout` option).
-pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+pub use crate::event_time::DEFAULT_IDLE_TIMEOUT;
 
 /// A declared source table, validated.
 struct SourceTable {
     def: TableDef,
     schema: SchemaRef,
     watermark: Option<Arc<dyn PhysicalExpr>>,
-    idle_timeout: Duration,
+    event_time: EventTimeOptions,
 }
 
 /// A planned pipeline, ready to run.
@@ -165,14 +165,13 @@ impl Planner {
         self.check_new_name(&def.name, def.location)?;
         let (connector, options) = Self::connector_options(def)?;
         if is_sink {
-            if def.option("idle_timeout").is_some() {
-                return Err(SqlError::plan(
-                    def.location,
-                    format!(
-                        "table `{}`: `idle_timeout` applies to sources only",
-                        def.name
-                    ),
-                ));
+            for key in ["idle_timeout", "max_future", "late_dead_letter_path"] {
+                if def.option(key).is_some() {
+                    return Err(SqlError::plan(
+                        def.location,
+                        format!("table `{}`: `{key}` applies to sources only", def.name),
+                    ));
+                }
             }
             if let Some(m) = def.metadata.first() {
                 return Err(SqlError::plan(
@@ -204,23 +203,16 @@ impl Planner {
             ));
         };
         let schema = Arc::new(Schema::new(columns.clone()));
+        let event_time = event_time_options(def)?;
         build_source(
             &def.name,
             schema.clone(),
             &def.metadata,
             &connector,
             options,
+            event_time.bound.clone(),
         )
         .map_err(|e| connector_error(def, e))?;
-        let idle_timeout = match def.option("idle_timeout") {
-            None => DEFAULT_IDLE_TIMEOUT,
-            Some(v) => parse_duration(v).ok_or_else(|| {
-                SqlError::plan(
-                    def.location,
-                    format!("option `idle_timeout` must be a duration such as '30s', not '{v}'"),
-                )
-            })?,
-        };
         let watermark = match &def.watermark {
             None => None,
             Some(w) => {
@@ -253,7 +245,7 @@ impl Planner {
                 def: def.clone(),
                 schema,
                 watermark,
-                idle_timeout,
+                event_time,
             },
         );
         Ok(())
@@ -363,13 +355,14 @@ impl Relations for BuilderState<'_> {
             &table.def.metadata,
             &connector,
             options,
+            table.event_time.bound.clone(),
         )
         .map_err(|e| connector_error(&table.def, e))?;
         self.bounded &= built.bounded;
         let strategy = match &table.watermark {
             Some(expr) => WatermarkStrategy::EventTime {
                 expr: expr.clone(),
-                idle_timeout: table.idle_timeout,
+                idle_timeout: table.event_time.idle_timeout,
             },
             None => WatermarkStrategy::ProcessingTime,
         };
@@ -379,6 +372,11 @@ impl Relations for BuilderState<'_> {
             None => description.push_str("; processing time"),
         }
         let id = dataflow.add_source(name, description, built.source, strategy, built.bad_records);
+        if let Some(path) = &table.event_time.late_dead_letter_path {
+            dataflow
+                .keep_late_rows(id, path.into())
+                .map_err(|e| SqlError::plan(table.def.location, e.to_string()))?;
+        }
         self.source_nodes.insert(name.to_string(), id);
         Ok(id)
     }

@@ -73,6 +73,7 @@
 
   function watermarkText(ms, now) {
     if (ms === null || ms === undefined) return "–";
+    if (ms > now) return `${LT.isoTime(ms)} (${LT.millis(ms - now)} AHEAD of the clock: future event times moved it)`;
     return `${LT.isoTime(ms)} (${LT.millis(Math.max(0, now - ms))} behind)`;
   }
 
@@ -112,9 +113,11 @@
       if (role === "source") {
         const lags = Object.entries(c.lag_ms).map(([shard, ms]) => `${shard} ${LT.millis(ms)}`).join(", ");
         const tr = row(sources, [[n.name], [LT.num(n.rows_out), "num"], [LT.rate(rates.get(n.id) || 0), "num"],
-          [LT.bytes(c.bytes), "num"], [LT.num(s.bad_records[n.name] || 0), "num"], [LT.num(c.throttles), "num"],
+          [LT.bytes(c.bytes), "num"], [LT.num(s.bad_records[n.name] || 0), "num"],
+          [LT.num(s.late_by_source[n.name] || 0), "num"], [LT.num(c.throttles), "num"],
           [LT.num(c.retries), "num"], [watermarkText(n.watermark_ms, s.now_ms)], [lags || "–"]]);
         tr.dataset.source = n.name;
+        if (s.ahead_of_clock_ms[n.name] !== undefined) tr.classList.add("ahead");
       } else if (role === "sink") {
         const tr = row(sinks, [[n.name], [LT.num(n.rows_out), "num"], [LT.rate(rates.get(n.id) || 0), "num"],
           [LT.bytes(c.bytes), "num"], [LT.num(c.throttles), "num"], [LT.num(c.retries), "num"],
@@ -146,7 +149,11 @@
     $("late-card").classList.toggle("warn", late > 0);
     $("bad-card").classList.toggle("warn", bad > 0);
     $("watermark").textContent = wm === null ? "–" : LT.isoTime(wm).slice(11);
-    $("watermark-delay").textContent = wm === null ? "no watermark yet" : `${LT.millis(Math.max(0, s.now_ms - wm))} behind now`;
+    $("watermark-delay").textContent = wm === null ? "no watermark yet"
+      : wm > s.now_ms ? `${LT.millis(wm - s.now_ms)} AHEAD of the clock`
+      : `${LT.millis(s.now_ms - wm)} behind now`;
+    const ahead = Object.keys(s.ahead_of_clock_ms);
+    $("watermark-delay").title = ahead.length ? `watermark ahead of the clock: ${ahead.join(", ")}` : "";
     for (const n of s.nodes) {
       const t = document.querySelector(`#graph text.counter[data-node-id="${n.id}"]`);
       if (t) t.textContent = nodeCounterText(n);

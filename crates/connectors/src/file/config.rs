@@ -3,7 +3,7 @@ use std::time::Duration;
 use laketide_engine::OnError;
 
 use crate::error::{ConnectorError, Result};
-use crate::format::Format;
+use crate::format::{EventTimeBound, Format};
 use crate::options::Options;
 use crate::storage::StorageConfig;
 
@@ -40,6 +40,9 @@ pub struct FileSourceConfig {
     pub storage: StorageConfig,
     /// How JSON-lines and CSV files are compressed.
     pub compression: Compression,
+    /// Records whose event time is too far ahead of the wall clock are bad records. Set by
+    /// the planner from the table's `WATERMARK FOR` column and `max_future`; `None` here.
+    pub event_time_bound: Option<EventTimeBound>,
 }
 
 /// The option keys of the file source.
@@ -55,6 +58,8 @@ pub const FILE_SOURCE_OPTIONS: &[&str] = &[
     "dead_letter_path",
     "reader_threads",
     "idle_timeout",
+    "max_future",
+    "late_dead_letter_path",
     "compression",
     "endpoint",
     "region",
@@ -113,6 +118,7 @@ impl FileSourceConfig {
             reader_threads,
             storage,
             compression,
+            event_time_bound: None,
         })
     }
 }

@@ -62,7 +62,9 @@ pub(crate) fn start_readers(
     for i in 0..threads {
         let reader = Reader {
             store: store.clone(),
-            decoder: RecordDecoder::new(schema.clone(), config.format.clone(), bad.clone()),
+            decoder: RecordDecoder::new(schema.clone(), config.format.clone(), bad.clone())
+                .with_event_time_bound(config.event_time_bound.clone()),
+            bad: bad.clone(),
             config: config.clone(),
             schema: schema.clone(),
             tx: events.clone(),
@@ -144,6 +146,8 @@ struct Reader {
     config: FileSourceConfig,
     schema: SchemaRef,
     decoder: RecordDecoder,
+    /// The source's bad-record policy, for Parquet rows beyond `max_future`.
+    bad: Arc<BadRecords>,
     tx: Sender<ReaderEvent>,
     resume: Arc<HashMap<PathBuf, u64>>,
     /// Counts the bytes read (after decompression).
@@ -296,10 +300,54 @@ impl Reader {
             let aligned = align_to_schema(&batch, &self.schema).map_err(|e| {
                 ReadError::Failed(EngineError::User(format!("{}: {e}", path.display())))
             })?;
+            let first_row = position - aligned.num_rows() as u64;
+            let aligned = self
+                .drop_future_rows(path, aligned, first_row)
+                .map_err(ReadError::Failed)?;
+            if aligned.num_rows() == 0 {
+                continue;
+            }
             self.send(ReaderEvent::Batch(path.to_path_buf(), aligned, position))
                 .map_err(|_| ReadError::Gone)?;
         }
         Ok(())
+    }
+}
+
+impl Reader {
+    /// Parquet rows whose event time is beyond `max_future` go to the bad-record policy (the
+    /// row as JSON is the raw record; the location is `file#row`), and are removed.
+    fn drop_future_rows(
+        &self,
+        path: &Path,
+        batch: RecordBatch,
+        first_row: u64,
+    ) -> Result<RecordBatch, EngineError> {
+        let Some(bound) = &self.config.event_time_bound else {
+            return Ok(batch);
+        };
+        let Some(times) = batch.column_by_name(&bound.column) else {
+            return Ok(batch);
+        };
+        let over = bound.violations(times, chrono::Utc::now().timestamp_millis())?;
+        if over.is_empty() {
+            return Ok(batch);
+        }
+        let mut keep = vec![true; batch.num_rows()];
+        for (row, reason) in over {
+            keep[row] = false;
+            let mut raw = Vec::new();
+            let mut writer = datafusion::arrow::json::LineDelimitedWriter::new(&mut raw);
+            writer.write(&batch.slice(row, 1))?;
+            writer.finish()?;
+            let raw = raw.strip_suffix(b"\n").unwrap_or(&raw).to_vec();
+            let location = format!("{}#row {}", path.display(), first_row + row as u64 + 1);
+            self.bad.report(&location, &raw, &reason)?;
+        }
+        let mask = datafusion::arrow::array::BooleanArray::from(keep);
+        Ok(datafusion::arrow::compute::filter_record_batch(
+            &batch, &mask,
+        )?)
     }
 }
 

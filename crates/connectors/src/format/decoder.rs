@@ -9,8 +9,8 @@ use datafusion::arrow::record_batch::RecordBatch;
 
 use laketide_engine::{BadRecords, EngineError};
 
-use super::Format;
 use super::timestamps::coerce_timestamps;
+use super::{EventTimeBound, Format};
 
 /// Decodes chunks of records (JSON lines or CSV lines) into batches of a target schema.
 ///
@@ -24,6 +24,8 @@ pub struct RecordDecoder {
     timestamp_columns: Vec<usize>,
     format: Format,
     bad: Arc<BadRecords>,
+    /// The event-time column's index in `target`, with its `max_future` bound.
+    event_time: Option<(usize, EventTimeBound)>,
 }
 
 type Decoded = std::result::Result<RecordBatch, ArrowError>;
@@ -51,7 +53,18 @@ impl RecordDecoder {
             timestamp_columns,
             format,
             bad,
+            event_time: None,
         }
+    }
+
+    /// Makes records whose event time is beyond `bound` bad records. A bound on a column the
+    /// decoded records do not have (a metadata column) is ignored.
+    pub fn with_event_time_bound(mut self, bound: Option<EventTimeBound>) -> Self {
+        self.event_time = bound.and_then(|b| {
+            let index = self.target.index_of(&b.column).ok()?;
+            Some((index, b))
+        });
+        self
     }
 
     /// The schema of decoded batches.
@@ -228,6 +241,12 @@ impl RecordDecoder {
                         )?;
                     }
                 }
+            }
+        }
+        if let Some((c, bound)) = &self.event_time {
+            let now_ms = chrono::Utc::now().timestamp_millis();
+            for (row, reason) in bound.violations(&columns[*c], now_ms)? {
+                report(row, reason, &mut keep)?;
             }
         }
         let mut record_of_row: Vec<usize> = match record_of_row {

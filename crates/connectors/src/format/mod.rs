@@ -3,10 +3,12 @@
 
 mod decoder;
 mod encoder;
+mod event_time;
 mod timestamps;
 
 pub use decoder::RecordDecoder;
 pub use encoder::RowEncoder;
+pub use event_time::{DEFAULT_MAX_FUTURE, EventTimeBound};
 
 use crate::error::{ConnectorError, Result};
 use crate::options::Options;

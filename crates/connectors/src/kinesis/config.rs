@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::aws::AwsOptions;
 use crate::error::{ConnectorError, Result};
-use crate::format::Format;
+use crate::format::{EventTimeBound, Format};
 use crate::options::Options;
 
 /// Where a shard is read from when there is no saved position for it.
@@ -44,6 +44,9 @@ pub struct KinesisSourceConfig {
     /// How long network failures and server errors are retried before the source fails.
     /// Throttling is retried without limit.
     pub retry_timeout: Duration,
+    /// Records whose event time is too far ahead of the wall clock are bad records. Set by
+    /// the planner from the table's `WATERMARK FOR` column and `max_future`; `None` here.
+    pub event_time_bound: Option<EventTimeBound>,
 }
 
 /// The option keys of the Kinesis source.
@@ -62,6 +65,8 @@ pub const KINESIS_SOURCE_OPTIONS: &[&str] = &[
     "shard_discovery_interval",
     "retry_timeout",
     "idle_timeout",
+    "max_future",
+    "late_dead_letter_path",
 ];
 
 /// GetRecords returns at most this many records.
@@ -166,6 +171,7 @@ impl KinesisSourceConfig {
             poll_interval,
             shard_discovery_interval,
             retry_timeout,
+            event_time_bound: None,
         })
     }
 }

@@ -13,7 +13,7 @@ use laketide_engine::{BadRecords, EngineError, Result};
 
 use super::kpl::deaggregate;
 use super::position::ShardPosition;
-use crate::format::{Format, RecordDecoder};
+use crate::format::{EventTimeBound, Format, RecordDecoder};
 use crate::metadata::{MetadataColumn, MetadataKey, is_text, is_timestamp, split_schema};
 
 /// The metadata a Kinesis source offers.
@@ -79,6 +79,7 @@ impl KinesisDecoder {
         format: Format,
         bad: Arc<BadRecords>,
         max_rows: usize,
+        event_time_bound: Option<EventTimeBound>,
     ) -> crate::error::Result<Self> {
         let (payload_schema, metadata) =
             split_schema("kinesis", &schema, metadata, KINESIS_METADATA)?;
@@ -88,7 +89,8 @@ impl KinesisDecoder {
         Ok(KinesisDecoder {
             stream: stream.to_string(),
             output: schema,
-            payload: RecordDecoder::new(payload_schema, format, bad),
+            payload: RecordDecoder::new(payload_schema, format, bad)
+                .with_event_time_bound(event_time_bound),
             payload_columns,
             metadata,
             max_rows: max_rows.max(1),
@@ -302,7 +304,16 @@ mod tests {
         });
         let bad = Arc::new(BadRecords::new("clicks", policy));
         (
-            KinesisDecoder::new("s", schema, &meta, Format::Json, bad.clone(), max_rows).unwrap(),
+            KinesisDecoder::new(
+                "s",
+                schema,
+                &meta,
+                Format::Json,
+                bad.clone(),
+                max_rows,
+                None,
+            )
+            .unwrap(),
             bad,
         )
     }
@@ -391,7 +402,7 @@ mod tests {
             header: false,
             delimiter: b';',
         };
-        let d = KinesisDecoder::new("s", schema, &meta, format, bad.clone(), 100).unwrap();
+        let d = KinesisDecoder::new("s", schema, &meta, format, bad.clone(), 100, None).unwrap();
         let records = vec![
             record("1", "a", b"1;x\r\n"),
             record("2", "b", b"two;y"),

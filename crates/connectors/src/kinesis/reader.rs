@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use datafusion::arrow::record_batch::RecordBatch;
-use laketide_engine::EngineError;
+use laketide_engine::{CaughtUpSplits, EngineError};
 use tokio::sync::mpsc::Sender;
 
 use super::client::{CallError, StreamClient};
@@ -42,6 +42,8 @@ pub struct ReaderSettings {
     pub max_records_per_request: i32,
     /// The longest wait between calls on an idle shard.
     pub poll_interval: Duration,
+    /// Which shards have nothing to deliver (the source's evidence of idleness).
+    pub caught_up: CaughtUpSplits,
 }
 
 /// Reads `shard` from `position` until it is finished, the channel closes, or an error.
@@ -147,6 +149,8 @@ impl ShardReader {
                 skip = None;
                 for chunk in chunks {
                     self.position = chunk.position.clone();
+                    // Counted before it is sent: a shard with rows in flight is never idle.
+                    self.settings.caught_up.queued(&self.shard);
                     let event = ShardEvent::Records {
                         shard: self.shard.clone(),
                         batch: chunk.batch,
@@ -160,6 +164,13 @@ impl ShardReader {
             match out.next_shard_iterator() {
                 None => return self.finish().await,
                 Some(next) => iterator = Some(next.to_string()),
+            }
+            if records.is_empty() && behind.unwrap_or(0) == 0 {
+                self.settings
+                    .caught_up
+                    .found_nothing(&self.shard, Instant::now());
+            } else if records.is_empty() {
+                self.settings.caught_up.behind(&self.shard);
             }
             // Poll an idle shard less often, up to `poll_interval`; a busy one at full rate.
             if records.is_empty() && behind.unwrap_or(0) == 0 {

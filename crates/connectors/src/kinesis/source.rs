@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::SchemaRef;
 use laketide_engine::{
-    BadRecords, EngineError, NodeState, Result, ServiceStatus, Source, SourcePoll,
+    BadRecords, CaughtUpSplits, EngineError, NodeState, Result, ServiceStatus, Source, SourcePoll,
+    SplitId,
 };
 use tokio::sync::mpsc::{Receiver, Sender, channel};
 use tokio::task::JoinSet;
@@ -44,6 +45,7 @@ pub struct KinesisSource {
     readers: JoinSet<()>,
     pending: VecDeque<SourcePoll>,
     next_discovery: Instant,
+    caught_up: CaughtUpSplits,
 }
 
 impl KinesisSource {
@@ -65,6 +67,7 @@ impl KinesisSource {
             config.format.clone(),
             bad.clone(),
             MAX_BATCH_ROWS,
+            config.event_time_bound.clone(),
         )?;
         Ok(KinesisSource {
             tracker: ShardTracker::new(config.start_position, positions),
@@ -79,6 +82,7 @@ impl KinesisSource {
             readers: JoinSet::new(),
             pending: VecDeque::new(),
             next_discovery: Instant::now(),
+            caught_up: CaughtUpSplits::new(),
         })
     }
 
@@ -142,12 +146,14 @@ impl Source for KinesisSource {
             self.config.format.clone(),
             self.bad.clone(),
             MAX_BATCH_ROWS,
+            self.config.event_time_bound.clone(),
         )?;
         self.settings = Some(Arc::new(ReaderSettings {
             client,
             decoder,
             max_records_per_request: self.config.max_records_per_request,
             poll_interval: self.config.poll_interval,
+            caught_up: self.caught_up.clone(),
         }));
         // Two batches in flight per shard keep every reader busy without buffering much.
         let (tx, rx) = channel(16);
@@ -198,6 +204,7 @@ impl Source for KinesisSource {
                     position,
                 } => {
                     self.tracker.delivered(&shard, position);
+                    self.caught_up.delivered(&shard, Instant::now());
                     if let Some(batch) = batch {
                         return Ok(SourcePoll::Batch {
                             split: shard,
@@ -208,6 +215,7 @@ impl Source for KinesisSource {
                 ShardEvent::Finished(shard) => {
                     tracing::debug!(%shard, stream = %self.config.stream, "shard read to its end");
                     self.tracker.finished(&shard);
+                    self.caught_up.remove(&shard);
                     // Its children may be listed already; if not, the next poll lists the
                     // shards again to find them.
                     self.start_ready()?;
@@ -221,6 +229,12 @@ impl Source for KinesisSource {
 
     fn status(&self) -> Option<Arc<ServiceStatus>> {
         Some(self.status.clone())
+    }
+
+    /// Shards whose reader got no records at the shard's tip (MillisBehindLatest 0) and has
+    /// nothing waiting for delivery.
+    fn caught_up_splits(&self) -> Vec<(SplitId, Instant)> {
+        self.caught_up.snapshot()
     }
 
     /// The delivered position of every shard (sequence and sub-sequence number), as

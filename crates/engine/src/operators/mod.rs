@@ -1,8 +1,11 @@
 //! The built-in operators.
 
 mod filter;
+mod grouped_state;
 mod projection;
+mod session_aggregate;
 mod session_assign;
+mod session_index;
 mod session_state;
 mod union;
 mod window_aggregate;
@@ -10,6 +13,7 @@ mod window_assign;
 
 pub use filter::FilterOperator;
 pub use projection::ProjectionOperator;
+pub use session_aggregate::{SessionAggregate, SessionAggregation};
 pub use session_assign::SessionAssign;
 pub use union::UnionOperator;
 pub use window_aggregate::{AggregateSpec, WindowAggregate};

@@ -9,7 +9,9 @@ use crate::error::{EngineError, Result};
 use crate::message::Watermark;
 use crate::operator::{Operator, Output};
 use crate::state::NodeState;
-use crate::time::{nanos_per_unit, timestamp_array, timestamp_unit, timestamp_values};
+use crate::time::{
+    format_event_time, nanos_per_unit, timestamp_array, timestamp_unit, timestamp_values,
+};
 
 /// Session windows (`SESSION` table function): per key, rows closer than `gap` to each other
 /// form one session `[first time, last time + gap)`.
@@ -182,7 +184,17 @@ impl SessionAssign {
             })
             .collect();
         let kept = keep.iter().filter(|k| **k).count();
-        out.count_late((keep.len() - kept) as u64);
+        if kept < keep.len() {
+            let late: BooleanArray = keep.iter().map(|k| Some(!k)).collect();
+            let reason = match watermark {
+                Some(w) => format!(
+                    "its session had closed (or its event time is NULL): the time plus the gap is at or before the watermark {}",
+                    format_event_time(w.saturating_mul(self.per_unit))
+                ),
+                None => "its event time is NULL".to_string(),
+            };
+            out.late(filter_record_batch(&batch, &late)?, reason);
+        }
         if kept == 0 {
             return Ok(());
         }

@@ -1,11 +1,15 @@
-use datafusion::arrow::array::{Array, ArrayRef, Int64Array, UInt32Array};
-use datafusion::arrow::compute::take;
+use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, Int64Array, UInt32Array};
+use datafusion::arrow::compute::{filter_record_batch, is_null, not, take};
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 
 use crate::error::{EngineError, Result};
+use crate::message::{EventTime, Watermark};
 use crate::operator::{Operator, Output};
-use crate::time::{nanos_per_unit, timestamp_array, timestamp_unit, timestamp_values};
+use crate::state::NodeState;
+use crate::time::{
+    format_event_time, nanos_per_unit, timestamp_array, timestamp_unit, timestamp_values,
+};
 
 /// Fixed-size windows that start every `slide`: a tumbling window has `slide == size`, a
 /// hopping window `slide < size`. Durations are in nanoseconds; windows are aligned to the epoch.
@@ -51,7 +55,8 @@ impl SlidingWindow {
 
 /// Appends `window_start` and `window_end` to every row (TUMBLE and HOP table functions). For
 /// HOP, a row is repeated once per window it falls into. Rows whose time is NULL belong to no
-/// window and are dropped (counted as late).
+/// window, and copies for windows that the watermark already closed are too late for them:
+/// both are dropped as late rows, whole (the aggregate downstream may only see some columns).
 #[derive(Debug)]
 pub struct WindowAssign {
     window: SlidingWindow,
@@ -63,6 +68,9 @@ pub struct WindowAssign {
     /// Assign by the time rows are processed (the wall clock) instead of the time column.
     processing_time: bool,
     per_unit: i64,
+    /// The watermark in the time column's unit: rows only in windows that end at or before it
+    /// are late.
+    watermark: Option<i64>,
 }
 
 impl WindowAssign {
@@ -86,6 +94,7 @@ impl WindowAssign {
             schema: super::schema_with_window_columns(input, field.data_type()),
             processing_time: false,
             per_unit,
+            watermark: None,
         })
     }
 
@@ -99,6 +108,51 @@ impl WindowAssign {
     /// The window definition.
     pub fn window(&self) -> SlidingWindow {
         self.window
+    }
+}
+
+impl WindowAssign {
+    /// The batch with the window columns appended, its row `indices[i]` once per window start
+    /// `starts[i]`; the copies of windows that already closed go to `out` as late rows (with
+    /// the whole input row, so they can be replayed).
+    fn emit(
+        &self,
+        batch: &RecordBatch,
+        indices: Option<&UInt32Array>,
+        starts: Int64Array,
+        out: &mut Output,
+    ) -> Result<()> {
+        let size = self.size;
+        let ends: Int64Array = starts.unary(|s| s + size);
+        let mut columns: Vec<ArrayRef> = match indices {
+            None => batch.columns().to_vec(),
+            Some(indices) => batch
+                .columns()
+                .iter()
+                .map(|c| take(c.as_ref(), indices, None))
+                .collect::<std::result::Result<_, _>>()?,
+        };
+        columns.push(timestamp_array(starts, &self.time_type)?);
+        columns.push(timestamp_array(ends.clone(), &self.time_type)?);
+        let assigned = RecordBatch::try_new(self.schema.clone(), columns)?;
+        let Some(w) = self.watermark.filter(|_| !self.processing_time) else {
+            out.batch(assigned);
+            return Ok(());
+        };
+        if ends.values().iter().all(|e| *e > w) {
+            out.batch(assigned);
+            return Ok(());
+        }
+        let open: BooleanArray = ends.values().iter().map(|e| Some(*e > w)).collect();
+        out.late(
+            filter_record_batch(&assigned, &not(&open)?)?,
+            format!(
+                "its window had closed: window_end is at or before the watermark {}",
+                format_event_time(w.saturating_mul(self.per_unit))
+            ),
+        );
+        out.batch(filter_record_batch(&assigned, &open)?);
+        Ok(())
     }
 }
 
@@ -120,20 +174,13 @@ impl Operator for WindowAssign {
         if per_row == 1 && times.null_count() == 0 {
             // Tumbling fast path: one window per row, no row repetition.
             let starts: Int64Array = times.unary(|t| t - t.rem_euclid(slide));
-            let ends: Int64Array = starts.unary(|s| s + size);
-            let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
-            columns.push(timestamp_array(starts, &self.time_type)?);
-            columns.push(timestamp_array(ends, &self.time_type)?);
-            out.batch(RecordBatch::try_new(self.schema.clone(), columns)?);
-            return Ok(());
+            return self.emit(&batch, None, starts, out);
         }
 
         let mut indices: Vec<u32> = Vec::with_capacity(rows * per_row);
         let mut starts: Vec<i64> = Vec::with_capacity(rows * per_row);
-        let mut dropped = 0u64;
         for (row, t) in times.iter().enumerate() {
             let Some(t) = t else {
-                dropped += 1;
                 continue;
             };
             let last_start = t - t.rem_euclid(slide);
@@ -144,17 +191,35 @@ impl Operator for WindowAssign {
                 start -= slide;
             }
         }
-        out.count_late(dropped);
+        if times.null_count() > 0 {
+            let no_time = is_null(&times)?;
+            out.late(
+                filter_record_batch(&batch, &no_time)?,
+                "its event time is NULL: it belongs to no window",
+            );
+        }
         let indices = UInt32Array::from(indices);
-        let mut columns: Vec<ArrayRef> = batch
-            .columns()
-            .iter()
-            .map(|c| take(c.as_ref(), &indices, None))
-            .collect::<std::result::Result<_, _>>()?;
-        let ends: Int64Array = starts.iter().map(|s| s + size).collect();
-        columns.push(timestamp_array(Int64Array::from(starts), &self.time_type)?);
-        columns.push(timestamp_array(ends, &self.time_type)?);
-        out.batch(RecordBatch::try_new(self.schema.clone(), columns)?);
+        self.emit(&batch, Some(&indices), Int64Array::from(starts), out)
+    }
+
+    fn process_watermark(&mut self, watermark: Watermark, out: &mut Output) -> Result<()> {
+        if let Watermark::EventTime(t) = watermark
+            && t != EventTime::MAX
+        {
+            let w = t.div_euclid(self.per_unit);
+            self.watermark = Some(self.watermark.map_or(w, |c| c.max(w)));
+        }
+        out.watermark(watermark);
+        Ok(())
+    }
+
+    /// The watermark, so that rows of closed windows are recognised right after a restart.
+    fn snapshot(&mut self) -> Result<NodeState> {
+        NodeState::json(&self.watermark)
+    }
+
+    fn restore(&mut self, state: NodeState) -> Result<()> {
+        self.watermark = state.to_json::<Option<i64>>()?.flatten();
         Ok(())
     }
 }

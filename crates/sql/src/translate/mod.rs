@@ -10,28 +10,28 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::{DFSchema, DFSchemaRef};
 use datafusion::datasource::source_as_provider;
 use datafusion::execution::context::SessionContext;
-use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
 use datafusion::logical_expr::{Expr, LogicalPlan};
 use datafusion::physical_expr::PhysicalExpr;
-use datafusion::physical_expr::aggregate::LoweredAggregateBuilder;
 use datafusion::physical_expr::expressions::Column as PhysicalColumn;
 
 use laketide_engine::operators::{
-    AggregateSpec, FilterOperator, ProjectionOperator, SessionAssign, SlidingWindow, UnionOperator,
-    WINDOW_END, WINDOW_START, WindowAggregate, WindowAssign,
+    FilterOperator, ProjectionOperator, SessionAssign, SlidingWindow, UnionOperator, WindowAssign,
 };
 use laketide_engine::{Dataflow, NodeId};
 
 use crate::error::{Location, Result, SqlError, from_datafusion};
+
+mod aggregate;
+mod session;
 use crate::stream_table::StreamTable;
 use crate::window_functions::{WindowKind, WindowedTable};
 
 /// Where the window columns of a stream are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct WindowColumns {
-    start: Option<usize>,
+pub(crate) struct WindowColumns {
+    pub(crate) start: Option<usize>,
     /// `None` when the window end was projected away (then it cannot be grouped by).
-    end: Option<usize>,
+    pub(crate) end: Option<usize>,
 }
 
 /// A translated (sub)plan: the node producing it, its schema, and its window columns.
@@ -41,10 +41,10 @@ pub struct Stream {
     pub node: NodeId,
     /// The logical schema of its rows.
     pub schema: DFSchemaRef,
-    window: Option<WindowColumns>,
+    pub(crate) window: Option<WindowColumns>,
     /// Whether the rows carry event time (their sources declare a WATERMARK); otherwise time
     /// is processing time.
-    event_time: bool,
+    pub(crate) event_time: bool,
 }
 
 /// The named relations a query can read: source tables (nodes built on first use and shared
@@ -76,27 +76,27 @@ pub struct Translator<'a> {
     pub(crate) session_keys_hint: Option<Vec<Expr>>,
 }
 
-fn arrow_schema(schema: &DFSchema) -> SchemaRef {
+pub(crate) fn arrow_schema(schema: &DFSchema) -> SchemaRef {
     Arc::new(schema.as_arrow().clone())
 }
 
 impl Translator<'_> {
-    fn err(&self, message: impl Into<String>) -> SqlError {
+    pub(crate) fn err(&self, message: impl Into<String>) -> SqlError {
         SqlError::plan(self.location, message)
     }
 
-    fn df(&self, e: datafusion::error::DataFusionError) -> SqlError {
+    pub(crate) fn df(&self, e: datafusion::error::DataFusionError) -> SqlError {
         from_datafusion(e, self.location)
     }
 
-    fn physical(&self, expr: &Expr, schema: &DFSchema) -> Result<Arc<dyn PhysicalExpr>> {
+    pub(crate) fn physical(&self, expr: &Expr, schema: &DFSchema) -> Result<Arc<dyn PhysicalExpr>> {
         self.ctx
             .state()
             .create_physical_expr(expr.clone(), schema)
             .map_err(|e| self.df(e))
     }
 
-    fn operator(
+    pub(crate) fn operator(
         &mut self,
         name: &str,
         description: String,
@@ -280,30 +280,7 @@ impl Translator<'_> {
                             windowed.time_column, windowed.input
                         )));
                     }
-                    let keys: Vec<String> = match (&self.session_keys_hint, keys.is_empty()) {
-                        (Some(hint), true) => hint
-                            .iter()
-                            .map(|e| match e {
-                                Expr::Column(c) if input_schema.index_of(&c.name).is_ok() => {
-                                    Ok(c.name.clone())
-                                }
-                                other => Err(self.err(format!(
-                                    "SESSION without key arguments keeps sessions per GROUP BY key, but `{other}` is not a column of `{input}`; pass the keys explicitly: SESSION({input}, {time}, gap, key, …)",
-                                    input = windowed.input,
-                                    time = windowed.time_column
-                                ))),
-                            })
-                            .collect::<Result<_>>()?,
-                        _ => keys.clone(),
-                    };
-                    let indices = keys
-                        .iter()
-                        .map(|k| {
-                            input_schema
-                                .index_of(k)
-                                .map_err(|_| self.err(format!("no column `{k}`")))
-                        })
-                        .collect::<Result<Vec<_>>>()?;
+                    let (keys, indices) = self.session_keys(windowed, keys, &input_schema)?;
                     (
                         "session",
                         WindowKind::Session { gap: *gap, keys },
@@ -354,7 +331,7 @@ impl Translator<'_> {
     }
 
     /// The stream of a named table or view (the first argument of a window function).
-    fn relation(&mut self, name: &str) -> Result<Stream> {
+    pub(crate) fn relation(&mut self, name: &str) -> Result<Stream> {
         if let Some(plan) = self.sources.view_plan(name) {
             let plan = self.ctx.state().optimize(&plan).map_err(|e| self.df(e))?;
             return self.translate(&plan);
@@ -369,104 +346,6 @@ impl Translator<'_> {
             schema: Arc::new(schema),
             window: None,
             event_time: self.sources.has_event_time(name),
-        })
-    }
-
-    fn aggregate(&mut self, agg: &datafusion::logical_expr::Aggregate) -> Result<Stream> {
-        let hint: Vec<Expr> = agg
-            .group_expr
-            .iter()
-            .filter(
-                |e| !matches!(e, Expr::Column(c) if c.name == WINDOW_START || c.name == WINDOW_END),
-            )
-            .cloned()
-            .collect();
-        let outer_hint = self.session_keys_hint.replace(hint);
-        let input = self.translate(&agg.input);
-        self.session_keys_hint = outer_hint;
-        let input = input?;
-        let Some(window) = input.window else {
-            return Err(self.err(
-                "GROUP BY on a stream needs a window: aggregate FROM TUMBLE(…), HOP(…) or SESSION(…) and GROUP BY window_start, window_end",
-            ));
-        };
-        let input_schema = arrow_schema(&input.schema);
-        let is_column = |e: &Expr, idx: usize| {
-            let (q, f) = input.schema.qualified_field(idx);
-            matches!(e, Expr::Column(c) if c.name == *f.name() && (c.relation.is_none() || c.relation.as_ref() == q))
-        };
-        if agg
-            .group_expr
-            .iter()
-            .any(|e| matches!(e, Expr::GroupingSet(_)))
-        {
-            return Err(
-                self.err("GROUPING SETS, ROLLUP and CUBE are not supported in streaming queries")
-            );
-        }
-        let Some(end_group) = window
-            .end
-            .and_then(|end| agg.group_expr.iter().position(|e| is_column(e, end)))
-        else {
-            return Err(self.err(format!(
-                "a windowed GROUP BY must include `{WINDOW_END}` (and usually `{WINDOW_START}`)"
-            )));
-        };
-        let start_group = window
-            .start
-            .and_then(|s| agg.group_expr.iter().position(|e| is_column(e, s)));
-        let group_exprs = agg
-            .group_expr
-            .iter()
-            .map(|e| self.physical(e, &input.schema))
-            .collect::<Result<Vec<_>>>()?;
-        let mut aggregates = Vec::with_capacity(agg.aggr_expr.len());
-        let state = self.ctx.state();
-        let planning = PhysicalPlanningContext::default();
-        for e in &agg.aggr_expr {
-            let lowered = LoweredAggregateBuilder::new(
-                e,
-                &input.schema,
-                &input_schema,
-                state.execution_props(),
-                &planning,
-            )
-            .build()
-            .map_err(|err| self.df(err))?;
-            aggregates.push(AggregateSpec {
-                function: lowered.aggregate,
-                filter: lowered.filter,
-            });
-        }
-        let output = arrow_schema(&agg.schema);
-        let description = format!(
-            "group by [{}] compute [{}]",
-            agg.group_expr
-                .iter()
-                .map(|e| e.to_string())
-                .collect::<Vec<_>>()
-                .join(", "),
-            agg.aggr_expr
-                .iter()
-                .map(|e| e.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        let op = WindowAggregate::new(&input_schema, group_exprs, end_group, aggregates, output)?;
-        let node = self.operator(
-            "window_aggregate",
-            description,
-            Box::new(op),
-            vec![input.node],
-        )?;
-        Ok(Stream {
-            node,
-            schema: agg.schema.clone(),
-            event_time: input.event_time,
-            window: Some(WindowColumns {
-                start: start_group,
-                end: Some(end_group),
-            }),
         })
     }
 }

@@ -1,0 +1,813 @@
+//! Session windows aggregated as rows arrive: `SESSION(t, ts, gap, keys…)` followed by
+//! `GROUP BY keys…, window_start, window_end`, in one operator that holds one accumulator
+//! state per open session (and per other group key), never the rows.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, BinaryArray, BooleanArray, Int64Array};
+use datafusion::arrow::array::{UInt64Array, builder::BinaryBuilder};
+use datafusion::arrow::compute::{filter_record_batch, is_not_null};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, UInt64Type};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::arrow::row::{RowConverter, SortField};
+use datafusion::physical_expr::PhysicalExpr;
+use serde::{Deserialize, Serialize};
+
+use super::grouped_state::{GroupRows, GroupedState, split};
+use super::session_index::{Closed, Session, SessionIndex};
+use super::window_aggregate::{
+    AggregateSpec, aggregate_inputs, cast_if_needed, evaluate_aggregates, evaluate_all,
+    generic_batch, sort_by_column, split_columns,
+};
+use crate::error::{EngineError, Result};
+use crate::message::{EventTime, Watermark};
+use crate::operator::{Operator, Output, TICK_INTERVAL};
+use crate::state::NodeState;
+use crate::time::{
+    format_event_time, nanos_per_unit, timestamp_array, timestamp_unit, timestamp_values,
+};
+
+/// How the session aggregate is wired: the input, the session definition, and the
+/// aggregation planned over the windowed rows (the input's columns, then `window_start` and
+/// `window_end`, optionally projected).
+#[derive(Debug, Clone)]
+pub struct SessionAggregation {
+    /// The rows that arrive.
+    pub input: SchemaRef,
+    /// The event-time column of `input`.
+    pub time_column: usize,
+    /// The session gap in nanoseconds.
+    pub gap_nanos: i64,
+    /// The columns of `input` sessions are kept per (none: one sequence of sessions).
+    pub key_columns: Vec<usize>,
+    /// Columns of the windowed rows that the aggregation reads (`None`: all of them, in
+    /// order); the expressions below are over these.
+    pub projection: Option<Vec<usize>>,
+    /// The GROUP BY expressions.
+    pub group_exprs: Vec<Arc<dyn PhysicalExpr>>,
+    /// Which group expression is `window_start`, if grouped by.
+    pub start_group: Option<usize>,
+    /// Which group expression is `window_end`.
+    pub end_group: usize,
+    /// The aggregates.
+    pub aggregates: Vec<AggregateSpec>,
+    /// One column per group expression, then one per aggregate.
+    pub output_schema: SchemaRef,
+}
+
+/// Aggregates session windows incrementally: each row is assigned to its key's session (a
+/// hash lookup; bridging rows merge sessions) and folded into the accumulators of its
+/// (session, group) at once. When sessions merge, their groups are re-keyed and their
+/// intermediate states merged (`merge_batch`) the next time the groups are taken out. A
+/// session closes when the watermark passes its end; closed sessions are emitted together in
+/// one batch once they are a quarter of the open ones, within [`TICK_INTERVAL`] of wall
+/// time, or at the end, and the watermark sent downstream waits for them. Memory is bounded
+/// by the open sessions' states, not by their rows.
+pub struct SessionAggregate {
+    plan: SessionAggregation,
+    time_type: DataType,
+    per_unit: i64,
+    gap: i64,
+    keys: Option<RowConverter>,
+    /// The group expressions kept per session: all but `window_start` and `window_end`.
+    kept_groups: Vec<usize>,
+    aggregate_inputs: Vec<Vec<Arc<dyn PhysicalExpr>>>,
+    /// Groups keyed by (session id, kept group values).
+    state: GroupedState,
+    index: SessionIndex,
+    /// Sessions closed by the watermark and not yet emitted, by id.
+    pending: HashMap<u64, Closed>,
+    pending_since: Option<Instant>,
+    /// The watermark in the time column's unit.
+    watermark: Option<i64>,
+    /// The last watermark received, to forward once the pending sessions are out.
+    received: Option<Watermark>,
+    /// The last event-time watermark sent downstream (nanoseconds).
+    forwarded: Option<EventTime>,
+}
+
+impl std::fmt::Debug for SessionAggregate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionAggregate")
+            .field("open_sessions", &self.index.len())
+            .field("groups", &self.state.len())
+            .field("pending", &self.pending.len())
+            .finish()
+    }
+}
+
+impl SessionAggregate {
+    /// Checks the plan and builds the operator.
+    pub fn new(plan: SessionAggregation) -> Result<Self> {
+        let field = plan.input.field(plan.time_column);
+        let unit = timestamp_unit(field.data_type(), field.name())?;
+        let per_unit = nanos_per_unit(unit);
+        if plan.gap_nanos <= 0 || plan.gap_nanos % per_unit != 0 {
+            return Err(EngineError::User(format!(
+                "the SESSION gap must be a positive whole multiple of the time column's unit ({unit:?})"
+            )));
+        }
+        if plan.output_schema.fields().len() != plan.group_exprs.len() + plan.aggregates.len() {
+            return Err(EngineError::Internal(
+                "session aggregate output does not match its groups and aggregates".into(),
+            ));
+        }
+        let keys = if plan.key_columns.is_empty() {
+            None
+        } else {
+            Some(RowConverter::new(
+                plan.key_columns
+                    .iter()
+                    .map(|i| SortField::new(plan.input.field(*i).data_type().clone()))
+                    .collect(),
+            )?)
+        };
+        let windowed = Self::windowed_schema(&plan, field.data_type())?;
+        let kept_groups: Vec<usize> = (0..plan.group_exprs.len())
+            .filter(|g| *g != plan.end_group && Some(*g) != plan.start_group)
+            .collect();
+        let mut key_fields = vec![Field::new("session", DataType::UInt64, false)];
+        for &g in &kept_groups {
+            let e = &plan.group_exprs[g];
+            key_fields.push(Field::new(
+                format!("group_{g}"),
+                e.data_type(&windowed)?,
+                e.nullable(&windowed)?,
+            ));
+        }
+        let state = GroupedState::new(Arc::new(Schema::new(key_fields)), plan.aggregates.clone())?;
+        Ok(SessionAggregate {
+            time_type: field.data_type().clone(),
+            per_unit,
+            gap: plan.gap_nanos / per_unit,
+            keys,
+            kept_groups,
+            aggregate_inputs: aggregate_inputs(&plan.aggregates),
+            state,
+            index: SessionIndex::new(plan.gap_nanos / per_unit),
+            pending: HashMap::new(),
+            pending_since: None,
+            watermark: None,
+            received: None,
+            forwarded: None,
+            plan,
+        })
+    }
+
+    /// The schema the expressions are planned over: the input, the window columns, projected.
+    fn windowed_schema(plan: &SessionAggregation, time_type: &DataType) -> Result<Schema> {
+        let full = super::schema_with_window_columns(&plan.input, time_type);
+        Ok(match &plan.projection {
+            Some(p) => full.project(p)?,
+            None => full.as_ref().clone(),
+        })
+    }
+
+    /// Open sessions.
+    pub fn open_sessions(&self) -> usize {
+        self.index.len()
+    }
+
+    /// `batch` as the expressions see it: window columns appended (placeholders: only
+    /// `window_start`/`window_end` groups read them, and those come from the session), then
+    /// projected.
+    fn windowed(&self, batch: &RecordBatch) -> Result<RecordBatch> {
+        let time = batch.column(self.plan.time_column).clone();
+        let mut columns = batch.columns().to_vec();
+        columns.push(time.clone());
+        columns.push(time);
+        let schema = super::schema_with_window_columns(&self.plan.input, &self.time_type);
+        let full = RecordBatch::try_new(schema, columns)?;
+        Ok(match &self.plan.projection {
+            Some(p) => full.project(p)?,
+            None => full,
+        })
+    }
+
+    /// Drops (as late) rows without a time or whose session would already have closed.
+    fn drop_late(&self, batch: RecordBatch, out: &mut Output) -> Result<Option<RecordBatch>> {
+        let times = timestamp_values(batch.column(self.plan.time_column))?;
+        let (gap, watermark) = (self.gap, self.watermark);
+        let keep: BooleanArray = match watermark {
+            None if times.null_count() == 0 => return Ok(Some(batch)),
+            None => is_not_null(&times)?,
+            Some(w) => times
+                .iter()
+                .map(|t| Some(t.is_some_and(|t| t + gap > w)))
+                .collect(),
+        };
+        let kept = keep.true_count();
+        if kept < batch.num_rows() {
+            let reason = match watermark {
+                Some(w) => format!(
+                    "its session had closed (or its event time is NULL): the time plus the gap is at or before the watermark {}",
+                    format_event_time(w.saturating_mul(self.per_unit))
+                ),
+                None => "its event time is NULL".to_string(),
+            };
+            let late = datafusion::arrow::compute::not(&keep)?;
+            out.late(filter_record_batch(&batch, &late)?, reason);
+        }
+        Ok(match kept {
+            0 => None,
+            n if n == batch.num_rows() => Some(batch),
+            _ => Some(filter_record_batch(&batch, &keep)?),
+        })
+    }
+
+    /// Each row's session id.
+    fn assign(&mut self, batch: &RecordBatch) -> Result<UInt64Array> {
+        let times = timestamp_values(batch.column(self.plan.time_column))?;
+        let rows = match &self.keys {
+            Some(converter) => Some(
+                converter.convert_columns(
+                    &self
+                        .plan
+                        .key_columns
+                        .iter()
+                        .map(|i| batch.column(*i).clone())
+                        .collect::<Vec<_>>(),
+                )?,
+            ),
+            None => None,
+        };
+        let ids: Vec<u64> = times
+            .values()
+            .iter()
+            .enumerate()
+            .map(|(row, t)| {
+                let key = rows.as_ref().map_or(&[][..], |r| r.row(row).data());
+                self.index.assign(key, *t)
+            })
+            .collect();
+        Ok(UInt64Array::from(ids))
+    }
+
+    /// Moves sessions that the watermark closed to `pending`.
+    fn close(&mut self, watermark: Option<i64>) {
+        let closed = self.index.close_until(watermark);
+        if !closed.is_empty() && self.pending_since.is_none() {
+            self.pending_since = Some(Instant::now());
+        }
+        for c in closed {
+            self.pending.insert(c.id, c);
+        }
+    }
+
+    /// Emits the pending sessions if enough are waiting (or `force`), then forwards the
+    /// watermark they held back.
+    fn emit_pending(&mut self, force: bool, out: &mut Output) -> Result<()> {
+        let due = force
+            || self.pending.len() * 4 >= self.index.len()
+            || self
+                .pending_since
+                .is_some_and(|t| t.elapsed() >= TICK_INTERVAL);
+        if !self.pending.is_empty() && due {
+            self.emit_sessions(out)?;
+        }
+        if let Some(w) = self.received {
+            let held = self.held_watermark(w);
+            if held == w {
+                self.received = None;
+            }
+            self.forward(held, out);
+        }
+        Ok(())
+    }
+
+    /// Sends `w` downstream unless an event time at or after it was sent already.
+    fn forward(&mut self, w: Watermark, out: &mut Output) {
+        if let Watermark::EventTime(t) = w {
+            if self.forwarded.is_some_and(|f| f >= t) {
+                return;
+            }
+            self.forwarded = Some(t);
+        }
+        out.watermark(w);
+    }
+
+    /// The watermark downstream may see while sessions are pending: just before the earliest
+    /// pending end, so that their rows are not behind it when they come.
+    fn held_watermark(&self, w: Watermark) -> Watermark {
+        let Watermark::EventTime(t) = w else {
+            return w;
+        };
+        match self.pending.values().map(|c| c.end).min() {
+            Some(end) => Watermark::EventTime(t.min(end.saturating_mul(self.per_unit) - 1)),
+            None => w,
+        }
+    }
+
+    /// Takes every group out once: the groups of pending sessions are emitted (merged per
+    /// session), the others merged back under their sessions' current ids.
+    fn emit_sessions(&mut self, out: &mut Output) -> Result<()> {
+        let rows = self.rekeyed_groups()?;
+        let closing: BooleanArray = match rows.keys.first() {
+            Some(roots) => roots
+                .as_primitive::<UInt64Type>()
+                .values()
+                .iter()
+                .map(|id| Some(self.pending.contains_key(id)))
+                .collect(),
+            None => BooleanArray::from(Vec::<bool>::new()),
+        };
+        let (closed, open) = split(&rows, &closing)?;
+        self.state.merge(&open)?;
+        let mut emitting = self.state.empty_like()?;
+        emitting.merge(&closed)?;
+        let (keys, values) = emitting.emit()?;
+        let pending = std::mem::take(&mut self.pending);
+        self.pending_since = None;
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let batch = self.output(&keys, values, &pending)?;
+        out.count_windows(batch.num_rows() as u64);
+        out.batch(batch);
+        Ok(())
+    }
+
+    /// Takes every group out, keyed by the session its session was merged into (if it was),
+    /// and forgets the merges.
+    fn rekeyed_groups(&mut self) -> Result<GroupRows> {
+        let mut rows = self.state.take()?;
+        if let Some(ids) = rows.keys.first() {
+            let roots: UInt64Array = ids
+                .as_primitive::<UInt64Type>()
+                .values()
+                .iter()
+                .map(|id| self.index.root(*id))
+                .collect();
+            rows.keys[0] = Arc::new(roots);
+        }
+        self.index.clear_merges();
+        Ok(rows)
+    }
+
+    /// The output rows of emitted groups: window bounds from their sessions, kept group
+    /// values, aggregate values; ordered by window end.
+    fn output(
+        &self,
+        keys: &[ArrayRef],
+        values: Vec<ArrayRef>,
+        sessions: &HashMap<u64, Closed>,
+    ) -> Result<RecordBatch> {
+        let ids = keys[0].as_primitive::<UInt64Type>();
+        let bound = |f: fn(&Closed) -> i64| -> Result<ArrayRef> {
+            let v: Int64Array = ids.values().iter().map(|id| f(&sessions[id])).collect();
+            timestamp_array(v, &self.time_type)
+        };
+        let mut columns = Vec::with_capacity(self.plan.output_schema.fields().len());
+        for g in 0..self.plan.group_exprs.len() {
+            columns.push(if g == self.plan.end_group {
+                bound(|c| c.end)?
+            } else if Some(g) == self.plan.start_group {
+                bound(|c| c.start)?
+            } else {
+                let k = self.kept_groups.iter().position(|x| *x == g).expect("kept");
+                keys[1 + k].clone()
+            });
+        }
+        columns.extend(values);
+        let columns = columns
+            .into_iter()
+            .zip(self.plan.output_schema.fields())
+            .map(|(c, f)| cast_if_needed(c, f.data_type()))
+            .collect::<Result<Vec<_>>>()?;
+        let batch = RecordBatch::try_new(self.plan.output_schema.clone(), columns)?;
+        sort_by_column(&batch, self.plan.end_group)
+    }
+}
+
+/// The session aggregate's checkpoint besides its tables.
+#[derive(Debug, Serialize, Deserialize)]
+struct SavedSessions {
+    watermark: Option<i64>,
+    next_id: u64,
+}
+
+const GROUPS_TABLE: &str = "groups";
+const SESSIONS_TABLE: &str = "sessions";
+
+impl Operator for SessionAggregate {
+    fn output_schema(&self) -> SchemaRef {
+        self.plan.output_schema.clone()
+    }
+
+    fn open_state(&self) -> u64 {
+        self.index.len() as u64
+    }
+
+    fn process_batch(&mut self, _input: usize, batch: RecordBatch, out: &mut Output) -> Result<()> {
+        let Some(batch) = self.drop_late(batch, out)? else {
+            return Ok(());
+        };
+        let ids = self.assign(&batch)?;
+        let windowed = self.windowed(&batch)?;
+        let groups = evaluate_all(&self.plan.group_exprs, &windowed)?;
+        let mut keys: Vec<ArrayRef> = vec![Arc::new(ids)];
+        keys.extend(self.kept_groups.iter().map(|g| groups[*g].clone()));
+        let (args, filters) =
+            evaluate_aggregates(&self.plan.aggregates, &self.aggregate_inputs, &windowed)?;
+        self.state.update(&keys, &args, &filters)?;
+        Ok(())
+    }
+
+    fn process_watermark(&mut self, watermark: Watermark, out: &mut Output) -> Result<()> {
+        match watermark {
+            Watermark::EventTime(EventTime::MAX) => {
+                self.close(None);
+                self.received = None;
+                self.emit_pending(true, out)?;
+                self.forward(watermark, out);
+                return Ok(());
+            }
+            Watermark::EventTime(t) => {
+                let w = t.div_euclid(self.per_unit);
+                self.watermark = Some(self.watermark.map_or(w, |c| c.max(w)));
+                self.close(self.watermark);
+                self.received = Some(watermark);
+            }
+            Watermark::Idle => {
+                // Nothing will come for a while: emit what is closed rather than wait.
+                self.emit_pending(true, out)?;
+                out.watermark(watermark);
+                return Ok(());
+            }
+        }
+        self.emit_pending(false, out)
+    }
+
+    fn on_tick(&mut self, out: &mut Output) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        self.emit_pending(false, out)
+    }
+
+    fn finish(&mut self, out: &mut Output) -> Result<()> {
+        self.close(None);
+        if !self.pending.is_empty() {
+            self.emit_sessions(out)?;
+        }
+        Ok(())
+    }
+
+    /// Saves every group (keyed by its session's current id) with its accumulators'
+    /// intermediate states, the open and pending sessions, and the watermark.
+    fn snapshot(&mut self) -> Result<NodeState> {
+        let rows = self.rekeyed_groups()?;
+        self.state.merge(&rows)?;
+        let saved = SavedSessions {
+            watermark: self.watermark,
+            next_id: self.index.next_id(),
+        };
+        let mut state = NodeState::json(&saved)?;
+        if rows.len() > 0 {
+            let mut columns = rows.keys;
+            columns.extend(rows.states.into_iter().flatten());
+            state = state.with_table(GROUPS_TABLE, generic_batch(columns)?);
+        }
+        let mut ids = Vec::new();
+        let mut starts = Vec::new();
+        let mut ends = Vec::new();
+        let mut pending = Vec::new();
+        let mut keys = BinaryBuilder::new();
+        let open = self
+            .index
+            .open_sessions()
+            .map(|(id, s)| (id, s.clone(), false));
+        let closed = self.pending.values().map(|c| {
+            let s = Session {
+                key: Box::new([]),
+                start: c.start,
+                end: c.end,
+            };
+            (c.id, s, true)
+        });
+        for (id, s, is_pending) in open.chain(closed) {
+            ids.push(id);
+            starts.push(s.start);
+            ends.push(s.end);
+            pending.push(is_pending);
+            keys.append_value(&s.key);
+        }
+        if !ids.is_empty() {
+            let columns: Vec<ArrayRef> = vec![
+                Arc::new(UInt64Array::from(ids)),
+                Arc::new(keys.finish()),
+                Arc::new(Int64Array::from(starts)),
+                Arc::new(Int64Array::from(ends)),
+                Arc::new(BooleanArray::from(pending)),
+            ];
+            state = state.with_table(SESSIONS_TABLE, generic_batch(columns)?);
+        }
+        Ok(state)
+    }
+
+    fn restore(&mut self, state: NodeState) -> Result<()> {
+        let saved: Option<SavedSessions> = state.to_json()?;
+        let saved = saved.unwrap_or(SavedSessions {
+            watermark: None,
+            next_id: 0,
+        });
+        self.watermark = saved.watermark;
+        self.state = self.state.empty_like()?;
+        self.pending.clear();
+        let mut open = Vec::new();
+        if let Some(t) = state.table(SESSIONS_TABLE) {
+            let mismatch = || {
+                EngineError::User(
+                    "the saved session state does not match this query; the pipeline changed (start with --from-scratch)".into(),
+                )
+            };
+            let ids = t
+                .column(0)
+                .as_primitive_opt::<UInt64Type>()
+                .ok_or_else(mismatch)?;
+            let keys = t
+                .column(1)
+                .as_any()
+                .downcast_ref::<BinaryArray>()
+                .ok_or_else(mismatch)?;
+            let starts = t
+                .column(2)
+                .as_primitive_opt::<datafusion::arrow::datatypes::Int64Type>()
+                .ok_or_else(mismatch)?;
+            let ends = t
+                .column(3)
+                .as_primitive_opt::<datafusion::arrow::datatypes::Int64Type>()
+                .ok_or_else(mismatch)?;
+            let pending = t.column(4).as_boolean_opt().ok_or_else(mismatch)?;
+            for i in 0..t.num_rows() {
+                let (id, start, end) = (ids.value(i), starts.value(i), ends.value(i));
+                if pending.value(i) {
+                    self.pending.insert(id, Closed { id, start, end });
+                } else {
+                    let key = keys.value(i).into();
+                    open.push((id, Session { key, start, end }));
+                }
+            }
+        }
+        self.pending_since = (!self.pending.is_empty()).then(Instant::now);
+        self.index = SessionIndex::restore(self.gap, saved.next_id, open);
+        if let Some(t) = state.table(GROUPS_TABLE) {
+            let widths = self.state.state_widths()?;
+            let groups = 1 + self.kept_groups.len();
+            if t.num_columns() != groups + widths.iter().sum::<usize>() {
+                return Err(EngineError::User(format!(
+                    "the saved session groups have {} columns where this query keeps {}; the pipeline changed (start with --from-scratch)",
+                    t.num_columns(),
+                    groups + widths.iter().sum::<usize>()
+                )));
+            }
+            let rows = GroupRows {
+                keys: t.columns()[..groups].to_vec(),
+                states: split_columns(&t.columns()[groups..], &widths),
+            };
+            self.state.merge(&rows)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::Message;
+    use datafusion::arrow::array::{StringArray, TimestampMillisecondArray};
+    use datafusion::arrow::datatypes::{Int64Type, TimeUnit, TimestampMillisecondType};
+    use datafusion::functions_aggregate::count::count_udaf;
+    use datafusion::functions_aggregate::sum::sum_udaf;
+    use datafusion::physical_expr::aggregate::AggregateExprBuilder;
+    use datafusion::physical_expr::expressions::Column;
+
+    const MS: i64 = 1_000_000;
+
+    fn ts() -> DataType {
+        DataType::Timestamp(TimeUnit::Millisecond, None)
+    }
+
+    fn input() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("key", DataType::Utf8, false),
+            Field::new("value", DataType::Int64, false),
+            Field::new("ts", ts(), true),
+        ]))
+    }
+
+    fn rows(data: &[(&str, i64, Option<i64>)]) -> RecordBatch {
+        RecordBatch::try_new(
+            input(),
+            vec![
+                Arc::new(StringArray::from_iter_values(data.iter().map(|r| r.0))),
+                Arc::new(Int64Array::from_iter_values(data.iter().map(|r| r.1))),
+                Arc::new(TimestampMillisecondArray::from(
+                    data.iter().map(|r| r.2).collect::<Vec<_>>(),
+                )),
+            ],
+        )
+        .unwrap()
+    }
+
+    /// Sessions of gap 10 ms per key: key, window_start, window_end, sum(value), count(value).
+    fn operator() -> SessionAggregate {
+        let windowed = super::super::schema_with_window_columns(&input(), &ts());
+        let value: Arc<dyn PhysicalExpr> = Arc::new(Column::new("value", 1));
+        let spec = |f, alias: &str| AggregateSpec {
+            function: Arc::new(
+                AggregateExprBuilder::new(f, vec![value.clone()])
+                    .schema(windowed.clone())
+                    .alias(alias)
+                    .build()
+                    .unwrap(),
+            ),
+            filter: None,
+        };
+        SessionAggregate::new(SessionAggregation {
+            input: input(),
+            time_column: 2,
+            gap_nanos: 10 * MS,
+            key_columns: vec![0],
+            projection: None,
+            group_exprs: vec![
+                Arc::new(Column::new("key", 0)),
+                Arc::new(Column::new("window_start", 3)),
+                Arc::new(Column::new("window_end", 4)),
+            ],
+            start_group: Some(1),
+            end_group: 2,
+            aggregates: vec![spec(sum_udaf(), "total"), spec(count_udaf(), "n")],
+            output_schema: Arc::new(Schema::new(vec![
+                Field::new("key", DataType::Utf8, false),
+                Field::new("window_start", ts(), false),
+                Field::new("window_end", ts(), false),
+                Field::new("total", DataType::Int64, true),
+                Field::new("n", DataType::Int64, false),
+            ])),
+        })
+        .unwrap()
+    }
+
+    type Row = (String, i64, i64, i64, i64);
+
+    /// The result rows and the watermarks in `out`.
+    fn drain(out: &mut Output) -> (Vec<Row>, Vec<i64>) {
+        let (mut found, mut marks) = (Vec::new(), Vec::new());
+        for m in out.drain() {
+            match m {
+                Message::Batch(b) => {
+                    let keys = b.column(0).as_string::<i32>();
+                    let starts = b.column(1).as_primitive::<TimestampMillisecondType>();
+                    let ends = b.column(2).as_primitive::<TimestampMillisecondType>();
+                    let totals = b.column(3).as_primitive::<Int64Type>();
+                    let counts = b.column(4).as_primitive::<Int64Type>();
+                    for i in 0..b.num_rows() {
+                        found.push((
+                            keys.value(i).to_string(),
+                            starts.value(i),
+                            ends.value(i),
+                            totals.value(i),
+                            counts.value(i),
+                        ));
+                    }
+                }
+                Message::Watermark(Watermark::EventTime(t)) => marks.push(t / MS),
+                _ => {}
+            }
+        }
+        (found, marks)
+    }
+
+    fn row(key: &str, start: i64, end: i64, total: i64, n: i64) -> Row {
+        (key.to_string(), start, end, total, n)
+    }
+
+    #[test]
+    fn sessions_fold_rows_as_they_come_and_merge_across_batches() {
+        let mut op = operator();
+        let mut out = Output::default();
+        op.process_batch(
+            0,
+            rows(&[
+                ("a", 1, Some(100)),
+                ("a", 2, Some(116)),
+                ("b", 5, Some(101)),
+            ]),
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(op.open_sessions(), 3);
+        // 108 bridges a's sessions 100..110 and 116..126; 95 extends the merged one back.
+        op.process_batch(
+            0,
+            rows(&[("a", 4, Some(108)), ("a", 8, Some(95))]),
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(op.open_sessions(), 2);
+        op.process_watermark(Watermark::EventTime(111 * MS), &mut out)
+            .unwrap();
+        let (found, marks) = drain(&mut out);
+        assert_eq!(found, vec![row("b", 101, 111, 5, 1)]);
+        assert_eq!(marks, vec![111]);
+        op.process_watermark(Watermark::END, &mut out).unwrap();
+        let (found, _) = drain(&mut out);
+        assert_eq!(found, vec![row("a", 95, 126, 15, 4)]);
+    }
+
+    #[test]
+    fn rows_whose_session_already_closed_and_rows_without_time_are_late() {
+        let mut op = operator();
+        let mut out = Output::default();
+        op.process_watermark(Watermark::EventTime(100 * MS), &mut out)
+            .unwrap();
+        op.process_batch(
+            0,
+            rows(&[("a", 1, Some(90)), ("a", 2, Some(91)), ("a", 3, None)]),
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(out.take_counters().0, 2, "90 + 10 <= 100 and NULL");
+        let late = out.take_late();
+        assert_eq!(late[0].0.num_rows(), 2);
+        op.finish(&mut out).unwrap();
+        assert_eq!(drain(&mut out).0, vec![row("a", 91, 101, 2, 1)]);
+    }
+
+    #[test]
+    fn a_few_closed_sessions_of_many_wait_with_the_watermark_held_before_them() {
+        let mut op = operator();
+        let mut out = Output::default();
+        let many: Vec<(String, i64, Option<i64>)> = (0..100)
+            .map(|k| (format!("k{k}"), 1, Some(200 + k)))
+            .collect();
+        let many: Vec<(&str, i64, Option<i64>)> =
+            many.iter().map(|(k, v, t)| (k.as_str(), *v, *t)).collect();
+        op.process_batch(0, rows(&many), &mut out).unwrap();
+        op.process_batch(0, rows(&[("early", 7, Some(100))]), &mut out)
+            .unwrap();
+        op.process_watermark(Watermark::EventTime(150 * MS), &mut out)
+            .unwrap();
+        let (found, marks) = drain(&mut out);
+        assert!(found.is_empty(), "1 closed session of 101 waits");
+        assert_eq!(
+            marks,
+            vec![109],
+            "held just before the pending session's end"
+        );
+        std::thread::sleep(TICK_INTERVAL);
+        op.on_tick(&mut out).unwrap();
+        let (found, marks) = drain(&mut out);
+        assert_eq!(found, vec![row("early", 100, 110, 7, 1)]);
+        assert_eq!(marks, vec![150]);
+    }
+
+    #[test]
+    fn a_snapshot_restores_open_pending_and_merged_sessions_exactly() {
+        let mut op = operator();
+        let mut out = Output::default();
+        let many: Vec<(String, i64, Option<i64>)> =
+            (0..20).map(|k| (format!("k{k}"), k, Some(300))).collect();
+        let many: Vec<(&str, i64, Option<i64>)> =
+            many.iter().map(|(k, v, t)| (k.as_str(), *v, *t)).collect();
+        op.process_batch(0, rows(&many), &mut out).unwrap();
+        op.process_batch(
+            0,
+            rows(&[("a", 1, Some(100)), ("a", 2, Some(116))]),
+            &mut out,
+        )
+        .unwrap();
+        op.process_batch(0, rows(&[("a", 4, Some(108))]), &mut out)
+            .unwrap(); // merges a's two sessions
+        op.process_batch(0, rows(&[("p", 9, Some(50))]), &mut out)
+            .unwrap();
+        op.process_watermark(Watermark::EventTime(70 * MS), &mut out)
+            .unwrap(); // p's session is pending
+        drain(&mut out);
+        let state = op.snapshot().unwrap();
+        let mut restored = operator();
+        restored.restore(state).unwrap();
+        for o in [&mut op, &mut restored] {
+            o.process_batch(
+                0,
+                rows(&[("a", 16, Some(125)), ("k3", 100, Some(305))]),
+                &mut out,
+            )
+            .unwrap();
+        }
+        op.process_watermark(Watermark::END, &mut out).unwrap();
+        let (original, _) = drain(&mut out);
+        restored
+            .process_watermark(Watermark::END, &mut out)
+            .unwrap();
+        let (again, _) = drain(&mut out);
+        assert_eq!(again, original);
+        assert!(original.contains(&row("p", 50, 60, 9, 1)));
+        assert!(original.contains(&row("a", 100, 135, 23, 4)));
+        assert!(original.contains(&row("k3", 300, 315, 103, 2)));
+        assert_eq!(original.len(), 22);
+    }
+}

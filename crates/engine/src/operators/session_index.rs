@@ -1,0 +1,247 @@
+//! The open sessions of a session-window aggregate: per key, its open sessions as intervals,
+//! a timer heap of session ends, and which sessions were merged into which (until the
+//! aggregate re-keys its groups). Adding a row costs one hash lookup and a look at the key's
+//! open sessions (rarely more than one); a key with no open session is forgotten, so the
+//! index is bounded by the open sessions.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+
+/// One open session: `[start, end)` where `end` is its last row's time plus the gap.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Session {
+    pub(crate) key: Box<[u8]>,
+    pub(crate) start: i64,
+    pub(crate) end: i64,
+}
+
+/// A closed session: its id and bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Closed {
+    pub(crate) id: u64,
+    pub(crate) start: i64,
+    pub(crate) end: i64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct SessionIndex {
+    gap: i64,
+    /// Open session ids per key.
+    by_key: HashMap<Box<[u8]>, Vec<u64>>,
+    sessions: HashMap<u64, Session>,
+    next_id: u64,
+    /// (end, id), earliest first; entries of merged or extended sessions are skipped.
+    timers: BinaryHeap<Reverse<(i64, u64)>>,
+    /// Sessions merged into another one, since the groups were last re-keyed.
+    merged: HashMap<u64, u64>,
+}
+
+impl SessionIndex {
+    pub(crate) fn new(gap: i64) -> Self {
+        SessionIndex {
+            gap,
+            ..Default::default()
+        }
+    }
+
+    /// Open sessions.
+    pub(crate) fn len(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// The session a row of `key` at time `t` belongs to: an open one it extends (merging the
+    /// sessions it bridges into the earliest-created), or a new one.
+    pub(crate) fn assign(&mut self, key: &[u8], t: i64) -> u64 {
+        let gap = self.gap;
+        let SessionIndex {
+            by_key,
+            sessions,
+            next_id,
+            timers,
+            merged,
+            ..
+        } = self;
+        let list = match by_key.get_mut(key) {
+            Some(list) => list,
+            None => by_key.entry(key.into()).or_default(),
+        };
+        let mut target: Option<u64> = None;
+        let mut i = 0;
+        while i < list.len() {
+            let id = list[i];
+            let s = &sessions[&id];
+            if t < s.end && t + gap > s.start {
+                match target {
+                    None => {
+                        target = Some(id);
+                        i += 1;
+                    }
+                    Some(into) => {
+                        // The row bridges two sessions: this one joins the first.
+                        let gone = sessions.remove(&id).expect("listed sessions are open");
+                        list.swap_remove(i);
+                        merged.insert(id, into);
+                        let s = sessions.get_mut(&into).expect("target is open");
+                        s.start = s.start.min(gone.start);
+                        if gone.end > s.end {
+                            s.end = gone.end;
+                            timers.push(Reverse((s.end, into)));
+                        }
+                    }
+                }
+            } else {
+                i += 1;
+            }
+        }
+        let id = match target {
+            Some(id) => id,
+            None => {
+                let id = *next_id;
+                *next_id += 1;
+                sessions.insert(
+                    id,
+                    Session {
+                        key: key.into(),
+                        start: t,
+                        end: t,
+                    },
+                );
+                list.push(id);
+                id
+            }
+        };
+        let s = sessions.get_mut(&id).expect("assigned above");
+        s.start = s.start.min(t);
+        // A timer for every new end (an entry for an old end is skipped when it comes up).
+        if t + gap > s.end {
+            s.end = t + gap;
+            timers.push(Reverse((s.end, id)));
+        }
+        id
+    }
+
+    /// Removes and returns the sessions that end at or before `watermark` (all for `None`).
+    pub(crate) fn close_until(&mut self, watermark: Option<i64>) -> Vec<Closed> {
+        let mut closed = Vec::new();
+        while let Some(Reverse((end, id))) = self.timers.peek().copied() {
+            if watermark.is_some_and(|w| end > w) {
+                break;
+            }
+            self.timers.pop();
+            let current = self.sessions.get(&id).map(|s| s.end);
+            if current != Some(end) {
+                continue; // merged away, or extended (a later entry holds its end)
+            }
+            let s = self.sessions.remove(&id).expect("checked above");
+            if let Some(list) = self.by_key.get_mut(&s.key) {
+                list.retain(|x| *x != id);
+                if list.is_empty() {
+                    self.by_key.remove(&s.key);
+                }
+            }
+            closed.push(Closed {
+                id,
+                start: s.start,
+                end: s.end,
+            });
+        }
+        closed
+    }
+
+    /// The session `id` now belongs to (itself, unless it was merged).
+    pub(crate) fn root(&self, mut id: u64) -> u64 {
+        while let Some(next) = self.merged.get(&id) {
+            id = *next;
+        }
+        id
+    }
+
+    /// Forgets the merges: call after re-keying every group by [`SessionIndex::root`].
+    pub(crate) fn clear_merges(&mut self) {
+        self.merged.clear();
+    }
+
+    /// Every open session with its id, for a checkpoint.
+    pub(crate) fn open_sessions(&self) -> impl Iterator<Item = (u64, &Session)> {
+        self.sessions.iter().map(|(id, s)| (*id, s))
+    }
+
+    /// The id the next new session gets.
+    pub(crate) fn next_id(&self) -> u64 {
+        self.next_id
+    }
+
+    /// Rebuilds the index from a checkpoint's open sessions (no merges pending).
+    pub(crate) fn restore(gap: i64, next_id: u64, open: Vec<(u64, Session)>) -> Self {
+        let mut index = SessionIndex::new(gap);
+        index.next_id = next_id;
+        for (id, s) in open {
+            index.by_key.entry(s.key.clone()).or_default().push(id);
+            index.timers.push(Reverse((s.end, id)));
+            index.next_id = index.next_id.max(id + 1);
+            index.sessions.insert(id, s);
+        }
+        index
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_join_extend_and_merge_sessions_per_key() {
+        let mut index = SessionIndex::new(10);
+        let a = index.assign(b"u1", 100);
+        assert_eq!(index.assign(b"u1", 105), a, "within the gap");
+        let b = index.assign(b"u1", 122);
+        assert_ne!(a, b, "more than the gap after 105");
+        let other = index.assign(b"u2", 101);
+        assert_ne!(other, a, "another key");
+        // 113 is within 10 of both 100..115 and 122..132: the two sessions merge.
+        let c = index.assign(b"u1", 113);
+        assert_eq!(c, a);
+        assert_eq!(index.root(b), a);
+        assert_eq!(index.len(), 2);
+        // Out of order, before the session: it extends it backwards.
+        assert_eq!(index.assign(b"u1", 92), a);
+        let closed = index.close_until(Some(131));
+        assert_eq!(
+            closed,
+            vec![Closed {
+                id: other,
+                start: 101,
+                end: 111
+            }]
+        );
+        let closed = index.close_until(Some(132));
+        assert_eq!(
+            closed,
+            vec![Closed {
+                id: a,
+                start: 92,
+                end: 132
+            }]
+        );
+        assert_eq!(index.len(), 0);
+        assert!(
+            index.by_key.is_empty(),
+            "keys without sessions are forgotten"
+        );
+    }
+
+    #[test]
+    fn a_restored_index_closes_like_the_original() {
+        let mut index = SessionIndex::new(5);
+        index.assign(b"k", 10);
+        index.assign(b"k", 12);
+        index.assign(b"j", 30);
+        let open: Vec<(u64, Session)> = index
+            .open_sessions()
+            .map(|(id, s)| (id, s.clone()))
+            .collect();
+        let mut restored = SessionIndex::restore(5, index.next_id(), open);
+        assert_eq!(restored.close_until(None), index.close_until(None));
+        assert_ne!(restored.assign(b"x", 1), 0, "new ids follow the saved ones");
+    }
+}
