@@ -123,7 +123,8 @@ enum Command {
         #[command(subcommand)]
         action: LakeCommand,
     },
-    /// Benchmark: generate events and run the tumbling-window pipeline into a Delta table.
+    /// Benchmark: generate events; run TUMBLE, HOP and SESSION over them (checked against
+    /// batch queries) and the example pipeline with and without checkpoints.
     Bench {
         /// Number of events.
         #[arg(long, default_value_t = 4_000_000)]

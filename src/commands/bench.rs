@@ -1,5 +1,6 @@
-//! `laketide bench`: generate a clickstream and run the tumbling-window pipeline over it into a
-//! Delta table, reporting events per second end to end and peak memory.
+//! `laketide bench`: generate a clickstream, run the TUMBLE, HOP and SESSION queries over it
+//! (each checked against a batch query), then the example pipeline with and without
+//! checkpoints (and on S3), reporting events per second end to end and peak memory.
 
 use std::path::{Path, PathBuf};
 
@@ -27,6 +28,11 @@ pub fn peak_memory_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// Resets the process's peak resident memory (Linux), so that each run reports its own peak.
+pub fn reset_peak_memory() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
 /// Checkpoints every second (ten times as often as `laketide run` by default) into `dir`.
 fn bench_checkpoints(dir: &Path) -> Result<CheckpointSettings> {
     Ok(CheckpointSettings {
@@ -45,6 +51,7 @@ async fn measure(
     table: &str,
     checkpoints: Option<CheckpointSettings>,
 ) -> Result<f64> {
+    reset_peak_memory();
     let before = peak_memory_bytes().unwrap_or(0);
     let options = RunOptions {
         checkpoints,
@@ -88,9 +95,12 @@ pub async fn bench(events: u64, dir: Option<PathBuf>, s3_lake: Option<&str>) -> 
     let lake = dir.join("lake");
     let _ = std::fs::remove_dir_all(&data);
     let _ = std::fs::remove_dir_all(&lake);
+    // A million users: most of them click a few times an hour, so SESSION sees millions of
+    // sessions (tens of thousands open at once), as in a real backfill.
     let spec = ClickstreamSpec {
         events,
-        files: 16,
+        files: 8,
+        users: 1_000_000,
         ..Default::default()
     };
     let started = std::time::Instant::now();
@@ -105,6 +115,7 @@ pub async fn bench(events: u64, dir: Option<PathBuf>, s3_lake: Option<&str>) -> 
         bytes as f64 / 1e6,
         started.elapsed().as_secs_f64()
     );
+    crate::commands::bench_windows::bench_windows(&data, &lake.join("windows")).await?;
     let local_table = lake.join("revenue_per_minute").display().to_string();
     let local = measure("local disk", &data, &local_table, None).await?;
     let checkpointed_table = lake.join("revenue_checkpointed").display().to_string();

@@ -34,8 +34,10 @@ pub struct FileSourceConfig {
     pub batch_size: usize,
     /// What to do with malformed records.
     pub on_error: OnError,
-    /// Files read and decoded at the same time.
+    /// Threads decoding chunks of lines (JSON, CSV) in parallel.
     pub reader_threads: usize,
+    /// Files read at the same time (each is a split that holds the watermark back).
+    pub open_files: usize,
     /// Endpoint, region and plain-HTTP settings for `s3://` paths.
     pub storage: StorageConfig,
     /// How JSON-lines and CSV files are compressed.
@@ -57,6 +59,7 @@ pub const FILE_SOURCE_OPTIONS: &[&str] = &[
     "on_error",
     "dead_letter_path",
     "reader_threads",
+    "open_files",
     "idle_timeout",
     "max_future",
     "late_dead_letter_path",
@@ -90,15 +93,9 @@ impl FileSourceConfig {
         let on_error = options.take("on_error").unwrap_or_else(|| "fail".into());
         let dead_letter_path = options.take("dead_letter_path");
         let on_error = OnError::parse(&on_error, dead_letter_path.as_deref())?;
-        let reader_threads = match options.take_u64("reader_threads")? {
-            Some(0) => {
-                return Err(ConnectorError::InvalidOption(
-                    "option `reader_threads` must be at least 1".into(),
-                ));
-            }
-            Some(n) => n as usize,
-            None => std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
-        };
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+        let reader_threads = take_count(&mut options, "reader_threads", cores)?;
+        let open_files = take_count(&mut options, "open_files", 1)?;
         let storage = StorageConfig::from_options(&mut options)?;
         let compression = Compression::parse(options.take("compression").as_deref())?;
         if format == Format::Parquet && compression != Compression::Auto {
@@ -116,9 +113,21 @@ impl FileSourceConfig {
             batch_size,
             on_error,
             reader_threads,
+            open_files,
             storage,
             compression,
             event_time_bound: None,
         })
+    }
+}
+
+/// A positive count option, `default` when not given.
+fn take_count(options: &mut Options, key: &str, default: usize) -> Result<usize> {
+    match options.take_u64(key)? {
+        Some(0) => Err(ConnectorError::InvalidOption(format!(
+            "option `{key}` must be at least 1"
+        ))),
+        Some(n) => Ok(n as usize),
+        None => Ok(default),
     }
 }

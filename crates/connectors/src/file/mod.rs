@@ -3,6 +3,7 @@
 
 mod compression;
 mod config;
+mod decode_pool;
 mod listing;
 mod reader;
 mod source;

@@ -1,10 +1,11 @@
-//! The file source's threads: a lister finds new files, readers read and decode them (several
-//! files at once) and hand batches over a bounded channel, so decoding runs beside the
-//! pipeline and a slow pipeline slows reading.
+//! The file source's threads: a lister finds new files, file readers read them (`open_files`
+//! at once, in path order) and cut JSON and CSV files into chunks of lines that the decoder
+//! threads (`reader_threads`) decode in parallel; each file reader hands its chunks' batches
+//! over a bounded channel in file order, so decoding runs beside the pipeline, a slow
+//! pipeline slows reading, and the watermark follows the files being read.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::BufRead;
-use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
@@ -19,14 +20,16 @@ use tokio::sync::mpsc::Sender;
 use laketide_engine::{BadRecords, EngineError, ServiceStatus};
 
 use super::config::{FileMode, FileSourceConfig};
+use super::decode_pool::{Chunk, DecodePool, Decoded};
 use super::store::FileStore;
 use crate::format::{Format, RecordDecoder};
 
 /// What the reader threads report.
 #[derive(Debug)]
 pub(crate) enum ReaderEvent {
-    /// A file is about to be read; sent before any of its batches, in path order, so that the
-    /// file holds the watermark back from the start.
+    /// A file reader has taken a file and is about to read it; sent before any of its
+    /// batches, so that the file holds the watermark back from the start. Files waiting for
+    /// a reader are not started: they do not hold the watermark.
     FileStarted(PathBuf),
     /// Decoded rows of one file, with the file's position after them: lines consumed (JSON,
     /// CSV) or rows (Parquet). A restart resumes a file after that position.
@@ -40,10 +43,11 @@ pub(crate) enum ReaderEvent {
 /// Stops a thread when the receiving source is gone.
 struct Gone;
 
-/// Starts the lister thread and `threads` reader threads. The lister sends every file not in
-/// `seen` (in path order) to the readers; each reader reads whole files, so the batches of one
-/// file stay in order. In `once` mode the event channel closes when every file is read. Files
-/// in `resume` are read from their saved position on.
+/// Starts the lister thread, `config.open_files` file reader threads and
+/// `config.reader_threads` decoder threads. The lister sends every file not in `seen` (in
+/// path order) to the file readers; each reads whole files and delivers a file's batches in
+/// order. In `once` mode the event channel closes when every file is read. Files in `resume`
+/// are read from their saved position on.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn start_readers(
     store: FileStore,
@@ -52,18 +56,22 @@ pub(crate) fn start_readers(
     bad: Arc<BadRecords>,
     seen: HashSet<PathBuf>,
     resume: HashMap<PathBuf, u64>,
-    threads: usize,
     events: Sender<ReaderEvent>,
     status: Arc<ServiceStatus>,
 ) -> std::io::Result<()> {
-    let (work_tx, work_rx) = std::sync::mpsc::sync_channel::<PathBuf>(threads);
+    let open_files = config.open_files.max(1);
+    let decoders = config.reader_threads.max(1);
+    let decoder = RecordDecoder::new(schema.clone(), config.format.clone(), bad.clone())
+        .with_event_time_bound(config.event_time_bound.clone());
+    let pool = DecodePool::start(decoders, Arc::new(decoder))?;
+    let (work_tx, work_rx) = std::sync::mpsc::sync_channel::<PathBuf>(0);
     let work_rx = Arc::new(Mutex::new(work_rx));
     let resume = Arc::new(resume);
-    for i in 0..threads {
+    for i in 0..open_files {
         let reader = Reader {
             store: store.clone(),
-            decoder: RecordDecoder::new(schema.clone(), config.format.clone(), bad.clone())
-                .with_event_time_bound(config.event_time_bound.clone()),
+            pool: pool.clone(),
+            in_flight: 2 * decoders,
             bad: bad.clone(),
             config: config.clone(),
             schema: schema.clone(),
@@ -76,6 +84,7 @@ pub(crate) fn start_readers(
             .name(format!("laketide-file-reader-{i}"))
             .spawn(move || reader.work(&work))?;
     }
+    drop(pool);
     let lister = Lister {
         store,
         config,
@@ -106,9 +115,6 @@ impl Lister {
                 Ok(files) => {
                     for file in files {
                         if seen.insert(file.clone()) {
-                            self.tx
-                                .blocking_send(ReaderEvent::FileStarted(file.clone()))
-                                .map_err(|_| Gone)?;
                             self.work.send(file).map_err(|_| Gone)?;
                         }
                     }
@@ -141,11 +147,14 @@ impl Lister {
     }
 }
 
+/// Reads one file at a time: Parquet itself, JSON and CSV through the decoder threads.
 struct Reader {
     store: FileStore,
     config: FileSourceConfig,
     schema: SchemaRef,
-    decoder: RecordDecoder,
+    pool: DecodePool,
+    /// Chunks of a file decoded ahead of delivery, at most.
+    in_flight: usize,
     /// The source's bad-record policy, for Parquet rows beyond `max_future`.
     bad: Arc<BadRecords>,
     tx: Sender<ReaderEvent>,
@@ -163,6 +172,9 @@ impl Reader {
                 Err(_) => return,
             };
             let Ok(file) = next else { return };
+            if self.send(ReaderEvent::FileStarted(file.clone())).is_err() {
+                return;
+            }
             // A panic while decoding must fail the run, not silently lose the file.
             let result =
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.read_file(&file)))
@@ -209,17 +221,18 @@ impl Reader {
         let raw = self.store.open(path).map_err(io)?;
         let mut reader = self.config.compression.reader(path, raw).map_err(io)?;
         let batch_size = self.config.batch_size;
+        let shared: Arc<Path> = Arc::from(path);
         // Lines already delivered before a restart are skipped, not decoded again.
         let resume_after = self.resume.get(path).copied().unwrap_or(0);
-        let mut buffer: Vec<u8> = Vec::with_capacity(batch_size * 128);
-        let mut records: Vec<Range<usize>> = Vec::with_capacity(batch_size);
-        let mut line_numbers: Vec<u64> = Vec::with_capacity(batch_size);
+        let mut chunk = self.new_chunk(&shared);
+        let mut pending: VecDeque<(Receiver<Decoded>, u64)> = VecDeque::new();
         let mut line = 0u64;
-        // Bytes read since the last batch: counted once per batch, not per line.
+        // Bytes read since the last chunk: counted once per chunk, not per line.
         let mut unreported = 0u64;
         loop {
+            let buffer = &mut chunk.buffer;
             let start = buffer.len();
-            let n = reader.read_until(b'\n', &mut buffer).map_err(io)?;
+            let n = reader.read_until(b'\n', buffer).map_err(io)?;
             if n == 0 {
                 break;
             }
@@ -234,30 +247,66 @@ impl Reader {
                 buffer.truncate(start);
                 continue;
             }
-            records.push(start..end);
-            line_numbers.push(line);
-            if records.len() >= batch_size {
+            chunk.records.push(start..end);
+            chunk.lines.push(line);
+            if chunk.records.len() >= batch_size {
                 self.status.count_bytes(std::mem::take(&mut unreported));
-                self.decode_and_send(path, &buffer, &records, &line_numbers, line)?;
-                buffer.clear();
-                records.clear();
-                line_numbers.clear();
+                let full = std::mem::replace(&mut chunk, self.new_chunk(&shared));
+                self.submit(full, line, &mut pending)?;
+                while pending.len() >= self.in_flight {
+                    self.deliver_oldest(path, &mut pending)?;
+                }
             }
         }
         self.status.count_bytes(unreported);
-        self.decode_and_send(path, &buffer, &records, &line_numbers, line)
+        if !chunk.records.is_empty() {
+            self.submit(chunk, line, &mut pending)?;
+        }
+        while !pending.is_empty() {
+            self.deliver_oldest(path, &mut pending)?;
+        }
+        Ok(())
     }
 
-    fn decode_and_send(
+    fn new_chunk(&self, path: &Arc<Path>) -> Chunk {
+        let n = self.config.batch_size;
+        Chunk {
+            path: path.clone(),
+            buffer: Vec::with_capacity(n * 128),
+            records: Vec::with_capacity(n),
+            lines: Vec::with_capacity(n),
+        }
+    }
+
+    /// Hands `chunk` (ending at line `position`) to the decoder threads.
+    fn submit(
+        &self,
+        chunk: Chunk,
+        position: u64,
+        pending: &mut VecDeque<(Receiver<Decoded>, u64)>,
+    ) -> Result<(), ReadError> {
+        let result = self.pool.submit(chunk).ok_or(ReadError::Gone)?;
+        pending.push_back((result, position));
+        Ok(())
+    }
+
+    /// Waits for the oldest chunk in flight and sends its rows with the file's position
+    /// after it: batches leave in file order, whichever decoder finished first.
+    fn deliver_oldest(
         &self,
         path: &Path,
-        buffer: &[u8],
-        records: &[Range<usize>],
-        lines: &[u64],
-        position: u64,
+        pending: &mut VecDeque<(Receiver<Decoded>, u64)>,
     ) -> Result<(), ReadError> {
-        let location = |i: usize| format!("{}:{}", path.display(), lines[i]);
-        match self.decoder.decode(buffer, records, &location) {
+        let Some((result, position)) = pending.pop_front() else {
+            return Ok(());
+        };
+        let decoded = result.recv().map_err(|_| {
+            ReadError::Failed(EngineError::Internal(format!(
+                "a decoder thread of {} stopped",
+                path.display()
+            )))
+        })?;
+        match decoded {
             Ok(Some(batch)) => self
                 .send(ReaderEvent::Batch(path.to_path_buf(), batch, position))
                 .map_err(|_| ReadError::Gone),

@@ -77,8 +77,7 @@ impl Source for FileSource {
     }
 
     async fn open(&mut self) -> Result<()> {
-        let threads = self.config.reader_threads.max(1);
-        let (tx, rx) = channel(4 * threads);
+        let (tx, rx) = channel(4 * self.config.reader_threads.max(1));
         let store = FileStore::for_path(&self.config.path, &self.config.storage)?;
         start_readers(
             store,
@@ -87,7 +86,6 @@ impl Source for FileSource {
             self.bad.clone(),
             self.files_read.clone(),
             self.reading.clone(),
-            threads,
             tx,
             self.status.clone(),
         )

@@ -1,0 +1,173 @@
+//! `laketide bench`, the window suite: TUMBLE, HOP and SESSION over the same generated
+//! clickstream, each into a Delta table, measured (events/s end to end, peak memory, peak
+//! open state) and checked against the same aggregation as a DataFusion batch query.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use datafusion::prelude::{JsonReadOptions, SessionContext};
+use laketide_engine::RunOptions;
+
+use crate::error::{CliError, Result};
+use crate::pipeline::run_sql;
+use crate::progress::human_rate;
+
+/// One benchmarked query: its pipeline's INSERT body and the batch query that must agree.
+struct WindowQuery {
+    name: &'static str,
+    /// `SELECT … FROM <window>(clicks, …) GROUP BY …` producing `columns`.
+    streaming: &'static str,
+    /// The same over the table `clicks` with plain SQL.
+    batch: &'static str,
+    /// The compared columns, as text (sums rounded to cents).
+    columns: &'static str,
+}
+
+const QUERIES: &[WindowQuery] = &[
+    WindowQuery {
+        name: "tumble-1min",
+        streaming: "SELECT window_start, window_end, action, count(*) AS events, sum(amount) AS revenue, max(amount) AS biggest
+                    FROM TUMBLE(clicks, ts, INTERVAL '1' MINUTE) GROUP BY window_start, window_end, action",
+        batch: "SELECT date_bin(INTERVAL '1 minute', ts, TIMESTAMP '1970-01-01T00:00:00') AS window_start,
+                       date_bin(INTERVAL '1 minute', ts, TIMESTAMP '1970-01-01T00:00:00') + INTERVAL '1 minute' AS window_end,
+                       action, count(*) AS events, sum(amount) AS revenue, max(amount) AS biggest
+                FROM clicks GROUP BY 1, 2, 3",
+        columns: "CAST(window_start AS VARCHAR), CAST(window_end AS VARCHAR), action, events, CAST(round(revenue, 2) AS VARCHAR), CAST(biggest AS VARCHAR)",
+    },
+    WindowQuery {
+        name: "hop-5min-by-1min",
+        streaming: "SELECT window_start, window_end, page, count(*) AS views
+                    FROM HOP(clicks, ts, INTERVAL '1' MINUTE, INTERVAL '5' MINUTE) GROUP BY window_start, window_end, page",
+        batch: "SELECT date_bin(INTERVAL '1 minute', ts, TIMESTAMP '1970-01-01T00:00:00') - k AS window_start,
+                       date_bin(INTERVAL '1 minute', ts, TIMESTAMP '1970-01-01T00:00:00') - k + INTERVAL '5 minutes' AS window_end,
+                       page, count(*) AS views
+                FROM clicks CROSS JOIN (VALUES (INTERVAL '0 minutes'), (INTERVAL '1 minute'), (INTERVAL '2 minutes'),
+                                               (INTERVAL '3 minutes'), (INTERVAL '4 minutes')) AS o(k)
+                GROUP BY 1, 2, 3",
+        columns: "CAST(window_start AS VARCHAR), CAST(window_end AS VARCHAR), page, views",
+    },
+    WindowQuery {
+        name: "session-30s",
+        streaming: "SELECT user_id, window_start, window_end, count(*) AS events, sum(amount) AS spent
+                    FROM SESSION(clicks, ts, INTERVAL '30' SECOND) GROUP BY user_id, window_start, window_end",
+        batch: "WITH marked AS (
+                  SELECT user_id, ts, amount,
+                         CASE WHEN CAST(ts AS BIGINT) - lag(CAST(ts AS BIGINT)) OVER (PARTITION BY user_id ORDER BY ts) < 30000000
+                              THEN 0 ELSE 1 END AS new_session
+                  FROM clicks),
+                numbered AS (
+                  SELECT user_id, ts, amount,
+                         sum(new_session) OVER (PARTITION BY user_id ORDER BY ts ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS session
+                  FROM marked)
+                SELECT user_id, min(ts) AS window_start, max(ts) + INTERVAL '30 seconds' AS window_end,
+                       count(*) AS events, sum(amount) AS spent
+                FROM numbered GROUP BY user_id, session",
+        columns: "user_id, CAST(window_start AS VARCHAR), CAST(window_end AS VARCHAR), events, CAST(round(spent, 2) AS VARCHAR)",
+    },
+];
+
+fn pipeline(data: &Path, table: &Path, query: &WindowQuery) -> String {
+    format!(
+        "CREATE TABLE clicks (
+           event_id BIGINT, user_id TEXT, page TEXT, action TEXT, amount DOUBLE, ts TIMESTAMP,
+           WATERMARK FOR ts AS ts - INTERVAL '2' SECOND
+         ) WITH (connector = 'file', path = '{}', format = 'json', mode = 'once');
+         CREATE TABLE results WITH (connector = 'delta', path = '{}');
+         INSERT INTO results {};",
+        data.display(),
+        table.display(),
+        query.streaming
+    )
+}
+
+/// Rows in one result and not the other (counting duplicates), each way.
+async fn differences(data: &Path, table: &Path, query: &WindowQuery) -> Result<(u64, u64)> {
+    let ctx = SessionContext::new();
+    let schema = datafusion::arrow::datatypes::Schema::new(crate::datagen::clickstream_fields());
+    ctx.register_json(
+        "clicks",
+        &data.display().to_string(),
+        JsonReadOptions {
+            schema: Some(&schema),
+            file_extension: ".json",
+            ..Default::default()
+        },
+    )
+    .await?;
+    let root = table.parent().unwrap_or(table);
+    crate::lake::register_lake(&ctx, root, &HashMap::new()).await?;
+    let name = table
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    ctx.sql(&format!("CREATE VIEW oracle AS {}", query.batch))
+        .await?;
+    let count = |sql: String| {
+        let ctx = ctx.clone();
+        async move {
+            let batches = ctx.sql(&sql).await?.collect().await?;
+            let n = batches
+                .first()
+                .and_then(|b| {
+                    b.column(0)
+                        .as_any()
+                        .downcast_ref::<datafusion::arrow::array::Int64Array>()
+                        .map(|a| a.value(0))
+                })
+                .unwrap_or(0);
+            Ok::<u64, datafusion::error::DataFusionError>(n as u64)
+        }
+    };
+    let c = query.columns;
+    let missing = count(format!(
+        "SELECT count(*) FROM (SELECT {c} FROM oracle EXCEPT ALL SELECT {c} FROM \"{name}\")"
+    ))
+    .await?;
+    let extra = count(format!(
+        "SELECT count(*) FROM (SELECT {c} FROM \"{name}\" EXCEPT ALL SELECT {c} FROM oracle)"
+    ))
+    .await?;
+    Ok((missing, extra))
+}
+
+/// Runs every window query over the events in `data` (writing tables under `lake`), prints
+/// one line each, and fails if a result differs from its batch query.
+pub async fn bench_windows(data: &Path, lake: &Path) -> Result<()> {
+    for query in QUERIES {
+        let table = lake.join(query.name.replace('-', "_"));
+        let _ = std::fs::remove_dir_all(&table);
+        super::bench::reset_peak_memory();
+        let summary = run_sql(&pipeline(data, &table, query), RunOptions::default()).await?;
+        let peak = super::bench::peak_memory_bytes().unwrap_or(0);
+        let secs = summary.elapsed.as_secs_f64();
+        let rate = summary.totals.records_in as f64 / secs.max(1e-9);
+        let open: u64 = summary
+            .totals
+            .peak_open_state
+            .iter()
+            .map(|(_, n)| *n)
+            .max()
+            .unwrap_or(0);
+        let (missing, extra) = differences(data, &table, query).await?;
+        println!(
+            "bench {}: {} events in {secs:.2}s = {} events/s end to end; peak memory {} MB; peak open state {open}; {} results, {}",
+            query.name,
+            summary.totals.records_in,
+            human_rate(rate),
+            peak / (1 << 20),
+            summary.totals.windows_emitted,
+            if missing == 0 && extra == 0 {
+                "equal to the DataFusion batch query".to_string()
+            } else {
+                format!("{missing} missing and {extra} extra against the DataFusion batch query")
+            }
+        );
+        if missing != 0 || extra != 0 || summary.totals.late_rows != 0 {
+            return Err(CliError::Usage(format!(
+                "bench {}: the streaming result differs from the batch query ({} late rows)",
+                query.name, summary.totals.late_rows
+            )));
+        }
+    }
+    Ok(())
+}
