@@ -6,6 +6,7 @@ pub mod commands;
 pub mod datagen;
 mod error;
 pub mod lake;
+pub mod oracle;
 pub mod pipeline;
 pub mod progress;
 pub mod ui;

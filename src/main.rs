@@ -8,7 +8,10 @@ use laketide::datagen::{ClickstreamSpec, TimeFormat};
 /// Streaming SQL over files and Kinesis into a Delta lake, DynamoDB, Kinesis or webhooks:
 /// event-time windows, continuous queries, one binary.
 #[derive(Debug, Parser)]
-#[command(name = "laketide", version)]
+#[command(
+    name = "laketide",
+    version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("LAKETIDE_GIT_COMMIT"), ")")
+)]
 struct Cli {
     /// Log filter (e.g. `info`, `laketide_engine=debug`); also read from RUST_LOG.
     #[arg(

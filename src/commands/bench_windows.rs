@@ -9,6 +9,7 @@ use datafusion::prelude::{JsonReadOptions, SessionContext};
 use laketide_engine::RunOptions;
 
 use crate::error::{CliError, Result};
+use crate::oracle;
 use crate::pipeline::run_sql;
 use crate::progress::human_rate;
 
@@ -18,53 +19,42 @@ struct WindowQuery {
     /// `SELECT … FROM <window>(clicks, …) GROUP BY …` producing `columns`.
     streaming: &'static str,
     /// The same over the table `clicks` with plain SQL.
-    batch: &'static str,
+    batch: String,
     /// The compared columns, as text (sums rounded to cents).
     columns: &'static str,
 }
 
-const QUERIES: &[WindowQuery] = &[
-    WindowQuery {
-        name: "tumble-1min",
-        streaming: "SELECT window_start, window_end, action, count(*) AS events, sum(amount) AS revenue, max(amount) AS biggest
-                    FROM TUMBLE(clicks, ts, INTERVAL '1' MINUTE) GROUP BY window_start, window_end, action",
-        batch: "SELECT date_bin(INTERVAL '1 minute', ts, TIMESTAMP '1970-01-01T00:00:00') AS window_start,
-                       date_bin(INTERVAL '1 minute', ts, TIMESTAMP '1970-01-01T00:00:00') + INTERVAL '1 minute' AS window_end,
-                       action, count(*) AS events, sum(amount) AS revenue, max(amount) AS biggest
-                FROM clicks GROUP BY 1, 2, 3",
-        columns: "CAST(window_start AS VARCHAR), CAST(window_end AS VARCHAR), action, events, CAST(round(revenue, 2) AS VARCHAR), CAST(biggest AS VARCHAR)",
-    },
-    WindowQuery {
-        name: "hop-5min-by-1min",
-        streaming: "SELECT window_start, window_end, page, count(*) AS views
-                    FROM HOP(clicks, ts, INTERVAL '1' MINUTE, INTERVAL '5' MINUTE) GROUP BY window_start, window_end, page",
-        batch: "SELECT date_bin(INTERVAL '1 minute', ts, TIMESTAMP '1970-01-01T00:00:00') - k AS window_start,
-                       date_bin(INTERVAL '1 minute', ts, TIMESTAMP '1970-01-01T00:00:00') - k + INTERVAL '5 minutes' AS window_end,
-                       page, count(*) AS views
-                FROM clicks CROSS JOIN (VALUES (INTERVAL '0 minutes'), (INTERVAL '1 minute'), (INTERVAL '2 minutes'),
-                                               (INTERVAL '3 minutes'), (INTERVAL '4 minutes')) AS o(k)
-                GROUP BY 1, 2, 3",
-        columns: "CAST(window_start AS VARCHAR), CAST(window_end AS VARCHAR), page, views",
-    },
-    WindowQuery {
-        name: "session-30s",
-        streaming: "SELECT user_id, window_start, window_end, count(*) AS events, sum(amount) AS spent
-                    FROM SESSION(clicks, ts, INTERVAL '30' SECOND) GROUP BY user_id, window_start, window_end",
-        batch: "WITH marked AS (
-                  SELECT user_id, ts, amount,
-                         CASE WHEN CAST(ts AS BIGINT) - lag(CAST(ts AS BIGINT)) OVER (PARTITION BY user_id ORDER BY ts) < 30000000
-                              THEN 0 ELSE 1 END AS new_session
-                  FROM clicks),
-                numbered AS (
-                  SELECT user_id, ts, amount,
-                         sum(new_session) OVER (PARTITION BY user_id ORDER BY ts ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS session
-                  FROM marked)
-                SELECT user_id, min(ts) AS window_start, max(ts) + INTERVAL '30 seconds' AS window_end,
-                       count(*) AS events, sum(amount) AS spent
-                FROM numbered GROUP BY user_id, session",
-        columns: "user_id, CAST(window_start AS VARCHAR), CAST(window_end AS VARCHAR), events, CAST(round(spent, 2) AS VARCHAR)",
-    },
-];
+fn queries() -> Vec<WindowQuery> {
+    vec![
+        WindowQuery {
+            name: "tumble-1min",
+            streaming: "SELECT window_start, window_end, action, count(*) AS events, sum(amount) AS revenue, max(amount) AS biggest
+                        FROM TUMBLE(clicks, ts, INTERVAL '1' MINUTE) GROUP BY window_start, window_end, action",
+            batch: format!(
+                "SELECT {}, action, count(*) AS events, sum(amount) AS revenue, max(amount) AS biggest FROM clicks GROUP BY 1, 2, 3",
+                oracle::tumble_bounds("1 minute")
+            ),
+            columns: "CAST(window_start AS VARCHAR), CAST(window_end AS VARCHAR), action, events, CAST(round(revenue, 2) AS VARCHAR), CAST(biggest AS VARCHAR)",
+        },
+        WindowQuery {
+            name: "hop-5min-by-1min",
+            streaming: "SELECT window_start, window_end, page, count(*) AS views
+                        FROM HOP(clicks, ts, INTERVAL '1' MINUTE, INTERVAL '5' MINUTE) GROUP BY window_start, window_end, page",
+            batch: format!(
+                "SELECT window_start, window_end, page, count(*) AS views FROM {} GROUP BY 1, 2, 3",
+                oracle::hop_rows(5, "page")
+            ),
+            columns: "CAST(window_start AS VARCHAR), CAST(window_end AS VARCHAR), page, views",
+        },
+        WindowQuery {
+            name: "session-30s",
+            streaming: "SELECT user_id, window_start, window_end, count(*) AS events, sum(amount) AS spent
+                        FROM SESSION(clicks, ts, INTERVAL '30' SECOND) GROUP BY user_id, window_start, window_end",
+            batch: oracle::sessions(30, "count(*) AS events, sum(amount) AS spent"),
+            columns: "user_id, CAST(window_start AS VARCHAR), CAST(window_end AS VARCHAR), events, CAST(round(spent, 2) AS VARCHAR)",
+        },
+    ]
+}
 
 fn pipeline(data: &Path, table: &Path, query: &WindowQuery) -> String {
     format!(
@@ -133,7 +123,7 @@ async fn differences(data: &Path, table: &Path, query: &WindowQuery) -> Result<(
 /// Runs every window query over the events in `data` (writing tables under `lake`), prints
 /// one line each, and fails if a result differs from its batch query.
 pub async fn bench_windows(data: &Path, lake: &Path) -> Result<()> {
-    for query in QUERIES {
+    for query in &queries() {
         let table = lake.join(query.name.replace('-', "_"));
         let _ = std::fs::remove_dir_all(&table);
         super::bench::reset_peak_memory();

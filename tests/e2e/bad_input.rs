@@ -11,6 +11,7 @@ use std::path::Path;
 use common::{assert_same_rows, delta_context, query_rows, register_json_files};
 use datafusion::prelude::SessionContext;
 use laketide::datagen::{ClickstreamEvents, ClickstreamSpec};
+use laketide::oracle;
 use laketide::pipeline::run_sql;
 use laketide_engine::{RunOptions, RunSummary};
 use rand::rngs::SmallRng;
@@ -154,10 +155,11 @@ async fn one_corrupt_timestamp_does_not_drop_the_rest_of_the_stream() {
     register_json_files(&oracle, "clicks", &oracle_dir, &common::clicks_schema()).await;
     oracle
         .sql(
-            "CREATE VIEW t AS SELECT date_bin(INTERVAL '1 minute', ts, TIMESTAMP '1970-01-01T00:00:00') AS window_start,
-                    date_bin(INTERVAL '1 minute', ts, TIMESTAMP '1970-01-01T00:00:00') + INTERVAL '1 minute' AS window_end,
-                    action, count(*) AS events, sum(amount) AS revenue
-             FROM clicks GROUP BY 1, 2, 3",
+            &format!(
+                "CREATE VIEW t AS SELECT {}, action, count(*) AS events, sum(amount) AS revenue
+                 FROM clicks GROUP BY 1, 2, 3",
+                oracle::tumble_bounds("1 minute")
+            ),
         )
         .await
         .unwrap();

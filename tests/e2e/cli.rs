@@ -354,6 +354,27 @@ fn parquet_files_written_by_one_pipeline_are_read_by_another() {
 }
 
 #[test]
+fn version_names_the_release_and_the_git_commit() {
+    let dir = workdir();
+    let out = laketide(dir.path(), &["--version"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.starts_with(&format!("laketide {} (commit ", env!("CARGO_PKG_VERSION"))),
+        "{text}"
+    );
+    let head = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    if head.status.success() {
+        let commit = String::from_utf8_lossy(&head.stdout).trim().to_string();
+        assert!(text.contains(&format!("(commit {commit})")), "{text}");
+    }
+}
+
+#[test]
 fn check_and_explain() {
     let dir = workdir();
     let ok = laketide(dir.path(), &["check", "examples/clickstream.sql"]);

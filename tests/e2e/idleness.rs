@@ -14,6 +14,7 @@ use common::kinesis::{client, create_stream, kinesis_server, put_records};
 use common::proxy::{read_message, render};
 use common::{assert_same_rows, delta_context, oracle_context, query_rows};
 use laketide::datagen::{ClickstreamEvents, ClickstreamSpec, write_clickstream};
+use laketide::oracle;
 use laketide::pipeline::run_sql;
 use laketide_engine::RunOptions;
 use tokio::io::AsyncWriteExt;
@@ -78,10 +79,11 @@ async fn assert_windows_match_the_oracle(data: &Path, lake: &Path) {
     let oracle = oracle_context(data).await;
     oracle
         .sql(
-            "CREATE VIEW t AS SELECT date_bin(INTERVAL '1 second', ts, TIMESTAMP '1970-01-01T00:00:00') AS window_start,
-                    date_bin(INTERVAL '1 second', ts, TIMESTAMP '1970-01-01T00:00:00') + INTERVAL '1 second' AS window_end,
-                    action, count(*) AS events, sum(amount) AS revenue
-             FROM clicks GROUP BY 1, 2, 3",
+            &format!(
+                "CREATE VIEW t AS SELECT {}, action, count(*) AS events, sum(amount) AS revenue
+                 FROM clicks GROUP BY 1, 2, 3",
+                oracle::tumble_bounds("1 second")
+            ),
         )
         .await
         .unwrap();
@@ -235,19 +237,10 @@ async fn a_session_backfill_over_eight_files_drops_no_row_with_the_default_idle_
     let oracle = oracle_context(&data).await;
     oracle
         .sql(
-            "CREATE VIEW s AS
-             WITH marked AS (
-               SELECT user_id, ts, amount,
-                      CASE WHEN CAST(ts AS BIGINT) - lag(CAST(ts AS BIGINT)) OVER (PARTITION BY user_id ORDER BY ts) < 30000000
-                           THEN 0 ELSE 1 END AS new_session
-               FROM clicks),
-             numbered AS (
-               SELECT user_id, ts, amount,
-                      sum(new_session) OVER (PARTITION BY user_id ORDER BY ts ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS session
-               FROM marked)
-             SELECT user_id, min(ts) AS window_start, max(ts) + INTERVAL '30 seconds' AS window_end,
-                    count(*) AS events, sum(amount) AS spent
-             FROM numbered GROUP BY user_id, session",
+            &format!(
+                "CREATE VIEW s AS {}",
+                oracle::sessions(30, "count(*) AS events, sum(amount) AS spent")
+            ),
         )
         .await
         .unwrap();

@@ -6,6 +6,7 @@ use crate::common;
 
 use common::{assert_same_rows, delta_context, oracle_context, query_rows};
 use laketide::datagen::{ClickstreamSpec, write_clickstream};
+use laketide::oracle;
 use laketide::pipeline::run_sql;
 use laketide_engine::RunOptions;
 
@@ -71,10 +72,11 @@ async fn streaming_windows_equal_batch_queries() {
     let canonical = "SELECT CAST(window_start AS VARCHAR), CAST(window_end AS VARCHAR), action, events, round(revenue, 2), biggest FROM t ORDER BY 1, 3";
     oracle
         .sql(
-            "CREATE VIEW t AS SELECT date_bin(INTERVAL '1 minute', ts, TIMESTAMP '1970-01-01T00:00:00') AS window_start,
-                    date_bin(INTERVAL '1 minute', ts, TIMESTAMP '1970-01-01T00:00:00') + INTERVAL '1 minute' AS window_end,
-                    action, count(*) AS events, sum(amount) AS revenue, max(amount) AS biggest
-             FROM clicks GROUP BY 1, 2, 3",
+            &format!(
+                "CREATE VIEW t AS SELECT {}, action, count(*) AS events, sum(amount) AS revenue, max(amount) AS biggest
+                 FROM clicks GROUP BY 1, 2, 3",
+                oracle::tumble_bounds("1 minute")
+            ),
         )
         .await
         .unwrap();
@@ -91,11 +93,11 @@ async fn streaming_windows_equal_batch_queries() {
     let canonical = "SELECT CAST(window_start AS VARCHAR), CAST(window_end AS VARCHAR), page, views, users FROM h ORDER BY 1, 3";
     oracle
         .sql(
-            "CREATE VIEW h AS SELECT date_bin(INTERVAL '1 minute', ts, TIMESTAMP '1970-01-01T00:00:00') - k AS window_start,
-                    date_bin(INTERVAL '1 minute', ts, TIMESTAMP '1970-01-01T00:00:00') - k + INTERVAL '3 minutes' AS window_end,
-                    page, count(*) AS views, count(DISTINCT user_id) AS users
-             FROM clicks CROSS JOIN (VALUES (INTERVAL '0 minutes'), (INTERVAL '1 minute'), (INTERVAL '2 minutes')) AS o(k)
-             GROUP BY 1, 2, 3",
+            &format!(
+                "CREATE VIEW h AS SELECT window_start, window_end, page, count(*) AS views, count(DISTINCT user_id) AS users
+                 FROM {} GROUP BY 1, 2, 3",
+                oracle::hop_rows(3, "page, user_id")
+            ),
         )
         .await
         .unwrap();
@@ -107,19 +109,10 @@ async fn streaming_windows_equal_batch_queries() {
     let canonical = "SELECT user_id, CAST(window_start AS VARCHAR), CAST(window_end AS VARCHAR), events, round(spent, 2) FROM s ORDER BY 1, 2";
     oracle
         .sql(
-            "CREATE VIEW s AS
-             WITH marked AS (
-               SELECT user_id, ts, amount,
-                      CASE WHEN CAST(ts AS BIGINT) - lag(CAST(ts AS BIGINT)) OVER (PARTITION BY user_id ORDER BY ts) < 3000000
-                           THEN 0 ELSE 1 END AS new_session
-               FROM clicks),
-             numbered AS (
-               SELECT user_id, ts, amount,
-                      sum(new_session) OVER (PARTITION BY user_id ORDER BY ts ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS session
-               FROM marked)
-             SELECT user_id, min(ts) AS window_start, max(ts) + INTERVAL '3 seconds' AS window_end,
-                    count(*) AS events, sum(amount) AS spent
-             FROM numbered GROUP BY user_id, session",
+            &format!(
+                "CREATE VIEW s AS {}",
+                oracle::sessions(3, "count(*) AS events, sum(amount) AS spent")
+            ),
         )
         .await
         .unwrap();
