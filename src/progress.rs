@@ -255,7 +255,53 @@ mod tests {
             "{long}"
         );
         assert_eq!(human_millis(245_000), "4m05s");
+        let mut ahead = metrics.snapshot();
+        ahead.ahead_of_clock = vec![("clicks".into(), 90_000)];
+        assert!(
+            line(&ahead, 0.0, &metrics, false)
+                .contains("WARNING: clicks's watermark is 1m30s ahead of the clock"),
+            "{}",
+            line(&ahead, 0.0, &metrics, false)
+        );
         assert_eq!(human_millis(90_000_000), "1d01h");
         assert_eq!(human_millis(900 * 31_557_600_000), "900.0 years");
+    }
+
+    #[test]
+    fn the_summary_names_late_rows_per_source_peak_state_and_a_watermark_ahead() {
+        let totals = MetricsSnapshot {
+            late_rows: 6,
+            late_by_source: vec![
+                laketide_engine::SourceLateRows {
+                    source: "clicks".into(),
+                    rows: 6,
+                    kept_in: Some("late/clicks.jsonl".into()),
+                },
+                laketide_engine::SourceLateRows {
+                    source: "quiet".into(),
+                    rows: 0,
+                    kept_in: None,
+                },
+            ],
+            ahead_of_clock: vec![("clicks".into(), 900 * 31_557_600_000)],
+            peak_open_state: vec![("session_aggregate".into(), 1234)],
+            ..Default::default()
+        };
+        let text = summary(&RunSummary {
+            totals,
+            sinks: Vec::new(),
+            elapsed: std::time::Duration::from_secs(1),
+        });
+        assert!(text.contains("6 late rows dropped"), "{text}");
+        assert!(
+            text.contains("\n  clicks: 6 late rows (kept in late/clicks.jsonl)"),
+            "{text}"
+        );
+        assert!(!text.contains("quiet:"), "{text}");
+        assert!(text.contains("session_aggregate 1234"), "{text}");
+        assert!(
+            text.contains("WARNING: clicks's watermark is 900.0 years ahead of the clock"),
+            "{text}"
+        );
     }
 }

@@ -154,13 +154,11 @@ async fn one_corrupt_timestamp_does_not_drop_the_rest_of_the_stream() {
     let oracle = SessionContext::new();
     register_json_files(&oracle, "clicks", &oracle_dir, &common::clicks_schema()).await;
     oracle
-        .sql(
-            &format!(
-                "CREATE VIEW t AS SELECT {}, action, count(*) AS events, sum(amount) AS revenue
+        .sql(&format!(
+            "CREATE VIEW t AS SELECT {}, action, count(*) AS events, sum(amount) AS revenue
                  FROM clicks GROUP BY 1, 2, 3",
-                oracle::tumble_bounds("1 minute")
-            ),
-        )
+            oracle::tumble_bounds("1 minute")
+        ))
         .await
         .unwrap();
     let canonical = "SELECT CAST(window_start AS VARCHAR), CAST(window_end AS VARCHAR), action, events, round(revenue, 2) FROM t ORDER BY 1, 3";

@@ -78,13 +78,11 @@ fn pipeline_sql(source: &str, lake: &Path, hook: &str) -> String {
 async fn assert_windows_match_the_oracle(data: &Path, lake: &Path) {
     let oracle = oracle_context(data).await;
     oracle
-        .sql(
-            &format!(
-                "CREATE VIEW t AS SELECT {}, action, count(*) AS events, sum(amount) AS revenue
+        .sql(&format!(
+            "CREATE VIEW t AS SELECT {}, action, count(*) AS events, sum(amount) AS revenue
                  FROM clicks GROUP BY 1, 2, 3",
-                oracle::tumble_bounds("1 second")
-            ),
-        )
+            oracle::tumble_bounds("1 second")
+        ))
         .await
         .unwrap();
     let canonical = "SELECT CAST(window_start AS VARCHAR), CAST(window_end AS VARCHAR), action, events, round(revenue, 2) FROM t ORDER BY 1, 3";
@@ -236,12 +234,10 @@ async fn a_session_backfill_over_eight_files_drops_no_row_with_the_default_idle_
     assert_eq!(summary.totals.late_rows, 0);
     let oracle = oracle_context(&data).await;
     oracle
-        .sql(
-            &format!(
-                "CREATE VIEW s AS {}",
-                oracle::sessions(30, "count(*) AS events, sum(amount) AS spent")
-            ),
-        )
+        .sql(&format!(
+            "CREATE VIEW s AS {}",
+            oracle::sessions(30, "count(*) AS events, sum(amount) AS spent")
+        ))
         .await
         .unwrap();
     let canonical = "SELECT user_id, CAST(window_start AS VARCHAR), CAST(window_end AS VARCHAR), events, round(spent, 2) FROM s ORDER BY 1, 2";

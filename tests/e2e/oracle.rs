@@ -108,12 +108,10 @@ async fn streaming_windows_equal_batch_queries() {
     // SESSION: per user, a new session after a gap of 3 s or more.
     let canonical = "SELECT user_id, CAST(window_start AS VARCHAR), CAST(window_end AS VARCHAR), events, round(spent, 2) FROM s ORDER BY 1, 2";
     oracle
-        .sql(
-            &format!(
-                "CREATE VIEW s AS {}",
-                oracle::sessions(3, "count(*) AS events, sum(amount) AS spent")
-            ),
-        )
+        .sql(&format!(
+            "CREATE VIEW s AS {}",
+            oracle::sessions(3, "count(*) AS events, sum(amount) AS spent")
+        ))
         .await
         .unwrap();
     let expected = query_rows(&oracle, canonical).await;

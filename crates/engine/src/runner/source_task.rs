@@ -44,7 +44,6 @@ impl SourceTask {
         let name = self.name.clone();
         source.open().await.map_err(|e| in_node(&name, e))?;
         let mut splits = SplitWatermarks::new();
-        let processing_time = matches!(strategy, WatermarkStrategy::ProcessingTime);
         // Whether reading has stopped and, with checkpoints, the task waits for the last one.
         let mut reading = true;
         loop {
@@ -65,49 +64,8 @@ impl SourceTask {
                 break;
             }
             let now = Instant::now();
-            let step = match source.poll_next().await.map_err(|e| in_node(&name, e))? {
-                SourcePoll::Batch { split, batch } => {
-                    let rows = batch.num_rows() as u64;
-                    if rows == 0 {
-                        continue;
-                    }
-                    NodeMetrics::add(&self.metrics.rows_in, rows);
-                    NodeMetrics::add(&self.metrics.rows_out, rows);
-                    let candidate = strategy.candidate(&batch).map_err(|e| in_node(&name, e))?;
-                    let split = if processing_time {
-                        CLOCK_SPLIT
-                    } else {
-                        split.as_str()
-                    };
-                    splits.observe(split, candidate);
-                    if broadcast(&self.outputs, Message::Batch(batch)).await {
-                        Step::Continue
-                    } else {
-                        Step::Aborted
-                    }
-                }
-                SourcePoll::Idle => {
-                    if processing_time {
-                        splits.observe(CLOCK_SPLIT, Some(crate::time::now()));
-                    } else {
-                        splits.found_nothing(now);
-                    }
-                    Step::Continue
-                }
-                SourcePoll::SplitStarted(split) => {
-                    if !processing_time {
-                        splits.start_split(&split);
-                    }
-                    Step::Continue
-                }
-                SourcePoll::SplitFinished(split) => {
-                    if !processing_time {
-                        splits.finish_split(&split);
-                    }
-                    Step::Continue
-                }
-                SourcePoll::Finished => Step::Done,
-            };
+            let poll = source.poll_next().await.map_err(|e| in_node(&name, e))?;
+            let step = self.deliver(poll, &mut splits, &strategy, now).await?;
             match step {
                 Step::Aborted => return Ok(TaskEnd::Aborted),
                 Step::Done => {
@@ -147,6 +105,64 @@ impl SourceTask {
             return Ok(TaskEnd::Aborted);
         }
         Ok(TaskEnd::Finished(None))
+    }
+
+    /// Acts on one poll that started at `now`: sends a batch on and tracks its split's
+    /// watermark candidate, or records a split starting or finishing, or a poll that found
+    /// nothing.
+    async fn deliver(
+        &self,
+        poll: SourcePoll,
+        splits: &mut SplitWatermarks,
+        strategy: &WatermarkStrategy,
+        now: Instant,
+    ) -> Result<Step> {
+        let processing_time = matches!(strategy, WatermarkStrategy::ProcessingTime);
+        Ok(match poll {
+            SourcePoll::Batch { split, batch } => {
+                let rows = batch.num_rows() as u64;
+                if rows == 0 {
+                    return Ok(Step::Continue);
+                }
+                NodeMetrics::add(&self.metrics.rows_in, rows);
+                NodeMetrics::add(&self.metrics.rows_out, rows);
+                let candidate = strategy
+                    .candidate(&batch)
+                    .map_err(|e| in_node(&self.name, e))?;
+                let split = if processing_time {
+                    CLOCK_SPLIT
+                } else {
+                    split.as_str()
+                };
+                splits.observe(split, candidate);
+                if broadcast(&self.outputs, Message::Batch(batch)).await {
+                    Step::Continue
+                } else {
+                    Step::Aborted
+                }
+            }
+            SourcePoll::Idle if processing_time => {
+                splits.observe(CLOCK_SPLIT, Some(crate::time::now()));
+                Step::Continue
+            }
+            SourcePoll::Idle => {
+                splits.found_nothing(now);
+                Step::Continue
+            }
+            SourcePoll::SplitStarted(split) => {
+                if !processing_time {
+                    splits.start_split(&split);
+                }
+                Step::Continue
+            }
+            SourcePoll::SplitFinished(split) => {
+                if !processing_time {
+                    splits.finish_split(&split);
+                }
+                Step::Continue
+            }
+            SourcePoll::Finished => Step::Done,
+        })
     }
 
     /// Sends the watermark that closes every window.
