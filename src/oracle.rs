@@ -24,21 +24,22 @@ pub fn hop_rows(size_minutes: u32, columns: &str) -> String {
     )
 }
 
-/// SESSION windows of `clicks` per `user_id` with a gap of `gap_seconds`: one row per
-/// session with `user_id, window_start, window_end` and `aggregates` (over `amount`, `ts`,
-/// …; e.g. `count(*) AS events, sum(amount) AS spent`). A new session starts after a gap of
-/// `gap_seconds` or more; it ends its last row's time plus the gap.
-pub fn sessions(gap_seconds: u32, aggregates: &str) -> String {
-    let gap_micros = gap_seconds as u64 * 1_000_000;
+/// SESSION windows of `table` per `key` with a gap of `gap_millis`: one row per session with
+/// `key, window_start, window_end` and `aggregates` (over the table's columns; e.g.
+/// `count(*) AS events, sum(amount) AS spent`). A new session starts after a gap of
+/// `gap_millis` or more; it ends its last row's time plus the gap. `ts` is a microsecond
+/// TIMESTAMP.
+pub fn sessions(table: &str, key: &str, gap_millis: u64, aggregates: &str) -> String {
+    let gap_micros = gap_millis * 1_000;
     format!(
         "WITH marked AS (
-           SELECT *, CASE WHEN CAST(ts AS BIGINT) - lag(CAST(ts AS BIGINT)) OVER (PARTITION BY user_id ORDER BY ts) < {gap_micros}
+           SELECT *, CASE WHEN CAST(ts AS BIGINT) - lag(CAST(ts AS BIGINT)) OVER (PARTITION BY {key} ORDER BY ts) < {gap_micros}
                           THEN 0 ELSE 1 END AS new_session
-           FROM clicks),
+           FROM {table}),
          numbered AS (
-           SELECT *, sum(new_session) OVER (PARTITION BY user_id ORDER BY ts ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS session
+           SELECT *, sum(new_session) OVER (PARTITION BY {key} ORDER BY ts ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS session
            FROM marked)
-         SELECT user_id, min(ts) AS window_start, max(ts) + INTERVAL '{gap_seconds} seconds' AS window_end, {aggregates}
-         FROM numbered GROUP BY user_id, session"
+         SELECT {key}, min(ts) AS window_start, max(ts) + INTERVAL '{gap_millis} milliseconds' AS window_end, {aggregates}
+         FROM numbered GROUP BY {key}, session"
     )
 }

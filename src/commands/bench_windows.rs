@@ -50,7 +50,7 @@ fn queries() -> Vec<WindowQuery> {
             name: "session-30s",
             streaming: "SELECT user_id, window_start, window_end, count(*) AS events, sum(amount) AS spent
                         FROM SESSION(clicks, ts, INTERVAL '30' SECOND) GROUP BY user_id, window_start, window_end",
-            batch: oracle::sessions(30, "count(*) AS events, sum(amount) AS spent"),
+            batch: oracle::sessions("clicks", "user_id", 30000, "count(*) AS events, sum(amount) AS spent"),
             columns: "user_id, CAST(window_start AS VARCHAR), CAST(window_end AS VARCHAR), events, CAST(round(spent, 2) AS VARCHAR)",
         },
     ]

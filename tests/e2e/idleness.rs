@@ -236,7 +236,12 @@ async fn a_session_backfill_over_eight_files_drops_no_row_with_the_default_idle_
     oracle
         .sql(&format!(
             "CREATE VIEW s AS {}",
-            oracle::sessions(30, "count(*) AS events, sum(amount) AS spent")
+            oracle::sessions(
+                "clicks",
+                "user_id",
+                30000,
+                "count(*) AS events, sum(amount) AS spent"
+            )
         ))
         .await
         .unwrap();

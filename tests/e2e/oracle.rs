@@ -110,7 +110,12 @@ async fn streaming_windows_equal_batch_queries() {
     oracle
         .sql(&format!(
             "CREATE VIEW s AS {}",
-            oracle::sessions(3, "count(*) AS events, sum(amount) AS spent")
+            oracle::sessions(
+                "clicks",
+                "user_id",
+                3000,
+                "count(*) AS events, sum(amount) AS spent"
+            )
         ))
         .await
         .unwrap();

@@ -160,6 +160,44 @@ async fn oracle(input: &Path, time_format: &str) -> Vec<String> {
     rows
 }
 
+/// Sessions per `v` (events 1 s apart per value, so each value's session spans the whole
+/// run and lives through every kill), as a batch query.
+async fn session_oracle(input: &Path) -> Vec<String> {
+    let ctx = SessionContext::new();
+    let schema = Schema::new(vec![
+        Field::new("id", DataType::Int64, true),
+        Field::new("k", DataType::Utf8, true),
+        Field::new("v", DataType::Int64, true),
+        Field::new("ts", DataType::Timestamp(TimeUnit::Microsecond, None), true),
+    ]);
+    common::register_json_files(&ctx, "e", input, &schema).await;
+    ctx.sql(&format!(
+        "CREATE VIEW s AS {}",
+        laketide::oracle::sessions(
+            "(SELECT * FROM e WHERE k <> 'closer')",
+            "v",
+            1500,
+            "count(*) AS n, sum(id) AS ids"
+        )
+    ))
+    .await
+    .unwrap();
+    let mut rows: Vec<String> = common::query_rows(&ctx, &session_rows("s"))
+        .await
+        .into_iter()
+        .map(|r| r.replace('|', ","))
+        .collect();
+    rows.sort();
+    rows
+}
+
+/// The compared session columns of `table` (the oracle view or the Delta table).
+fn session_rows(table: &str) -> String {
+    format!(
+        "SELECT v, CAST(window_start AS VARCHAR), CAST(window_end AS VARCHAR), n, ids FROM {table}"
+    )
+}
+
 async fn dynamodb_rows(client: &Client, table: &str) -> Vec<String> {
     let items = common::dynamodb::scan_by(client, table).await;
     let text = |v: &AttributeValue| match v {
@@ -198,7 +236,11 @@ fn pipeline(dynamodb_table: &str, dynamodb: &str) -> String {
          FROM TUMBLE(e, ts, INTERVAL '2' SECOND) GROUP BY k, window_start, window_end;
          INSERT INTO serving
          SELECT k, window_start, count(*) AS n, sum(v) AS total
-         FROM TUMBLE(e, ts, INTERVAL '2' SECOND) GROUP BY k, window_start, window_end;"
+         FROM TUMBLE(e, ts, INTERVAL '2' SECOND) GROUP BY k, window_start, window_end;
+         CREATE TABLE sessions WITH (connector = 'delta', path = 'lake/sessions');
+         INSERT INTO sessions
+         SELECT v, window_start, window_end, count(*) AS n, sum(id) AS ids
+         FROM SESSION(e, ts, INTERVAL '1500' MILLISECOND) GROUP BY v, window_start, window_end;"
     )
 }
 
@@ -255,15 +297,20 @@ async fn sigkill_at_random_moments_loses_and_repeats_nothing() {
 
     // A last run without kills: it ends when every window before the closer is committed.
     let expected_lake = oracle(&input, "%Y-%m-%dT%H:%M:%S").await;
+    let expected_sessions = session_oracle(&input).await;
     let child = start(dir.path(), &args);
     let deadline = Instant::now() + Duration::from_secs(120);
     let windows = expected_lake.len();
+    let count = |table: &str| {
+        lake_rows(dir.path(), &format!("SELECT count(*) FROM {table}"))
+            .first()
+            .and_then(|n| n.parse::<usize>().ok())
+    };
     loop {
         let done = dir.path().join("lake/stats/_delta_log").is_dir()
-            && lake_rows(dir.path(), "SELECT count(*) FROM stats")
-                .first()
-                .and_then(|n| n.parse::<usize>().ok())
-                .is_some_and(|n| n >= windows);
+            && dir.path().join("lake/sessions/_delta_log").is_dir()
+            && count("stats").is_some_and(|n| n >= windows)
+            && count("sessions").is_some_and(|n| n >= expected_sessions.len());
         if done {
             break;
         }
@@ -282,6 +329,14 @@ async fn sigkill_at_random_moments_loses_and_repeats_nothing() {
         "SELECT k, window_start, n, total FROM stats WHERE k <> 'closer'",
     );
     common::assert_same_rows("Delta table after 20+ SIGKILLs", &stored, &expected_lake);
+    let mut sessions = lake_rows(dir.path(), &session_rows("sessions"));
+    sessions.sort();
+    assert_eq!(expected_sessions.len(), 100, "one session per value of v");
+    common::assert_same_rows(
+        "sessions open through 20+ SIGKILLs",
+        &sessions,
+        &expected_sessions,
+    );
     let expected_items = oracle(&input, "%Y-%m-%dT%H:%M:%SZ").await;
     let items = dynamodb_rows(&common::dynamodb::client(&dynamodb), &table).await;
     common::assert_same_rows("DynamoDB items after 20+ SIGKILLs", &items, &expected_items);

@@ -443,4 +443,42 @@ mod tests {
             "{e}"
         );
     }
+
+    #[test]
+    fn records_beyond_max_future_are_bad_and_the_rest_decode() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, true),
+            Field::new("ts", DataType::Timestamp(TimeUnit::Millisecond, None), true),
+        ]));
+        let bad = Arc::new(BadRecords::new("clicks", OnError::Skip));
+        let bound = EventTimeBound {
+            column: "ts".into(),
+            max_future: std::time::Duration::from_secs(3600),
+        };
+        let d = KinesisDecoder::new(
+            "s",
+            schema,
+            &[],
+            Format::Json,
+            bad.clone(),
+            100,
+            Some(bound),
+        )
+        .unwrap();
+        let now = chrono::Utc::now().timestamp_millis();
+        let records = vec![
+            record("1", "k", format!("{{\"id\":1,\"ts\":{now}}}").as_bytes()),
+            record("2", "k", b"{\"id\":2,\"ts\":\"2926-01-01T00:00:00Z\"}"),
+            record("3", "k", b"{\"id\":3,\"ts\":0}"),
+        ];
+        let chunks = d.decode("shard-0", &records, None).unwrap();
+        let batch = chunks[0].batch.as_ref().unwrap();
+        let ids = batch.column(0).as_primitive::<Int64Type>();
+        assert_eq!(
+            ids.values().to_vec(),
+            vec![1, 3],
+            "the epoch is late, not bad"
+        );
+        assert_eq!(bad.count(), 1);
+    }
 }
