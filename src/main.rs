@@ -87,6 +87,9 @@ enum Command {
         /// Random seed.
         #[arg(long, default_value_t = 42)]
         seed: u64,
+        /// Number of distinct users (`laketide bench` uses 1,000,000: millions of sessions).
+        #[arg(long, default_value_t = 1_000)]
+        users: u32,
         /// Timestamp encoding.
         #[arg(long, value_enum, default_value_t = TimeFormat::Rfc3339)]
         time_format: TimeFormat,
@@ -235,6 +238,7 @@ async fn main() -> ExitCode {
             max_delay_ms,
             step_us,
             seed,
+            users,
             time_format,
         } => generate::generate(
             &out,
@@ -244,6 +248,7 @@ async fn main() -> ExitCode {
                 max_delay_ms,
                 step_us,
                 seed,
+                users,
                 time_format,
                 ..Default::default()
             },

@@ -18,11 +18,11 @@ use super::store::FileStore;
 
 /// Reads JSON-lines, CSV or Parquet files; see [`FileSourceConfig`]. Each file is a split:
 /// its rows arrive in file order, and the source's watermark is the minimum over the files
-/// started and not yet finished (`reader_threads` at a time, started in path order), or when
+/// being read (`open_files` at a time, in path order), or when
 /// all are finished the largest watermark any of them reached. A file is never idle: it holds
-/// the watermark until it is read to its end, however long its reader waits on backpressure
-/// or for a reader thread (the source lists no caught-up splits); with no file open, the
-/// source is idle as a whole once its polls found nothing for the idle timeout.
+/// the watermark from when a file reader takes it until it is read to its end, however long
+/// its reader waits on backpressure (the source lists no caught-up splits); with no file
+/// open, the source is idle as a whole once its polls found nothing for the idle timeout.
 pub struct FileSource {
     config: FileSourceConfig,
     schema: SchemaRef,
