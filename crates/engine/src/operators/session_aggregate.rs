@@ -481,7 +481,7 @@ impl Operator for SessionAggregate {
             .map(|(id, s)| (id, s.clone(), false));
         let closed = self.pending.values().map(|c| {
             let s = Session {
-                key: Box::new([]),
+                key: Arc::from(&[][..]),
                 start: c.start,
                 end: c.end,
             };

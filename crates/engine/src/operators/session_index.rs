@@ -5,12 +5,23 @@
 //! index is bounded by the open sessions.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
+use std::sync::Arc;
+
+use datafusion::common::HashMap;
+use smallvec::SmallVec;
+
+/// A session key (the key columns in Arrow's row format), shared by the index and its
+/// sessions: one allocation per key.
+pub(crate) type Key = Arc<[u8]>;
+
+/// The open sessions of one key: almost always one, kept inline.
+type OpenIds = SmallVec<[u64; 2]>;
 
 /// One open session: `[start, end)` where `end` is its last row's time plus the gap.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Session {
-    pub(crate) key: Box<[u8]>,
+    pub(crate) key: Key,
     pub(crate) start: i64,
     pub(crate) end: i64,
 }
@@ -27,7 +38,7 @@ pub(crate) struct Closed {
 pub(crate) struct SessionIndex {
     gap: i64,
     /// Open session ids per key.
-    by_key: HashMap<Box<[u8]>, Vec<u64>>,
+    by_key: HashMap<Key, OpenIds>,
     sessions: HashMap<u64, Session>,
     next_id: u64,
     /// (end, id), earliest first; entries of merged or extended sessions are skipped.
@@ -63,7 +74,7 @@ impl SessionIndex {
         } = self;
         let list = match by_key.get_mut(key) {
             Some(list) => list,
-            None => by_key.entry(key.into()).or_default(),
+            None => by_key.entry(Key::from(key)).or_default(),
         };
         let mut target: Option<u64> = None;
         let mut i = 0;
@@ -98,15 +109,19 @@ impl SessionIndex {
             None => {
                 let id = *next_id;
                 *next_id += 1;
+                let shared = by_key
+                    .get_key_value(key)
+                    .map(|(k, _)| k.clone())
+                    .expect("inserted above");
                 sessions.insert(
                     id,
                     Session {
-                        key: key.into(),
+                        key: shared,
                         start: t,
                         end: t,
                     },
                 );
-                list.push(id);
+                by_key.get_mut(key).expect("inserted above").push(id);
                 id
             }
         };

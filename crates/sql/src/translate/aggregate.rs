@@ -15,14 +15,7 @@ impl Translator<'_> {
         if let Some(fused) = self.fused_session(agg)? {
             return Ok(fused);
         }
-        let hint: Vec<Expr> = agg
-            .group_expr
-            .iter()
-            .filter(
-                |e| !matches!(e, Expr::Column(c) if c.name == WINDOW_START || c.name == WINDOW_END),
-            )
-            .cloned()
-            .collect();
+        let hint = non_window_groups(agg);
         let outer_hint = self.session_keys_hint.replace(hint);
         let input = self.translate(&agg.input);
         self.session_keys_hint = outer_hint;
@@ -127,4 +120,14 @@ impl Translator<'_> {
                 .join(", ")
         )
     }
+}
+
+/// The GROUP BY expressions other than `window_start` and `window_end`: the keys a SESSION
+/// without key arguments keeps its sessions per.
+pub(crate) fn non_window_groups(agg: &Aggregate) -> Vec<Expr> {
+    agg.group_expr
+        .iter()
+        .filter(|e| !matches!(e, Expr::Column(c) if c.name == WINDOW_START || c.name == WINDOW_END))
+        .cloned()
+        .collect()
 }

@@ -10,7 +10,7 @@ use datafusion::logical_expr::{Aggregate, Expr, LogicalPlan};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::utils::collect_columns;
 
-use laketide_engine::operators::{SessionAggregate, SessionAggregation, WINDOW_END, WINDOW_START};
+use laketide_engine::operators::{SessionAggregate, SessionAggregation};
 
 use super::{Stream, Translator, WindowColumns, arrow_schema};
 use crate::error::Result;
@@ -130,14 +130,7 @@ impl Translator<'_> {
         if other_groups_read_window || aggregates_read_window {
             return Ok(None);
         }
-        let hint: Vec<Expr> = agg
-            .group_expr
-            .iter()
-            .filter(
-                |e| !matches!(e, Expr::Column(c) if c.name == WINDOW_START || c.name == WINDOW_END),
-            )
-            .cloned()
-            .collect();
+        let hint = super::aggregate::non_window_groups(agg);
         let outer = self.session_keys_hint.replace(hint);
         let keys = self.session_keys(windowed, keys, &input);
         self.session_keys_hint = outer;
