@@ -2,7 +2,6 @@
 //! `GROUP BY keys…, window_start, window_end`, in one operator that holds one accumulator
 //! state per open session (and per other group key), never the rows.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -12,6 +11,7 @@ use datafusion::arrow::compute::{filter_record_batch, is_not_null};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, UInt64Type};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::row::{RowConverter, SortField};
+use datafusion::common::HashMap;
 use datafusion::physical_expr::PhysicalExpr;
 use serde::{Deserialize, Serialize};
 
@@ -147,7 +147,7 @@ impl SessionAggregate {
             aggregate_inputs: aggregate_inputs(&plan.aggregates),
             state,
             index: SessionIndex::new(plan.gap_nanos / per_unit),
-            pending: HashMap::new(),
+            pending: HashMap::default(),
             pending_since: None,
             watermark: None,
             received: None,

@@ -41,7 +41,8 @@ pub(crate) struct SessionIndex {
     by_key: HashMap<Key, OpenIds>,
     sessions: HashMap<u64, Session>,
     next_id: u64,
-    /// (end, id), earliest first; entries of merged or extended sessions are skipped.
+    /// (end, id), earliest first, one per open session: an entry whose session was extended
+    /// moves to the new end when it comes up; one of a merged session is dropped.
     timers: BinaryHeap<Reverse<(i64, u64)>>,
     /// Sessions merged into another one, since the groups were last re-keyed.
     merged: HashMap<u64, u64>,
@@ -94,10 +95,7 @@ impl SessionIndex {
                         merged.insert(id, into);
                         let s = sessions.get_mut(&into).expect("target is open");
                         s.start = s.start.min(gone.start);
-                        if gone.end > s.end {
-                            s.end = gone.end;
-                            timers.push(Reverse((s.end, into)));
-                        }
+                        s.end = s.end.max(gone.end);
                     }
                 }
             } else {
@@ -127,9 +125,10 @@ impl SessionIndex {
         };
         let s = sessions.get_mut(&id).expect("assigned above");
         s.start = s.start.min(t);
-        // A timer for every new end (an entry for an old end is skipped when it comes up).
-        if t + gap > s.end {
-            s.end = t + gap;
+        let new = s.end == t;
+        s.end = s.end.max(t + gap);
+        // One timer per session: an extended session's timer is moved when it comes up.
+        if new {
             timers.push(Reverse((s.end, id)));
         }
         id
@@ -143,9 +142,14 @@ impl SessionIndex {
                 break;
             }
             self.timers.pop();
-            let current = self.sessions.get(&id).map(|s| s.end);
-            if current != Some(end) {
-                continue; // merged away, or extended (a later entry holds its end)
+            match self.sessions.get(&id).map(|s| s.end) {
+                None => continue, // merged into another session
+                Some(current) if current > end => {
+                    // Extended since: its timer moves to the new end.
+                    self.timers.push(Reverse((current, id)));
+                    continue;
+                }
+                Some(_) => {}
             }
             let s = self.sessions.remove(&id).expect("checked above");
             if let Some(list) = self.by_key.get_mut(&s.key) {
