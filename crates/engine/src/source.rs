@@ -81,7 +81,7 @@ pub trait Source: Send {
     /// GetRecords returned no records at the shard's tip). Each comes with the instant since
     /// which it has been caught up without interruption. The runner counts a split idle once
     /// it has been listed, continuously, for the idle timeout; a split never listed is never
-    /// idle (a file being read, or waiting for a reader thread). Called between polls; the
+    /// idle (a file being read). Called between polls; the
     /// default lists none. See [`crate::CaughtUpSplits`] for a tracker that readers share.
     fn caught_up_splits(&self) -> Vec<(SplitId, Instant)> {
         Vec::new()
