@@ -135,7 +135,8 @@ fn write_closer(dir: &Path) {
     .unwrap();
 }
 
-async fn oracle(input: &Path, time_format: &str) -> Vec<String> {
+/// A DataFusion session with the input files registered as `e`: the batch oracle.
+async fn input_context(input: &Path) -> SessionContext {
     let ctx = SessionContext::new();
     let schema = Schema::new(vec![
         Field::new("id", DataType::Int64, true),
@@ -144,6 +145,11 @@ async fn oracle(input: &Path, time_format: &str) -> Vec<String> {
         Field::new("ts", DataType::Timestamp(TimeUnit::Microsecond, None), true),
     ]);
     common::register_json_files(&ctx, "e", input, &schema).await;
+    ctx
+}
+
+async fn oracle(input: &Path, time_format: &str) -> Vec<String> {
+    let ctx = input_context(input).await;
     let mut rows = common::query_rows(
         &ctx,
         &format!(
@@ -163,14 +169,7 @@ async fn oracle(input: &Path, time_format: &str) -> Vec<String> {
 /// Sessions per `v` (events 1 s apart per value, so each value's session spans the whole
 /// run and lives through every kill), as a batch query.
 async fn session_oracle(input: &Path) -> Vec<String> {
-    let ctx = SessionContext::new();
-    let schema = Schema::new(vec![
-        Field::new("id", DataType::Int64, true),
-        Field::new("k", DataType::Utf8, true),
-        Field::new("v", DataType::Int64, true),
-        Field::new("ts", DataType::Timestamp(TimeUnit::Microsecond, None), true),
-    ]);
-    common::register_json_files(&ctx, "e", input, &schema).await;
+    let ctx = input_context(input).await;
     ctx.sql(&format!(
         "CREATE VIEW s AS {}",
         laketide::oracle::sessions(

@@ -10,7 +10,7 @@ use datafusion::arrow::array::{UInt64Array, builder::BinaryBuilder};
 use datafusion::arrow::compute::{filter_record_batch, is_not_null};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, UInt64Type};
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::arrow::row::{RowConverter, SortField};
+use datafusion::arrow::row::{RowConverter, Rows, SortField};
 use datafusion::common::HashMap;
 use datafusion::physical_expr::PhysicalExpr;
 use serde::{Deserialize, Serialize};
@@ -188,51 +188,14 @@ impl SessionAggregate {
 
     /// Drops (as late) rows without a time or whose session would already have closed.
     fn drop_late(&self, batch: RecordBatch, out: &mut Output) -> Result<Option<RecordBatch>> {
-        let times = timestamp_values(batch.column(self.plan.time_column))?;
-        let (gap, watermark) = (self.gap, self.watermark);
-        let keep: BooleanArray = match watermark {
-            None if times.null_count() == 0 => return Ok(Some(batch)),
-            None => is_not_null(&times)?,
-            Some(w) => times
-                .iter()
-                .map(|t| Some(t.is_some_and(|t| t + gap > w)))
-                .collect(),
-        };
-        let kept = keep.true_count();
-        if kept < batch.num_rows() {
-            let reason = match watermark {
-                Some(w) => format!(
-                    "its session had closed (or its event time is NULL): the time plus the gap is at or before the watermark {}",
-                    format_event_time(w.saturating_mul(self.per_unit))
-                ),
-                None => "its event time is NULL".to_string(),
-            };
-            let late = datafusion::arrow::compute::not(&keep)?;
-            out.late(filter_record_batch(&batch, &late)?, reason);
-        }
-        Ok(match kept {
-            0 => None,
-            n if n == batch.num_rows() => Some(batch),
-            _ => Some(filter_record_batch(&batch, &keep)?),
-        })
+        let (time, gap, unit) = (self.plan.time_column, self.gap, self.per_unit);
+        drop_late_rows(batch, time, gap, self.watermark, unit, out)
     }
 
     /// Each row's session id.
     fn assign(&mut self, batch: &RecordBatch) -> Result<UInt64Array> {
         let times = timestamp_values(batch.column(self.plan.time_column))?;
-        let rows = match &self.keys {
-            Some(converter) => Some(
-                converter.convert_columns(
-                    &self
-                        .plan
-                        .key_columns
-                        .iter()
-                        .map(|i| batch.column(*i).clone())
-                        .collect::<Vec<_>>(),
-                )?,
-            ),
-            None => None,
-        };
+        let rows = key_rows(self.keys.as_ref(), &self.plan.key_columns, batch)?;
         let ids: Vec<u64> = times
             .values()
             .iter()
@@ -571,6 +534,59 @@ impl Operator for SessionAggregate {
         }
         Ok(())
     }
+}
+
+/// The session key of every row of `batch` (its `columns` in Arrow's row format), or `None`
+/// for sessions without keys.
+pub(crate) fn key_rows(
+    converter: Option<&RowConverter>,
+    columns: &[usize],
+    batch: &RecordBatch,
+) -> Result<Option<Rows>> {
+    let Some(converter) = converter else {
+        return Ok(None);
+    };
+    let arrays: Vec<ArrayRef> = columns.iter().map(|i| batch.column(*i).clone()).collect();
+    Ok(Some(converter.convert_columns(&arrays)?))
+}
+
+/// Hands to `out` as late the rows of `batch` without a time in `time_column`, or whose
+/// session would already have closed (time + `gap` at or before `watermark`, both in the
+/// column's unit of `per_unit` nanoseconds); returns the rest, if any.
+pub(crate) fn drop_late_rows(
+    batch: RecordBatch,
+    time_column: usize,
+    gap: i64,
+    watermark: Option<i64>,
+    per_unit: i64,
+    out: &mut Output,
+) -> Result<Option<RecordBatch>> {
+    let times = timestamp_values(batch.column(time_column))?;
+    let keep: BooleanArray = match watermark {
+        None if times.null_count() == 0 => return Ok(Some(batch)),
+        None => is_not_null(&times)?,
+        Some(w) => times
+            .iter()
+            .map(|t| Some(t.is_some_and(|t| t + gap > w)))
+            .collect(),
+    };
+    let kept = keep.true_count();
+    if kept < batch.num_rows() {
+        let reason = match watermark {
+            Some(w) => format!(
+                "its session had closed (or its event time is NULL): the time plus the gap is at or before the watermark {}",
+                format_event_time(w.saturating_mul(per_unit))
+            ),
+            None => "its event time is NULL".to_string(),
+        };
+        let late = datafusion::arrow::compute::not(&keep)?;
+        out.late(filter_record_batch(&batch, &late)?, reason);
+    }
+    Ok(match kept {
+        0 => None,
+        n if n == batch.num_rows() => Some(batch),
+        _ => Some(filter_record_batch(&batch, &keep)?),
+    })
 }
 
 #[cfg(test)]

@@ -1,17 +1,15 @@
-use datafusion::arrow::array::{BooleanArray, Int64Array};
-use datafusion::arrow::compute::filter_record_batch;
+use datafusion::arrow::array::Int64Array;
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::row::{RowConverter, SortField};
 
+use super::session_aggregate::{drop_late_rows, key_rows};
 use super::session_state::Sessions;
 use crate::error::{EngineError, Result};
 use crate::message::Watermark;
 use crate::operator::{Operator, Output};
 use crate::state::NodeState;
-use crate::time::{
-    format_event_time, nanos_per_unit, timestamp_array, timestamp_unit, timestamp_values,
-};
+use crate::time::{nanos_per_unit, timestamp_array, timestamp_unit, timestamp_values};
 
 /// Session windows (`SESSION` table function): per key, rows closer than `gap` to each other
 /// form one session `[first time, last time + gap)`.
@@ -173,49 +171,12 @@ const ROWS_TABLE: &str = "rows";
 impl SessionAssign {
     /// Adds rows to their sessions, dropping (and counting) those already late.
     fn add_rows(&mut self, batch: RecordBatch, out: &mut Output) -> Result<()> {
-        let times = timestamp_values(batch.column(self.time_column))?;
-        let (gap, watermark) = (self.gap, self.watermark);
-        let keep: Vec<bool> = times
-            .iter()
-            .map(|t| match (t, watermark) {
-                (None, _) => false,
-                (Some(t), Some(w)) => t + gap > w,
-                (Some(_), None) => true,
-            })
-            .collect();
-        let kept = keep.iter().filter(|k| **k).count();
-        if kept < keep.len() {
-            let late: BooleanArray = keep.iter().map(|k| Some(!k)).collect();
-            let reason = match watermark {
-                Some(w) => format!(
-                    "its session had closed (or its event time is NULL): the time plus the gap is at or before the watermark {}",
-                    format_event_time(w.saturating_mul(self.per_unit))
-                ),
-                None => "its event time is NULL".to_string(),
-            };
-            out.late(filter_record_batch(&batch, &late)?, reason);
-        }
-        if kept == 0 {
+        let (time, gap, unit) = (self.time_column, self.gap, self.per_unit);
+        let Some(batch) = drop_late_rows(batch, time, gap, self.watermark, unit, out)? else {
             return Ok(());
-        }
-        let batch = if kept == keep.len() {
-            batch
-        } else {
-            filter_record_batch(&batch, &BooleanArray::from(keep))?
         };
         let times = timestamp_values(batch.column(self.time_column))?;
-        let keys = match &self.key_converter {
-            Some(c) => Some(
-                c.convert_columns(
-                    &self
-                        .key_columns
-                        .iter()
-                        .map(|i| batch.column(*i).clone())
-                        .collect::<Vec<_>>(),
-                )?,
-            ),
-            None => None,
-        };
+        let keys = key_rows(self.key_converter.as_ref(), &self.key_columns, &batch)?;
         self.sessions.add(batch, times.values(), keys.as_ref());
         Ok(())
     }
