@@ -4,8 +4,8 @@
 //! takes every group out as keys plus intermediate states ([`GroupRows`]) and merges the
 //! rows to keep back (`merge_batch`), the way DataFusion combines partial aggregates.
 
-use datafusion::arrow::array::{ArrayRef, AsArray, BooleanArray};
-use datafusion::arrow::compute::filter;
+use datafusion::arrow::array::{ArrayRef, AsArray, BooleanArray, UInt32Array};
+use datafusion::arrow::compute::{filter, take};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
 use datafusion::physical_plan::aggregates::group_values::{GroupValues, new_group_values};
@@ -34,6 +34,20 @@ impl GroupRows {
             Ok(columns
                 .iter()
                 .map(|c| filter(c.as_ref(), mask))
+                .collect::<std::result::Result<_, _>>()?)
+        };
+        Ok(GroupRows {
+            keys: pick(&self.keys)?,
+            states: self.states.iter().map(|s| pick(s)).collect::<Result<_>>()?,
+        })
+    }
+
+    /// The groups at `indices`, in that order.
+    pub(crate) fn take(&self, indices: &UInt32Array) -> Result<GroupRows> {
+        let pick = |columns: &[ArrayRef]| -> Result<Vec<ArrayRef>> {
+            Ok(columns
+                .iter()
+                .map(|c| take(c.as_ref(), indices, None))
                 .collect::<std::result::Result<_, _>>()?)
         };
         Ok(GroupRows {

@@ -5,6 +5,7 @@ mod grouped_state;
 mod projection;
 mod session_aggregate;
 mod session_assign;
+mod session_generations;
 mod session_index;
 mod session_state;
 mod union;

@@ -15,7 +15,8 @@ use datafusion::common::HashMap;
 use datafusion::physical_expr::PhysicalExpr;
 use serde::{Deserialize, Serialize};
 
-use super::grouped_state::{GroupRows, GroupedState, split};
+use super::grouped_state::{GroupRows, split};
+use super::session_generations::Generations;
 use super::session_index::{Closed, Session, SessionIndex};
 use super::window_aggregate::{
     AggregateSpec, aggregate_inputs, cast_if_needed, evaluate_aggregates, evaluate_all,
@@ -74,8 +75,8 @@ pub struct SessionAggregate {
     /// The group expressions kept per session: all but `window_start` and `window_end`.
     kept_groups: Vec<usize>,
     aggregate_inputs: Vec<Vec<Arc<dyn PhysicalExpr>>>,
-    /// Groups keyed by (session id, kept group values).
-    state: GroupedState,
+    /// Groups keyed by (session id, kept group values), in generations.
+    groups: Generations,
     index: SessionIndex,
     /// Sessions closed by the watermark and not yet emitted, by id.
     pending: HashMap<u64, Closed>,
@@ -92,7 +93,7 @@ impl std::fmt::Debug for SessionAggregate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SessionAggregate")
             .field("open_sessions", &self.index.len())
-            .field("groups", &self.state.len())
+            .field("groups", &self.groups.len())
             .field("pending", &self.pending.len())
             .finish()
     }
@@ -137,7 +138,7 @@ impl SessionAggregate {
                 e.nullable(&windowed)?,
             ));
         }
-        let state = GroupedState::new(Arc::new(Schema::new(key_fields)), plan.aggregates.clone())?;
+        let groups = Generations::new(Arc::new(Schema::new(key_fields)), plan.aggregates.clone(), 0)?;
         Ok(SessionAggregate {
             time_type: field.data_type().clone(),
             per_unit,
@@ -145,7 +146,7 @@ impl SessionAggregate {
             keys,
             kept_groups,
             aggregate_inputs: aggregate_inputs(&plan.aggregates),
-            state,
+            groups,
             index: SessionIndex::new(plan.gap_nanos / per_unit),
             pending: HashMap::default(),
             pending_since: None,
@@ -170,6 +171,12 @@ impl SessionAggregate {
         self.index.len()
     }
 
+    /// Sets how many groups a generation takes (tests use tiny ones).
+    #[cfg(test)]
+    fn set_generation_size(&mut self, size: usize) {
+        self.groups.set_size(size);
+    }
+
     /// `batch` as the expressions see it: window columns appended (placeholders: only
     /// `window_start`/`window_end` groups read them, and those come from the session), then
     /// projected.
@@ -192,20 +199,20 @@ impl SessionAggregate {
         drop_late_rows(batch, time, gap, self.watermark, unit, out)
     }
 
-    /// Each row's session id.
-    fn assign(&mut self, batch: &RecordBatch) -> Result<UInt64Array> {
+    /// Each row's session id and the generation of that session's groups.
+    fn assign(&mut self, batch: &RecordBatch) -> Result<(UInt64Array, Vec<u64>)> {
         let times = timestamp_values(batch.column(self.plan.time_column))?;
         let rows = key_rows(self.keys.as_ref(), &self.plan.key_columns, batch)?;
-        let ids: Vec<u64> = times
-            .values()
-            .iter()
-            .enumerate()
-            .map(|(row, t)| {
-                let key = rows.as_ref().map_or(&[][..], |r| r.row(row).data());
-                self.index.assign(key, *t)
-            })
-            .collect();
-        Ok(UInt64Array::from(ids))
+        let current = self.groups.current()?;
+        let mut ids = Vec::with_capacity(times.len());
+        let mut generations = Vec::with_capacity(times.len());
+        for (row, t) in times.values().iter().enumerate() {
+            let key = rows.as_ref().map_or(&[][..], |r| r.row(row).data());
+            let (id, generation) = self.index.assign(key, *t, current);
+            ids.push(id);
+            generations.push(generation);
+        }
+        Ok((UInt64Array::from(ids), generations))
     }
 
     /// Moves sessions that the watermark closed to `pending`.
@@ -263,10 +270,16 @@ impl SessionAggregate {
         }
     }
 
-    /// Takes every group out once: the groups of pending sessions are emitted (merged per
-    /// session), the others merged back under their sessions' current ids.
+    /// Takes out the generations that hold the pending sessions' groups: those groups are
+    /// emitted (merged per session), the others go back, to their session's generation if it
+    /// is still live, else to the current one.
     fn emit_sessions(&mut self, out: &mut Output) -> Result<()> {
-        let rows = self.rekeyed_groups()?;
+        let Some(through) = self.pending.values().map(|c| c.generation).max() else {
+            return Ok(());
+        };
+        let taken = self.groups.take_through(through)?;
+        let rows = self.rekeyed(taken);
+        self.index.forget_merges_before(self.groups.oldest());
         let closing: BooleanArray = match rows.keys.first() {
             Some(roots) => roots
                 .as_primitive::<UInt64Type>()
@@ -277,8 +290,8 @@ impl SessionAggregate {
             None => BooleanArray::from(Vec::<bool>::new()),
         };
         let (closed, open) = split(&rows, &closing)?;
-        self.state.merge(&open)?;
-        let mut emitting = self.state.empty_like()?;
+        self.put_back(&open, through)?;
+        let mut emitting = self.groups.empty_state()?;
         emitting.merge(&closed)?;
         let (keys, values) = emitting.emit()?;
         let pending = std::mem::take(&mut self.pending);
@@ -292,10 +305,33 @@ impl SessionAggregate {
         Ok(())
     }
 
-    /// Takes every group out, keyed by the session its session was merged into (if it was),
-    /// and forgets the merges.
-    fn rekeyed_groups(&mut self) -> Result<GroupRows> {
-        let mut rows = self.state.take()?;
+    /// Merges groups of open sessions back: into their session's generation when it is newer
+    /// than `through` (still live), else into the current one, where the session moves.
+    fn put_back(&mut self, open: &GroupRows, through: u64) -> Result<()> {
+        let Some(ids) = open.keys.first() else {
+            return Ok(());
+        };
+        let current = self.groups.current()?;
+        let mut target = Vec::with_capacity(ids.len());
+        for id in ids.as_primitive::<UInt64Type>().values() {
+            target.push(match self.index.generation(*id) {
+                Some(g) if g > through => g,
+                Some(_) => {
+                    self.index.move_to(*id, current);
+                    current
+                }
+                None => {
+                    return Err(EngineError::Internal(format!(
+                        "session {id} has groups but is neither open nor pending"
+                    )));
+                }
+            });
+        }
+        self.groups.merge(&target, open)
+    }
+
+    /// `rows` keyed by the session their session was merged into (if it was).
+    fn rekeyed(&self, mut rows: GroupRows) -> GroupRows {
         if let Some(ids) = rows.keys.first() {
             let roots: UInt64Array = ids
                 .as_primitive::<UInt64Type>()
@@ -305,8 +341,7 @@ impl SessionAggregate {
                 .collect();
             rows.keys[0] = Arc::new(roots);
         }
-        self.index.clear_merges();
-        Ok(rows)
+        rows
     }
 
     /// The output rows of emitted groups: window bounds from their sessions, kept group
@@ -367,15 +402,14 @@ impl Operator for SessionAggregate {
         let Some(batch) = self.drop_late(batch, out)? else {
             return Ok(());
         };
-        let ids = self.assign(&batch)?;
+        let (ids, generations) = self.assign(&batch)?;
         let windowed = self.windowed(&batch)?;
         let groups = evaluate_all(&self.plan.group_exprs, &windowed)?;
         let mut keys: Vec<ArrayRef> = vec![Arc::new(ids)];
         keys.extend(self.kept_groups.iter().map(|g| groups[*g].clone()));
         let (args, filters) =
             evaluate_aggregates(&self.plan.aggregates, &self.aggregate_inputs, &windowed)?;
-        self.state.update(&keys, &args, &filters)?;
-        Ok(())
+        self.groups.update(&generations, &keys, &args, &filters)
     }
 
     fn process_watermark(&mut self, watermark: Watermark, out: &mut Output) -> Result<()> {
@@ -421,8 +455,16 @@ impl Operator for SessionAggregate {
     /// Saves every group (keyed by its session's current id) with its accumulators'
     /// intermediate states, the open and pending sessions, and the watermark.
     fn snapshot(&mut self) -> Result<NodeState> {
-        let rows = self.rekeyed_groups()?;
-        self.state.merge(&rows)?;
+        // Every group out, re-keyed; all of them go back into one new generation.
+        let taken = self.groups.take_through(u64::MAX)?;
+        let rows = self.rekeyed(taken);
+        self.index.forget_merges_before(u64::MAX);
+        let current = self.groups.current()?;
+        self.index.move_all(current);
+        self.pending
+            .values_mut()
+            .for_each(|c| c.generation = current);
+        self.groups.merge(&vec![current; rows.len()], &rows)?;
         let saved = SavedSessions {
             watermark: self.watermark,
             next_id: self.index.next_id(),
@@ -447,6 +489,7 @@ impl Operator for SessionAggregate {
                 key: Arc::from(&[][..]),
                 start: c.start,
                 end: c.end,
+                generation: c.generation,
             };
             (c.id, s, true)
         });
@@ -477,7 +520,7 @@ impl Operator for SessionAggregate {
             next_id: 0,
         });
         self.watermark = saved.watermark;
-        self.state = self.state.empty_like()?;
+        self.groups = self.groups.fresh()?;
         self.pending.clear();
         let mut open = Vec::new();
         if let Some(t) = state.table(SESSIONS_TABLE) {
@@ -506,18 +549,31 @@ impl Operator for SessionAggregate {
             let pending = t.column(4).as_boolean_opt().ok_or_else(mismatch)?;
             for i in 0..t.num_rows() {
                 let (id, start, end) = (ids.value(i), starts.value(i), ends.value(i));
+                let generation = 0;
                 if pending.value(i) {
-                    self.pending.insert(id, Closed { id, start, end });
+                    let closed = Closed {
+                        id,
+                        start,
+                        end,
+                        generation,
+                    };
+                    self.pending.insert(id, closed);
                 } else {
                     let key = keys.value(i).into();
-                    open.push((id, Session { key, start, end }));
+                    let session = Session {
+                        key,
+                        start,
+                        end,
+                        generation,
+                    };
+                    open.push((id, session));
                 }
             }
         }
         self.pending_since = (!self.pending.is_empty()).then(Instant::now);
         self.index = SessionIndex::restore(self.gap, saved.next_id, open);
         if let Some(t) = state.table(GROUPS_TABLE) {
-            let widths = self.state.state_widths()?;
+            let widths = self.groups.state_widths()?;
             let groups = 1 + self.kept_groups.len();
             if t.num_columns() != groups + widths.iter().sum::<usize>() {
                 return Err(EngineError::User(format!(
@@ -530,7 +586,7 @@ impl Operator for SessionAggregate {
                 keys: t.columns()[..groups].to_vec(),
                 states: split_columns(&t.columns()[groups..], &widths),
             };
-            self.state.merge(&rows)?;
+            self.groups.merge(&vec![0; rows.len()], &rows)?;
         }
         Ok(())
     }
@@ -699,6 +755,129 @@ mod tests {
 
     fn row(key: &str, start: i64, end: i64, total: i64, n: i64) -> Row {
         (key.to_string(), start, end, total, n)
+    }
+
+    /// A tiny deterministic generator for the randomized tests.
+    struct XorShift(u64);
+
+    impl XorShift {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0 % n
+        }
+    }
+
+    /// Random rows (key, value, time) over `keys` keys, times rising with up to 5 ms of
+    /// disorder, in batches of 1 to 40 rows.
+    fn random_batches(seed: u64, rows: usize, keys: u64) -> Vec<Vec<(String, i64, i64)>> {
+        let mut rng = XorShift(seed);
+        let mut clock = 1_000;
+        let mut all = Vec::new();
+        let mut batch = Vec::new();
+        for i in 0..rows {
+            clock += rng.below(3) as i64;
+            let t = clock - rng.below(6) as i64;
+            batch.push((format!("k{}", rng.below(keys)), i as i64, t));
+            if rng.below(20) == 0 {
+                all.push(std::mem::take(&mut batch));
+            }
+        }
+        all.push(batch);
+        all
+    }
+
+    /// Runs the batches through `op` with a watermark 6 ms behind the largest time after each
+    /// batch (so no row is late), snapshotting into a new operator after batch `restore_at`.
+    fn run_random(
+        mut op: SessionAggregate,
+        batches: &[Vec<(String, i64, i64)>],
+        restore_at: Option<(usize, usize)>,
+    ) -> Vec<Row> {
+        let mut out = Output::default();
+        let mut found = Vec::new();
+        let mut max_t = 0;
+        for (n, batch) in batches.iter().enumerate() {
+            let data: Vec<(&str, i64, Option<i64>)> =
+                batch.iter().map(|(k, v, t)| (k.as_str(), *v, Some(*t))).collect();
+            max_t = batch.iter().map(|r| r.2).max().unwrap_or(max_t).max(max_t);
+            op.process_batch(0, rows(&data), &mut out).unwrap();
+            op.process_watermark(Watermark::EventTime((max_t - 6) * MS), &mut out)
+                .unwrap();
+            if n % 7 == 0 {
+                op.on_tick(&mut out).unwrap();
+            }
+            if let Some((at, size)) = restore_at
+                && at == n
+            {
+                let state = op.snapshot().unwrap();
+                op = operator();
+                op.set_generation_size(size);
+                op.restore(state).unwrap();
+            }
+            found.extend(drain(&mut out).0);
+        }
+        op.process_watermark(Watermark::END, &mut out).unwrap();
+        found.extend(drain(&mut out).0);
+        found.sort();
+        found
+    }
+
+    /// Sessions computed from all rows at once: per key, sorted by time, a new session where
+    /// a row comes at or after the current one's end.
+    fn batch_sessions(batches: &[Vec<(String, i64, i64)>]) -> Vec<Row> {
+        let mut by_key: std::collections::BTreeMap<&str, Vec<(i64, i64)>> = Default::default();
+        for (k, v, t) in batches.iter().flatten() {
+            by_key.entry(k).or_default().push((*t, *v));
+        }
+        let mut sessions = Vec::new();
+        for (k, mut rows) in by_key {
+            rows.sort();
+            let mut current: Option<Row> = None;
+            for (t, v) in rows {
+                match &mut current {
+                    Some(s) if t < s.2 => {
+                        s.2 = t + 10;
+                        s.3 += v;
+                        s.4 += 1;
+                    }
+                    _ => {
+                        sessions.extend(current.take());
+                        current = Some(row(k, t, t + 10, v, 1));
+                    }
+                }
+            }
+            sessions.extend(current);
+        }
+        sessions.sort();
+        sessions
+    }
+
+    #[test]
+    fn any_generation_size_and_a_restore_at_any_point_give_the_batch_sessions() {
+        for (seed, keys) in [(7, 40), (99, 8), (2024, 3)] {
+            let batches = random_batches(seed, 3_000, keys);
+            let expected = batch_sessions(&batches);
+            assert!(expected.len() > 100, "many sessions: {}", expected.len());
+            for size in [1, 2, 5, 8192] {
+                let mut op = operator();
+                op.set_generation_size(size);
+                assert_eq!(
+                    run_random(op, &batches, None),
+                    expected,
+                    "seed {seed}, generations of {size}"
+                );
+                let mut op = operator();
+                op.set_generation_size(size);
+                let at = batches.len() / 2;
+                assert_eq!(
+                    run_random(op, &batches, Some((at, size))),
+                    expected,
+                    "seed {seed}, generations of {size}, restored after batch {at}"
+                );
+            }
+        }
     }
 
     #[test]

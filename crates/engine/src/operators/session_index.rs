@@ -24,6 +24,8 @@ pub(crate) struct Session {
     pub(crate) key: Key,
     pub(crate) start: i64,
     pub(crate) end: i64,
+    /// The generation its groups are in (see `session_generations`).
+    pub(crate) generation: u64,
 }
 
 /// A closed session: its id and bounds.
@@ -32,6 +34,7 @@ pub(crate) struct Closed {
     pub(crate) id: u64,
     pub(crate) start: i64,
     pub(crate) end: i64,
+    pub(crate) generation: u64,
 }
 
 #[derive(Debug, Default)]
@@ -44,8 +47,9 @@ pub(crate) struct SessionIndex {
     /// (end, id), earliest first, one per open session: an entry whose session was extended
     /// moves to the new end when it comes up; one of a merged session is dropped.
     timers: BinaryHeap<Reverse<(i64, u64)>>,
-    /// Sessions merged into another one, since the groups were last re-keyed.
-    merged: HashMap<u64, u64>,
+    /// Sessions merged into another one, with the generation their groups are in, until that
+    /// generation's groups are re-keyed.
+    merged: HashMap<u64, (u64, u64)>,
 }
 
 impl SessionIndex {
@@ -61,9 +65,11 @@ impl SessionIndex {
         self.sessions.len()
     }
 
-    /// The session a row of `key` at time `t` belongs to: an open one it extends (merging the
-    /// sessions it bridges into the earliest-created), or a new one.
-    pub(crate) fn assign(&mut self, key: &[u8], t: i64) -> u64 {
+    /// The session a row of `key` at time `t` belongs to, and that session's generation: an
+    /// open one it extends (merging the sessions it bridges into the one of the newest
+    /// generation, so that merged groups never sit in a newer generation than their
+    /// session), or a new one in generation `current`.
+    pub(crate) fn assign(&mut self, key: &[u8], t: i64, current: u64) -> (u64, u64) {
         let gap = self.gap;
         let SessionIndex {
             by_key,
@@ -77,34 +83,16 @@ impl SessionIndex {
             Some(list) => list,
             None => by_key.entry(Key::from(key)).or_default(),
         };
-        let mut target: Option<u64> = None;
-        let mut i = 0;
-        while i < list.len() {
-            let id = list[i];
-            let s = &sessions[&id];
-            if t < s.end && t + gap > s.start {
-                match target {
-                    None => {
-                        target = Some(id);
-                        i += 1;
-                    }
-                    Some(into) => {
-                        // The row bridges two sessions: this one joins the first.
-                        let gone = sessions.remove(&id).expect("listed sessions are open");
-                        list.swap_remove(i);
-                        merged.insert(id, into);
-                        let s = sessions.get_mut(&into).expect("target is open");
-                        s.start = s.start.min(gone.start);
-                        s.end = s.end.max(gone.end);
-                    }
-                }
-            } else {
-                i += 1;
-            }
-        }
-        let id = match target {
-            Some(id) => id,
-            None => {
+        let overlapping: OpenIds = list
+            .iter()
+            .copied()
+            .filter(|id| {
+                let s = &sessions[id];
+                t < s.end && t + gap > s.start
+            })
+            .collect();
+        let id = match overlapping.as_slice() {
+            [] => {
                 let id = *next_id;
                 *next_id += 1;
                 let shared = by_key
@@ -117,10 +105,28 @@ impl SessionIndex {
                         key: shared,
                         start: t,
                         end: t,
+                        generation: current,
                     },
                 );
                 by_key.get_mut(key).expect("inserted above").push(id);
                 id
+            }
+            [one] => *one,
+            several => {
+                // The row bridges sessions: they join the one of the newest generation.
+                let into = *several
+                    .iter()
+                    .max_by_key(|id| (sessions[*id].generation, Reverse(**id)))
+                    .expect("several");
+                for gone_id in several.iter().copied().filter(|id| *id != into) {
+                    let gone = sessions.remove(&gone_id).expect("listed sessions are open");
+                    merged.insert(gone_id, (into, gone.generation));
+                    let s = sessions.get_mut(&into).expect("target is open");
+                    s.start = s.start.min(gone.start);
+                    s.end = s.end.max(gone.end);
+                }
+                list.retain(|id| *id == into || !several.contains(id));
+                into
             }
         };
         let s = sessions.get_mut(&id).expect("assigned above");
@@ -131,7 +137,24 @@ impl SessionIndex {
         if new {
             timers.push(Reverse((s.end, id)));
         }
-        id
+        (id, s.generation)
+    }
+
+    /// The generation of open session `id`.
+    pub(crate) fn generation(&self, id: u64) -> Option<u64> {
+        self.sessions.get(&id).map(|s| s.generation)
+    }
+
+    /// Moves open session `id` to generation `to`.
+    pub(crate) fn move_to(&mut self, id: u64, to: u64) {
+        if let Some(s) = self.sessions.get_mut(&id) {
+            s.generation = to;
+        }
+    }
+
+    /// Moves every open session to generation `to`.
+    pub(crate) fn move_all(&mut self, to: u64) {
+        self.sessions.values_mut().for_each(|s| s.generation = to);
     }
 
     /// Removes and returns the sessions that end at or before `watermark` (all for `None`).
@@ -162,6 +185,7 @@ impl SessionIndex {
                 id,
                 start: s.start,
                 end: s.end,
+                generation: s.generation,
             });
         }
         closed
@@ -169,15 +193,18 @@ impl SessionIndex {
 
     /// The session `id` now belongs to (itself, unless it was merged).
     pub(crate) fn root(&self, mut id: u64) -> u64 {
-        while let Some(next) = self.merged.get(&id) {
+        while let Some((next, _)) = self.merged.get(&id) {
             id = *next;
         }
         id
     }
 
-    /// Forgets the merges: call after re-keying every group by [`SessionIndex::root`].
-    pub(crate) fn clear_merges(&mut self) {
-        self.merged.clear();
+    /// Forgets the merges of sessions whose groups were in generations before `oldest`: call
+    /// after those generations' groups were re-keyed by [`SessionIndex::root`].
+    pub(crate) fn forget_merges_before(&mut self, oldest: u64) {
+        if !self.merged.is_empty() {
+            self.merged.retain(|_, (_, generation)| *generation >= oldest);
+        }
     }
 
     /// Every open session with its id, for a checkpoint.
@@ -211,26 +238,27 @@ mod tests {
     #[test]
     fn rows_join_extend_and_merge_sessions_per_key() {
         let mut index = SessionIndex::new(10);
-        let a = index.assign(b"u1", 100);
-        assert_eq!(index.assign(b"u1", 105), a, "within the gap");
-        let b = index.assign(b"u1", 122);
+        let a = index.assign(b"u1", 100, 0).0;
+        assert_eq!(index.assign(b"u1", 105, 0).0, a, "within the gap");
+        let b = index.assign(b"u1", 122, 0).0;
         assert_ne!(a, b, "more than the gap after 105");
-        let other = index.assign(b"u2", 101);
+        let other = index.assign(b"u2", 101, 0).0;
         assert_ne!(other, a, "another key");
         // 113 is within 10 of both 100..115 and 122..132: the two sessions merge.
-        let c = index.assign(b"u1", 113);
+        let c = index.assign(b"u1", 113, 0).0;
         assert_eq!(c, a);
         assert_eq!(index.root(b), a);
         assert_eq!(index.len(), 2);
         // Out of order, before the session: it extends it backwards.
-        assert_eq!(index.assign(b"u1", 92), a);
+        assert_eq!(index.assign(b"u1", 92, 0).0, a);
         let closed = index.close_until(Some(131));
         assert_eq!(
             closed,
             vec![Closed {
                 id: other,
                 start: 101,
-                end: 111
+                end: 111,
+                generation: 0
             }]
         );
         let closed = index.close_until(Some(132));
@@ -239,7 +267,8 @@ mod tests {
             vec![Closed {
                 id: a,
                 start: 92,
-                end: 132
+                end: 132,
+                generation: 0
             }]
         );
         assert_eq!(index.len(), 0);
@@ -252,15 +281,15 @@ mod tests {
     #[test]
     fn a_restored_index_closes_like_the_original() {
         let mut index = SessionIndex::new(5);
-        index.assign(b"k", 10);
-        index.assign(b"k", 12);
-        index.assign(b"j", 30);
+        index.assign(b"k", 10, 0).0;
+        index.assign(b"k", 12, 0).0;
+        index.assign(b"j", 30, 0).0;
         let open: Vec<(u64, Session)> = index
             .open_sessions()
             .map(|(id, s)| (id, s.clone()))
             .collect();
         let mut restored = SessionIndex::restore(5, index.next_id(), open);
         assert_eq!(restored.close_until(None), index.close_until(None));
-        assert_ne!(restored.assign(b"x", 1), 0, "new ids follow the saved ones");
+        assert_ne!(restored.assign(b"x", 1, 0).0, 0, "new ids follow the saved ones");
     }
 }

@@ -1,0 +1,235 @@
+//! The groups of a session aggregate, in generations: a session's groups live in the
+//! generation that was current when the session was created (or last moved). Sessions close
+//! roughly in the order they were created, so emitting closed sessions takes out only the
+//! oldest generations, not every open group; the few sessions of those generations that are
+//! still open move to a newer one. Each generation is one [`GroupedState`].
+
+use std::collections::VecDeque;
+
+use datafusion::arrow::array::{ArrayRef, UInt32Array};
+use datafusion::arrow::compute::{concat, take};
+use datafusion::arrow::datatypes::SchemaRef;
+
+use super::grouped_state::{GroupRows, GroupedState};
+use super::window_aggregate::AggregateSpec;
+use crate::error::Result;
+
+/// A new generation starts once the current one holds this many groups.
+pub(crate) const GENERATION_GROUPS: usize = 8192;
+
+/// One generation of groups.
+struct Generation {
+    number: u64,
+    state: GroupedState,
+}
+
+/// Generations of groups, oldest first; the last one is current.
+pub(crate) struct Generations {
+    /// Groups a generation takes before the next one starts.
+    size: usize,
+    key_schema: SchemaRef,
+    aggregates: Vec<AggregateSpec>,
+    live: VecDeque<Generation>,
+}
+
+impl Generations {
+    /// One empty generation, numbered `first`.
+    pub(crate) fn new(
+        key_schema: SchemaRef,
+        aggregates: Vec<AggregateSpec>,
+        first: u64,
+    ) -> Result<Self> {
+        let state = GroupedState::new(key_schema.clone(), aggregates.clone())?;
+        Ok(Generations {
+            size: GENERATION_GROUPS,
+            key_schema,
+            aggregates,
+            live: VecDeque::from([Generation {
+                number: first,
+                state,
+            }]),
+        })
+    }
+
+    /// Empty generations like these, the first numbered 0.
+    pub(crate) fn fresh(&self) -> Result<Self> {
+        let mut fresh = Self::new(self.key_schema.clone(), self.aggregates.clone(), 0)?;
+        fresh.size = self.size;
+        Ok(fresh)
+    }
+
+    /// Sets how many groups a generation takes (tests use tiny ones).
+    #[cfg(test)]
+    pub(crate) fn set_size(&mut self, size: usize) {
+        self.size = size.max(1);
+    }
+
+    /// The generation new sessions join; it is rolled over first when it is full.
+    pub(crate) fn current(&mut self) -> Result<u64> {
+        let full = self
+            .live
+            .back()
+            .is_none_or(|g| g.state.len() >= self.size);
+        if full {
+            self.push_new()?;
+        }
+        Ok(self.newest())
+    }
+
+    fn newest(&self) -> u64 {
+        self.live.back().map_or(0, |g| g.number)
+    }
+
+    fn push_new(&mut self) -> Result<u64> {
+        let number = self.live.back().map_or(0, |g| g.number + 1);
+        self.live.push_back(Generation {
+            number,
+            state: GroupedState::new(self.key_schema.clone(), self.aggregates.clone())?,
+        });
+        Ok(number)
+    }
+
+    /// The oldest live generation's number.
+    pub(crate) fn oldest(&self) -> u64 {
+        self.live.front().map_or(self.newest(), |g| g.number)
+    }
+
+    /// Groups in all generations.
+    pub(crate) fn len(&self) -> usize {
+        self.live.iter().map(|g| g.state.len()).sum()
+    }
+
+    fn position(&self, number: u64) -> Option<usize> {
+        let first = self.live.front()?.number;
+        let i = number.checked_sub(first)? as usize;
+        (i < self.live.len()).then_some(i)
+    }
+
+    /// Folds rows into their generations: `generation[i]` is row `i`'s.
+    pub(crate) fn update(
+        &mut self,
+        generation: &[u64],
+        keys: &[ArrayRef],
+        args: &[Vec<ArrayRef>],
+        filters: &[Option<ArrayRef>],
+    ) -> Result<()> {
+        for (number, rows) in by_generation(generation) {
+            let i = self.position(number).ok_or_else(|| missing(number))?;
+            let state = &mut self.live[i].state;
+            match rows {
+                None => {
+                    state.update(keys, args, filters)?;
+                }
+                Some(rows) => {
+                    let pick = |c: &ArrayRef| take(c.as_ref(), &rows, None);
+                    let keys = keys.iter().map(pick).collect::<Result<Vec<_>, _>>()?;
+                    let args = args
+                        .iter()
+                        .map(|a| a.iter().map(pick).collect::<Result<Vec<_>, _>>())
+                        .collect::<Result<Vec<_>, _>>()?;
+                    let filters = filters
+                        .iter()
+                        .map(|f| f.as_ref().map(pick).transpose())
+                        .collect::<Result<Vec<_>, _>>()?;
+                    state.update(&keys, &args, &filters)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes out every generation numbered `through` or older, as one set of groups. If that
+    /// includes the current one, a new current generation starts.
+    pub(crate) fn take_through(&mut self, through: u64) -> Result<GroupRows> {
+        let count = self.live.iter().take_while(|g| g.number <= through).count();
+        let mut taken = Vec::with_capacity(count);
+        for _ in 0..count {
+            let mut g = self.live.pop_front().expect("counted");
+            taken.push(g.state.take()?);
+            if self.live.is_empty() {
+                self.live.push_back(Generation {
+                    number: g.number + 1,
+                    state: g.state,
+                });
+            }
+        }
+        concat_rows(&taken)
+    }
+
+    /// Merges groups back: `generation[i]` is the live generation group `i` goes to.
+    pub(crate) fn merge(&mut self, generation: &[u64], rows: &GroupRows) -> Result<()> {
+        for (number, picked) in by_generation(generation) {
+            let i = self.position(number).ok_or_else(|| missing(number))?;
+            match picked {
+                None => self.live[i].state.merge(rows)?,
+                Some(picked) => self.live[i].state.merge(&rows.take(&picked)?)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// An empty table of groups like the generations', for emitting.
+    pub(crate) fn empty_state(&self) -> Result<GroupedState> {
+        GroupedState::new(self.key_schema.clone(), self.aggregates.clone())
+    }
+
+    /// The widths of each aggregate's intermediate state, for checkpoints.
+    pub(crate) fn state_widths(&self) -> Result<Vec<usize>> {
+        self.empty_state()?.state_widths()
+    }
+}
+
+fn missing(number: u64) -> crate::error::EngineError {
+    crate::error::EngineError::Internal(format!("session generation {number} is not live"))
+}
+
+/// The rows of each generation: `None` when every row is in it (the common case).
+fn by_generation(generation: &[u64]) -> Vec<(u64, Option<UInt32Array>)> {
+    let Some(&first) = generation.first() else {
+        return Vec::new();
+    };
+    if generation.iter().all(|g| *g == first) {
+        return vec![(first, None)];
+    }
+    let mut rows: Vec<(u64, Vec<u32>)> = Vec::new();
+    for (i, g) in generation.iter().enumerate() {
+        match rows.iter_mut().find(|(n, _)| n == g) {
+            Some((_, r)) => r.push(i as u32),
+            None => rows.push((*g, vec![i as u32])),
+        }
+    }
+    rows.into_iter()
+        .map(|(n, r)| (n, Some(UInt32Array::from(r))))
+        .collect()
+}
+
+/// Several sets of groups as one.
+fn concat_rows(parts: &[GroupRows]) -> Result<GroupRows> {
+    let parts: Vec<&GroupRows> = parts.iter().filter(|p| p.len() > 0).collect();
+    match parts.as_slice() {
+        [] => Ok(GroupRows {
+            keys: Vec::new(),
+            states: Vec::new(),
+        }),
+        [one] => Ok((*one).clone()),
+        _ => {
+            let column = |get: &dyn Fn(&GroupRows) -> &ArrayRef| -> Result<ArrayRef> {
+                let arrays: Vec<&dyn datafusion::arrow::array::Array> =
+                    parts.iter().map(|p| get(p).as_ref()).collect();
+                Ok(concat(&arrays)?)
+            };
+            let first = parts[0];
+            let keys = (0..first.keys.len())
+                .map(|k| column(&|p| &p.keys[k]))
+                .collect::<Result<_>>()?;
+            let states = (0..first.states.len())
+                .map(|a| {
+                    (0..first.states[a].len())
+                        .map(|c| column(&|p| &p.states[a][c]))
+                        .collect::<Result<Vec<_>>>()
+                })
+                .collect::<Result<_>>()?;
+            Ok(GroupRows { keys, states })
+        }
+    }
+}
