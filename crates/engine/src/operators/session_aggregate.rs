@@ -306,19 +306,21 @@ impl SessionAggregate {
     }
 
     /// Merges groups of open sessions back: into their session's generation when it is newer
-    /// than `through` (still live), else into the current one, where the session moves.
+    /// than `through` (still live), else into the oldest live one, where the session moves:
+    /// those are the oldest open sessions, the next to close, so they stay at the front (in
+    /// the current generation they would make the next emission take out every group).
     fn put_back(&mut self, open: &GroupRows, through: u64) -> Result<()> {
         let Some(ids) = open.keys.first() else {
             return Ok(());
         };
-        let current = self.groups.current()?;
+        let oldest = self.groups.oldest();
         let mut target = Vec::with_capacity(ids.len());
         for id in ids.as_primitive::<UInt64Type>().values() {
             target.push(match self.index.generation(*id) {
                 Some(g) if g > through => g,
                 Some(_) => {
-                    self.index.move_to(*id, current);
-                    current
+                    self.index.move_to(*id, oldest);
+                    oldest
                 }
                 None => {
                     return Err(EngineError::Internal(format!(
@@ -455,16 +457,10 @@ impl Operator for SessionAggregate {
     /// Saves every group (keyed by its session's current id) with its accumulators'
     /// intermediate states, the open and pending sessions, and the watermark.
     fn snapshot(&mut self) -> Result<NodeState> {
-        // Every group out, re-keyed; all of them go back into one new generation.
-        let taken = self.groups.take_through(u64::MAX)?;
-        let rows = self.rekeyed(taken);
-        self.index.forget_merges_before(u64::MAX);
-        let current = self.groups.current()?;
-        self.index.move_all(current);
-        self.pending
-            .values_mut()
-            .for_each(|c| c.generation = current);
-        self.groups.merge(&vec![current; rows.len()], &rows)?;
+        // Every group, re-keyed by its session for the checkpoint; in memory each generation
+        // gets its own groups back as they were.
+        let copied = self.groups.copy_all()?;
+        let rows = self.rekeyed(copied);
         let saved = SavedSessions {
             watermark: self.watermark,
             next_id: self.index.next_id(),
@@ -571,6 +567,13 @@ impl Operator for SessionAggregate {
             }
         }
         self.pending_since = (!self.pending.is_empty()).then(Instant::now);
+        // Sessions in generations by age (their ids), as if they had come one by one.
+        open.sort_unstable_by_key(|(id, _)| *id);
+        let size = self.groups.size() as u64;
+        for (rank, (_, s)) in open.iter_mut().enumerate() {
+            s.generation = rank as u64 / size;
+        }
+        self.groups.extend_to(open.last().map_or(0, |(_, s)| s.generation))?;
         self.index = SessionIndex::restore(self.gap, saved.next_id, open);
         if let Some(t) = state.table(GROUPS_TABLE) {
             let widths = self.groups.state_widths()?;
@@ -586,7 +589,19 @@ impl Operator for SessionAggregate {
                 keys: t.columns()[..groups].to_vec(),
                 states: split_columns(&t.columns()[groups..], &widths),
             };
-            self.groups.merge(&vec![0; rows.len()], &rows)?;
+            // Pending sessions' groups go to generation 0, with the oldest open ones.
+            let generations: Vec<u64> = rows.keys[0]
+                .as_primitive_opt::<UInt64Type>()
+                .ok_or_else(|| {
+                    EngineError::User(
+                        "the saved session groups are not keyed by session; the pipeline changed (start with --from-scratch)".into(),
+                    )
+                })?
+                .values()
+                .iter()
+                .map(|id| self.index.generation(*id).unwrap_or(0))
+                .collect();
+            self.groups.merge(&generations, &rows)?;
         }
         Ok(())
     }
@@ -878,6 +893,40 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn emitting_takes_out_the_closing_sessions_not_every_open_one() {
+        // 100 new sessions per ms with a gap of 10 ms: about a thousand open at a time, in
+        // generations of 64; checkpoints now and then, and a restore half way.
+        let mut op = operator();
+        op.set_generation_size(64);
+        let mut out = Output::default();
+        let (mut sessions, mut taken_before) = (0, 0);
+        for ms in 0..400i64 {
+            let keys: Vec<String> = (0..100).map(|k| format!("k{ms}-{k}")).collect();
+            let data: Vec<(&str, i64, Option<i64>)> =
+                keys.iter().map(|k| (k.as_str(), 1, Some(ms))).collect();
+            op.process_batch(0, rows(&data), &mut out).unwrap();
+            sessions += 100;
+            op.process_watermark(Watermark::EventTime((ms - 1) * MS), &mut out)
+                .unwrap();
+            if ms % 50 == 25 {
+                let state = op.snapshot().unwrap();
+                if ms == 225 {
+                    taken_before = op.groups.taken();
+                    op = operator();
+                    op.set_generation_size(64);
+                    op.restore(state).unwrap();
+                }
+            }
+        }
+        drain(&mut out);
+        let taken = taken_before + op.groups.taken();
+        assert!(
+            taken < 2 * sessions,
+            "{taken} groups taken out for {sessions} sessions"
+        );
     }
 
     #[test]

@@ -30,6 +30,8 @@ pub(crate) struct Generations {
     key_schema: SchemaRef,
     aggregates: Vec<AggregateSpec>,
     live: VecDeque<Generation>,
+    /// Groups taken out so far (emitted or put back), to check the work per emission.
+    taken: u64,
 }
 
 impl Generations {
@@ -44,6 +46,7 @@ impl Generations {
             size: GENERATION_GROUPS,
             key_schema,
             aggregates,
+            taken: 0,
             live: VecDeque::from([Generation {
                 number: first,
                 state,
@@ -87,6 +90,31 @@ impl Generations {
             state: GroupedState::new(self.key_schema.clone(), self.aggregates.clone())?,
         });
         Ok(number)
+    }
+
+    /// Groups a generation takes before the next one starts.
+    pub(crate) fn size(&self) -> usize {
+        self.size
+    }
+
+    /// Starts generations until the newest is numbered at least `number`.
+    pub(crate) fn extend_to(&mut self, number: u64) -> Result<()> {
+        while self.newest() < number {
+            self.push_new()?;
+        }
+        Ok(())
+    }
+
+    /// Every group of every generation, leaving each generation as it was (for a checkpoint:
+    /// taking a generation's states out empties it, so they are merged back).
+    pub(crate) fn copy_all(&mut self) -> Result<GroupRows> {
+        let mut all = Vec::with_capacity(self.live.len());
+        for g in self.live.iter_mut() {
+            let rows = g.state.take()?;
+            g.state.merge(&rows)?;
+            all.push(rows);
+        }
+        concat_rows(&all)
     }
 
     /// The oldest live generation's number.
@@ -153,7 +181,15 @@ impl Generations {
                 });
             }
         }
-        concat_rows(&taken)
+        let rows = concat_rows(&taken)?;
+        self.taken += rows.len() as u64;
+        Ok(rows)
+    }
+
+    /// Groups taken out by [`Generations::take_through`] so far.
+    #[cfg(test)]
+    pub(crate) fn taken(&self) -> u64 {
+        self.taken
     }
 
     /// Merges groups back: `generation[i]` is the live generation group `i` goes to.

@@ -152,11 +152,6 @@ impl SessionIndex {
         }
     }
 
-    /// Moves every open session to generation `to`.
-    pub(crate) fn move_all(&mut self, to: u64) {
-        self.sessions.values_mut().for_each(|s| s.generation = to);
-    }
-
     /// Removes and returns the sessions that end at or before `watermark` (all for `None`).
     pub(crate) fn close_until(&mut self, watermark: Option<i64>) -> Vec<Closed> {
         let mut closed = Vec::new();
