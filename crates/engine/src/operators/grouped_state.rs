@@ -7,6 +7,7 @@
 use datafusion::arrow::array::{ArrayRef, AsArray, BooleanArray, UInt32Array};
 use datafusion::arrow::compute::{filter, take};
 use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::error::ArrowError;
 use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
 use datafusion::physical_plan::aggregates::group_values::{GroupValues, new_group_values};
 use datafusion::physical_plan::aggregates::order::GroupOrdering;
@@ -30,24 +31,23 @@ impl GroupRows {
 
     /// The groups where `mask` is true.
     pub(crate) fn filter(&self, mask: &BooleanArray) -> Result<GroupRows> {
-        let pick = |columns: &[ArrayRef]| -> Result<Vec<ArrayRef>> {
-            Ok(columns
-                .iter()
-                .map(|c| filter(c.as_ref(), mask))
-                .collect::<std::result::Result<_, _>>()?)
-        };
-        Ok(GroupRows {
-            keys: pick(&self.keys)?,
-            states: self.states.iter().map(|s| pick(s)).collect::<Result<_>>()?,
-        })
+        self.map_columns(|c| filter(c.as_ref(), mask))
     }
 
     /// The groups at `indices`, in that order.
     pub(crate) fn take(&self, indices: &UInt32Array) -> Result<GroupRows> {
+        self.map_columns(|c| take(c.as_ref(), indices, None))
+    }
+
+    /// The same groups with `f` applied to every key and state column.
+    fn map_columns(
+        &self,
+        f: impl Fn(&ArrayRef) -> std::result::Result<ArrayRef, ArrowError>,
+    ) -> Result<GroupRows> {
         let pick = |columns: &[ArrayRef]| -> Result<Vec<ArrayRef>> {
             Ok(columns
                 .iter()
-                .map(|c| take(c.as_ref(), indices, None))
+                .map(&f)
                 .collect::<std::result::Result<_, _>>()?)
         };
         Ok(GroupRows {

@@ -69,10 +69,7 @@ impl Generations {
 
     /// The generation new sessions join; it is rolled over first when it is full.
     pub(crate) fn current(&mut self) -> Result<u64> {
-        let full = self
-            .live
-            .back()
-            .is_none_or(|g| g.state.len() >= self.size);
+        let full = self.live.back().is_none_or(|g| g.state.len() >= self.size);
         if full {
             self.push_new()?;
         }

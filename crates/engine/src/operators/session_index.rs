@@ -198,7 +198,8 @@ impl SessionIndex {
     /// after those generations' groups were re-keyed by [`SessionIndex::root`].
     pub(crate) fn forget_merges_before(&mut self, oldest: u64) {
         if !self.merged.is_empty() {
-            self.merged.retain(|_, (_, generation)| *generation >= oldest);
+            self.merged
+                .retain(|_, (_, generation)| *generation >= oldest);
         }
     }
 
@@ -285,6 +286,10 @@ mod tests {
             .collect();
         let mut restored = SessionIndex::restore(5, index.next_id(), open);
         assert_eq!(restored.close_until(None), index.close_until(None));
-        assert_ne!(restored.assign(b"x", 1, 0).0, 0, "new ids follow the saved ones");
+        assert_ne!(
+            restored.assign(b"x", 1, 0).0,
+            0,
+            "new ids follow the saved ones"
+        );
     }
 }
