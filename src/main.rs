@@ -2,7 +2,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use laketide::commands::{bench, bench_dynamodb, check, generate, maintain, produce, query, run};
+use laketide::commands::{
+    bench, bench_dynamodb, bench_nexmark, check, generate, maintain, produce, query, run,
+};
 use laketide::datagen::{ClickstreamSpec, TimeFormat};
 
 /// Streaming SQL over files and Kinesis into a Delta lake, DynamoDB, Kinesis or webhooks:
@@ -38,6 +40,11 @@ enum Command {
         checkpoints: laketide::checkpointing::CheckpointArgs,
         #[command(flatten)]
         ui: run::UiArgs,
+        /// How often GROUP BY queries without a window emit the results that changed, e.g.
+        /// 1s, 200ms, 0s (every batch). Default: the pipeline's `SET update_interval = '…'`,
+        /// or 1s.
+        #[arg(long, value_name = "DURATION", value_parser = parse_update_interval)]
+        update_interval: Option<std::time::Duration>,
     },
     /// Validate a pipeline file without running it; errors are shown with line:column.
     Check {
@@ -130,9 +137,13 @@ enum Command {
         action: LakeCommand,
     },
     /// Benchmark: generate events; run TUMBLE, HOP and SESSION over them (checked against
-    /// batch queries) and the example pipeline with and without checkpoints.
+    /// batch queries) and the example pipeline with and without checkpoints; or, with
+    /// `--suite nexmark`, the Nexmark queries laketide runs.
     Bench {
-        /// Number of events.
+        /// Which benchmark: the clickstream windows and example pipeline, or Nexmark.
+        #[arg(long, value_enum, default_value_t = BenchSuite::Clickstream)]
+        suite: BenchSuite,
+        /// Number of events (Nexmark: over all three event kinds; 46 of 50 are bids).
         #[arg(long, default_value_t = 4_000_000)]
         events: u64,
         /// Working directory (default: a temporary one).
@@ -147,6 +158,15 @@ enum Command {
         #[arg(long, value_name = "ITEMS")]
         dynamodb: Option<usize>,
     },
+}
+
+/// The benchmarks of `laketide bench`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum BenchSuite {
+    /// TUMBLE, HOP and SESSION over a generated clickstream, and the example pipeline.
+    Clickstream,
+    /// Nexmark q0, q1, q2, q15, q16 and q17 over generated bids.
+    Nexmark,
 }
 
 #[derive(Debug, Subcommand)]
@@ -199,6 +219,11 @@ fn parse_retention(s: &str) -> Result<std::time::Duration, String> {
         .ok_or_else(|| format!("not a duration: {s} (e.g. 7d, 12h)"))
 }
 
+fn parse_update_interval(text: &str) -> Result<std::time::Duration, String> {
+    laketide_connectors::parse_duration(text)
+        .ok_or_else(|| format!("`{text}` is not a duration such as 1s, 200ms or 0s"))
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -214,7 +239,11 @@ async fn main() -> ExitCode {
             quiet,
             checkpoints,
             ui,
-        } => run::run(&file, quiet, &checkpoints, &ui).await,
+            update_interval,
+        } => {
+            let plan = laketide_sql::PlanOptions { update_interval };
+            run::run(&file, quiet, &checkpoints, &ui, &plan).await
+        }
         Command::Check { file } => check::check(&file).await,
         Command::Explain { file } => check::explain(&file).await,
         Command::Query {
@@ -254,6 +283,12 @@ async fn main() -> ExitCode {
             },
         ),
         Command::Bench {
+            suite: BenchSuite::Nexmark,
+            events,
+            ..
+        } => bench_nexmark::bench_nexmark(events).await,
+        Command::Bench {
+            suite: BenchSuite::Clickstream,
             events,
             dir,
             s3_lake,

@@ -3,7 +3,9 @@
 use std::path::Path;
 
 use laketide_engine::{RunOptions, RunSummary};
-use laketide_sql::{PlannedPipeline, Script, parse_script, plan_script};
+use laketide_sql::{
+    PlanOptions, PlannedPipeline, Script, parse_script, plan_script, plan_script_with,
+};
 
 use crate::error::{CliError, Result};
 
@@ -18,13 +20,15 @@ pub fn load(path: &Path) -> Result<Script> {
 }
 
 /// Parses and plans a pipeline file into a dataflow (validating every table, option and
-/// query) without touching any data.
-pub async fn plan_file(path: &Path) -> Result<PlannedPipeline> {
+/// query) without touching any data; `options` come from the command line.
+pub async fn plan_file(path: &Path, options: &PlanOptions) -> Result<PlannedPipeline> {
     let script = load(path)?;
-    plan_script(&script).await.map_err(|source| CliError::Sql {
-        file: path.display().to_string(),
-        source,
-    })
+    plan_script_with(&script, options)
+        .await
+        .map_err(|source| CliError::Sql {
+            file: path.display().to_string(),
+            source,
+        })
 }
 
 /// Plans and runs SQL text until its sources finish or `options.stop` is cancelled.

@@ -9,7 +9,7 @@ use crate::pipeline::plan_file;
 
 /// Validates a pipeline file and prints what it would run.
 pub async fn check(file: &Path) -> Result<()> {
-    let planned = plan_file(file).await?;
+    let planned = plan_file(file, &Default::default()).await?;
     let nodes = planned.dataflow.nodes();
     let count = |f: fn(&NodeKind) -> bool| nodes.iter().filter(|n| f(&n.kind)).count();
     println!(
@@ -38,7 +38,7 @@ pub async fn check(file: &Path) -> Result<()> {
 
 /// Prints the dataflow graph of a pipeline file.
 pub async fn explain(file: &Path) -> Result<()> {
-    let planned = plan_file(file).await?;
+    let planned = plan_file(file, &Default::default()).await?;
     print!("{}", planned.dataflow.explain());
     Ok(())
 }

@@ -81,8 +81,9 @@ pub async fn run(
     quiet: bool,
     checkpoints: &CheckpointArgs,
     ui: &UiArgs,
+    plan: &laketide_sql::PlanOptions,
 ) -> Result<()> {
-    let mut planned = plan_file(file).await?;
+    let mut planned = plan_file(file, plan).await?;
     let checkpoints = checkpointing::settings(checkpoints, file, &planned)?;
     if let Some(c) = &checkpoints {
         eprintln!(

@@ -136,6 +136,14 @@ impl RecordingSink {
 
 #[async_trait]
 impl Sink for RecordingSink {
+    fn accepts(
+        &self,
+        schema: &datafusion::arrow::datatypes::Schema,
+        mode: &laketide_engine::StreamMode,
+    ) -> std::result::Result<(), String> {
+        self.inner.accepts(schema, mode)
+    }
+
     fn status(&self) -> Option<Arc<ServiceStatus>> {
         self.inner.status()
     }

@@ -519,6 +519,109 @@ async fn file_to_hop_to_dynamodb_equals_the_batch_oracle() {
     common::assert_same_rows("file -> HOP -> DynamoDB", &stored, &oracle);
 }
 
+/// Every item of `table` as `attr1|attr2|…` for `attributes`, sorted.
+async fn stored_rows(endpoint: &str, table: &str, attributes: &[&str]) -> Vec<String> {
+    let text = |v: Option<&AttributeValue>| match v {
+        Some(AttributeValue::S(s)) => s.clone(),
+        Some(AttributeValue::N(n)) => n.clone(),
+        Some(other) => format!("{other:?}"),
+        None => "MISSING".to_string(),
+    };
+    let mut stored: Vec<String> = scan_by(&client(endpoint), table)
+        .await
+        .iter()
+        .map(|i| {
+            attributes
+                .iter()
+                .map(|a| text(i.get(*a)))
+                .collect::<Vec<_>>()
+                .join("|")
+        })
+        .collect();
+    stored.sort();
+    stored
+}
+
+#[tokio::test]
+async fn group_by_without_a_window_upserts_and_deletes_items_as_the_batch_oracle_says() {
+    let Some(endpoint) = dynamodb_server() else {
+        return;
+    };
+    let (all, few) = (common::unique("user-stats"), common::unique("rare-users"));
+    let dir = tempfile::tempdir().unwrap();
+    let generated = laketide(
+        dir.path(),
+        &[
+            "generate", "--out", "data", "--events", "6000", "--files", "2", "--users", "2500",
+        ],
+        &endpoint,
+    );
+    assert!(generated.status.success());
+    // Small batches and no update interval: every key is updated many times, and the HAVING
+    // query deletes every user that reaches three events.
+    std::fs::write(
+        dir.path().join("p.sql"),
+        format!(
+            "SET update_interval = '0s';
+             CREATE TABLE clicks (event_id BIGINT, user_id TEXT, page TEXT, action TEXT, amount DOUBLE, ts TIMESTAMP)
+             WITH (connector = 'file', path = 'data', mode = 'once', batch_size = '97');
+             CREATE TABLE user_stats WITH (connector = 'dynamodb', table = '{all}',
+               primary_key = 'user_id', create_if_missing = 'true');
+             CREATE TABLE rare_users WITH (connector = 'dynamodb', table = '{few}',
+               primary_key = 'user_id', create_if_missing = 'true');
+             INSERT INTO user_stats
+             SELECT user_id, count(*) AS events, count(DISTINCT page) AS pages, max(event_id) AS last_event,
+                    count(*) FILTER (WHERE action = 'purchase') AS purchases
+             FROM clicks GROUP BY user_id;
+             INSERT INTO rare_users
+             SELECT user_id, count(*) AS events FROM clicks GROUP BY user_id HAVING count(*) < 3;"
+        ),
+    )
+    .unwrap();
+    let run = laketide(dir.path(), &["run", "p.sql", "--quiet"], &endpoint);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+
+    let ctx = common::oracle_context(&dir.path().join("data")).await;
+    let mut oracle = common::query_rows(
+        &ctx,
+        "SELECT user_id, count(*), count(DISTINCT page), max(event_id),
+                count(*) FILTER (WHERE action = 'purchase')
+         FROM clicks GROUP BY user_id",
+    )
+    .await;
+    oracle.sort();
+    let stored = stored_rows(
+        &endpoint,
+        &all,
+        &["user_id", "events", "pages", "last_event", "purchases"],
+    )
+    .await;
+    common::assert_same_rows("GROUP BY user_id -> DynamoDB", &stored, &oracle);
+
+    let mut oracle = common::query_rows(
+        &ctx,
+        "SELECT user_id, count(*) FROM clicks GROUP BY user_id HAVING count(*) < 3",
+    )
+    .await;
+    oracle.sort();
+    let frequent = common::query_rows(
+        &ctx,
+        "SELECT count(*) FROM (SELECT user_id FROM clicks GROUP BY user_id HAVING count(*) >= 3)",
+    )
+    .await;
+    assert_ne!(
+        frequent,
+        vec!["0".to_string()],
+        "some users must be deleted"
+    );
+    let stored = stored_rows(&endpoint, &few, &["user_id", "events"]).await;
+    common::assert_same_rows("HAVING -> DynamoDB deletes", &stored, &oracle);
+}
+
 #[tokio::test]
 async fn the_benchmark_reports_dynamodb_items_per_second_by_requests_in_flight() {
     let Some(endpoint) = dynamodb_server() else {

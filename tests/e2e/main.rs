@@ -17,4 +17,5 @@ mod recovery;
 mod s3;
 mod slt;
 mod ui;
+mod updating;
 mod webhook;

@@ -1,6 +1,7 @@
 //! Crash recovery: a pipeline killed with SIGKILL at random moments while its input keeps
 //! arriving, and restarted each time, ends with exactly the output of an uninterrupted run
-//! (the batch oracle) in its Delta table and in DynamoDB; a graceful stop resumes where it
+//! (the batch oracle) in its Delta tables (appended windows and sessions, and an updating
+//! query kept by MERGE) and in DynamoDB; a graceful stop resumes where it
 //! stopped; damaged checkpoints and changed pipelines are handled as documented.
 
 use std::path::Path;
@@ -239,8 +240,25 @@ fn pipeline(dynamodb_table: &str, dynamodb: &str) -> String {
          CREATE TABLE sessions WITH (connector = 'delta', path = 'lake/sessions');
          INSERT INTO sessions
          SELECT v, window_start, window_end, count(*) AS n, sum(id) AS ids
-         FROM SESSION(e, ts, INTERVAL '1500' MILLISECOND) GROUP BY v, window_start, window_end;"
+         FROM SESSION(e, ts, INTERVAL '1500' MILLISECOND) GROUP BY v, window_start, window_end;
+         CREATE TABLE totals WITH (connector = 'delta', path = 'lake/totals', primary_key = 'k');
+         INSERT INTO totals SELECT k, count(*) AS n, sum(v) AS total, max(id) AS last FROM e GROUP BY k;"
     )
+}
+
+/// The running totals per key (an updating query) over all of the input, as a batch query.
+async fn totals_oracle(input: &Path) -> Vec<String> {
+    let ctx = input_context(input).await;
+    let mut rows: Vec<String> = common::query_rows(
+        &ctx,
+        "SELECT k, count(*), sum(v), max(id) FROM e GROUP BY k",
+    )
+    .await
+    .into_iter()
+    .map(|r| r.replace('|', ","))
+    .collect();
+    rows.sort();
+    rows
 }
 
 #[cfg(unix)]
@@ -297,6 +315,7 @@ async fn sigkill_at_random_moments_loses_and_repeats_nothing() {
     // A last run without kills: it ends when every window before the closer is committed.
     let expected_lake = oracle(&input, "%Y-%m-%dT%H:%M:%S").await;
     let expected_sessions = session_oracle(&input).await;
+    let expected_totals = totals_oracle(&input).await;
     let child = start(dir.path(), &args);
     let deadline = Instant::now() + Duration::from_secs(120);
     let windows = expected_lake.len();
@@ -309,7 +328,9 @@ async fn sigkill_at_random_moments_loses_and_repeats_nothing() {
         let done = dir.path().join("lake/stats/_delta_log").is_dir()
             && dir.path().join("lake/sessions/_delta_log").is_dir()
             && count("stats").is_some_and(|n| n >= windows)
-            && count("sessions").is_some_and(|n| n >= expected_sessions.len());
+            && count("sessions").is_some_and(|n| n >= expected_sessions.len())
+            && dir.path().join("lake/totals/_delta_log").is_dir()
+            && lake_rows(dir.path(), "SELECT n FROM totals WHERE k = 'closer'") == ["1"];
         if done {
             break;
         }
@@ -335,6 +356,14 @@ async fn sigkill_at_random_moments_loses_and_repeats_nothing() {
         "sessions open through 20+ SIGKILLs",
         &sessions,
         &expected_sessions,
+    );
+    // The updating query: the last checkpoint's MERGE (after the closer) holds every row.
+    let mut totals = lake_rows(dir.path(), "SELECT k, n, total, last FROM totals");
+    totals.sort();
+    common::assert_same_rows(
+        "running totals (Delta MERGE) after 20+ SIGKILLs",
+        &totals,
+        &expected_totals,
     );
     let expected_items = oracle(&input, "%Y-%m-%dT%H:%M:%SZ").await;
     let items = dynamodb_rows(&common::dynamodb::client(&dynamodb), &table).await;

@@ -10,7 +10,7 @@ use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::Parser;
 use laketide_connectors::memory::MemorySink;
-use laketide_engine::RunOptions;
+use laketide_engine::{ChangeKind, RunOptions};
 use laketide_sql::{Location, Planner, Statement, parse_script};
 use sqllogictest::{DBOutput, DefaultColumnType};
 
@@ -26,6 +26,8 @@ fn err(e: impl std::fmt::Display) -> SltError {
 #[derive(Default)]
 struct StreamingDb {
     declarations: Vec<String>,
+    /// `SET update_interval = '…'`, for the queries that follow.
+    update_interval: Option<std::time::Duration>,
 }
 
 impl StreamingDb {
@@ -65,6 +67,9 @@ impl StreamingDb {
         let location = Location { line: 1, column: 1 };
         let plan = planner.plan_query(query, location).await.map_err(err)?;
         let mut builder = planner.builder();
+        if let Some(interval) = self.update_interval {
+            builder = builder.with_update_interval(interval);
+        }
         let output = builder.add_query(&plan, location).map_err(err)?;
         let sink = MemorySink::new();
         let collected = sink.handle();
@@ -81,16 +86,45 @@ impl StreamingDb {
             .await
             .map_err(err)?;
         let batches = collected.lock().unwrap().clone();
-        let rows = common::rows(&batches)
+        let mut rows = common::rows(&batches)
             .into_iter()
             .map(|r| r.split('|').map(str::to_string).collect::<Vec<_>>())
             .collect::<Vec<_>>();
+        if output.mode.is_updating() {
+            rows = current_rows(rows)?;
+        }
         let width = output.schema.fields().len();
         Ok(DBOutput::Rows {
             types: vec![DefaultColumnType::Any; width],
             rows,
         })
     }
+}
+
+/// The result an updating query's changelog leaves (each row's last field is its change
+/// code): inserts add a row, retractions take out one equal row, which must be there.
+fn current_rows(changes: Vec<Vec<String>>) -> Result<Vec<Vec<String>>, SltError> {
+    let mut current: Vec<Vec<String>> = Vec::new();
+    for mut row in changes {
+        let code: i8 = row
+            .pop()
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| SltError("a changelog row without its change code".into()))?;
+        let kind = ChangeKind::from_code(code)
+            .ok_or_else(|| SltError(format!("unknown change code {code}")))?;
+        if kind.is_retraction() {
+            let at = current.iter().position(|r| *r == row).ok_or_else(|| {
+                SltError(format!(
+                    "{} retracts {row:?}, which is not in the result",
+                    kind.short_name()
+                ))
+            })?;
+            current.swap_remove(at);
+        } else {
+            current.push(row);
+        }
+    }
+    Ok(current)
 }
 
 #[async_trait]
@@ -107,6 +141,20 @@ impl sqllogictest::AsyncDB for StreamingDb {
         if first == "CREATE" {
             self.planner(Some(sql)).await?;
             self.declarations.push(sql.to_string());
+            return Ok(DBOutput::StatementComplete(0));
+        }
+        if first == "SET" {
+            let script = parse_script(sql).map_err(err)?;
+            let [Statement::Set { name, value, .. }] = script.statements.as_slice() else {
+                return Err(SltError("expected one SET".into()));
+            };
+            if name != "update_interval" {
+                return Err(SltError(format!("`SET {name}` is not used by .slt files")));
+            }
+            self.update_interval = Some(
+                laketide_connectors::parse_duration(value)
+                    .ok_or_else(|| SltError(format!("not a duration: {value}")))?,
+            );
             return Ok(DBOutput::StatementComplete(0));
         }
         self.select(sql).await

@@ -2,6 +2,8 @@
 //! `WITH (…)` options (unknown keys are errors) and its source and/or sink.
 
 pub mod aws;
+pub mod blackhole;
+pub mod changelog;
 pub mod console;
 pub mod delta;
 pub mod dynamodb;
@@ -12,6 +14,7 @@ pub mod format;
 pub mod kinesis;
 pub mod memory;
 mod metadata;
+pub mod nexmark;
 mod options;
 mod registry;
 pub mod state_store;

@@ -1,12 +1,13 @@
-//! An in-memory sink for tests and embedding: collects every batch it receives.
+//! An in-memory sink for tests and embedding: collects every batch it receives (an updating
+//! stream's batches with their change column).
 
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 
-use laketide_engine::{EngineError, Result, Sink, SinkSummary};
+use laketide_engine::{EngineError, Result, Sink, SinkSummary, StreamMode};
 
 /// Collects batches; clones of [`MemorySink::handle`] read them.
 #[derive(Debug, Default)]
@@ -29,6 +30,10 @@ impl MemorySink {
 
 #[async_trait]
 impl Sink for MemorySink {
+    fn accepts(&self, _schema: &Schema, _mode: &StreamMode) -> std::result::Result<(), String> {
+        Ok(())
+    }
+
     async fn open(&mut self, _schema: SchemaRef) -> Result<()> {
         Ok(())
     }

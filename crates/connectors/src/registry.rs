@@ -7,8 +7,9 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use laketide_engine::{BadRecords, OnError, Sink, Source, SourcePoll};
 
+use crate::blackhole::BlackholeSink;
 use crate::console::ConsoleSink;
-use crate::delta::{DeltaSink, DeltaSinkConfig};
+use crate::delta::{DeltaSink, DeltaSinkConfig, DeltaUpsertSink};
 use crate::dynamodb::{DynamoDbSink, DynamoDbSinkConfig};
 use crate::error::{ConnectorError, Result};
 use crate::file::{FileMode, FileSource, FileSourceConfig};
@@ -16,10 +17,11 @@ use crate::filesystem::{FilesystemSink, FilesystemSinkConfig};
 use crate::format::EventTimeBound;
 use crate::kinesis::{KinesisSink, KinesisSinkConfig, KinesisSource, KinesisSourceConfig};
 use crate::metadata::{MetadataColumn, split_schema};
+use crate::nexmark::{NexmarkSource, NexmarkSourceConfig};
 use crate::options::Options;
 
 /// Connectors that can be read from.
-pub const SOURCE_CONNECTORS: &[&str] = &["file", "kinesis"];
+pub const SOURCE_CONNECTORS: &[&str] = &["file", "kinesis", "nexmark"];
 /// Connectors that can be written to.
 pub const SINK_CONNECTORS: &[&str] = &[
     "delta",
@@ -28,6 +30,7 @@ pub const SINK_CONNECTORS: &[&str] = &[
     "dynamodb",
     "webhook",
     "console",
+    "blackhole",
 ];
 
 /// A source ready to be added to a dataflow.
@@ -134,6 +137,17 @@ pub fn build_source(
                 bounded,
             })
         }
+        "nexmark" => {
+            split_schema("nexmark", &schema, metadata, &[])?;
+            let config = NexmarkSourceConfig::from_options(options)?;
+            let description = format!("nexmark {} ({} events)", config.table.name(), config.events);
+            Ok(BuiltSource {
+                source: Box::new(NexmarkSource::new(config, schema)?),
+                description,
+                bad_records: None,
+                bounded: true,
+            })
+        }
         other => Err(unknown(other, "source", SOURCE_CONNECTORS)),
     }
 }
@@ -186,6 +200,16 @@ pub fn build_sink(table: &str, connector: &str, options: Options) -> Result<Buil
                     " partitioned by ({})",
                     config.partition_by.join(", ")
                 ));
+            }
+            if !config.primary_key.is_empty() {
+                description.push_str(&format!(
+                    ", one row per ({})",
+                    config.primary_key.join(", ")
+                ));
+                return Ok(BuiltSink {
+                    sink: Box::new(DeltaUpsertSink::new(table, config)),
+                    description,
+                });
             }
             Ok(BuiltSink {
                 sink: Box::new(DeltaSink::new(table, config)),
@@ -254,6 +278,10 @@ pub fn build_sink(table: &str, connector: &str, options: Options) -> Result<Buil
         "console" => Ok(BuiltSink {
             sink: Box::new(ConsoleSink::from_options(table, options)?),
             description: "console".into(),
+        }),
+        "blackhole" => Ok(BuiltSink {
+            sink: Box::new(BlackholeSink::from_options(options)?),
+            description: "blackhole (rows are discarded)".into(),
         }),
         other => Err(unknown(other, "sink", SINK_CONNECTORS)),
     }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use datafusion::arrow::datatypes::SchemaRef;
 
 use crate::bad_records::BadRecords;
+use crate::changelog::{StreamMode, has_change_column};
 use crate::error::{EngineError, Result};
 use crate::late_rows::LateRows;
 use crate::metrics::{NodeMetrics, NodeRole, PipelineMetrics};
@@ -55,6 +56,8 @@ pub struct Node {
     pub inputs: Vec<NodeId>,
     /// Schema of the rows this node emits (for sinks: the rows it receives).
     pub schema: SchemaRef,
+    /// Whether the rows it emits are final or change (for sinks: the rows it receives).
+    pub mode: StreamMode,
     /// The node's counters.
     pub metrics: Arc<NodeMetrics>,
     /// The late-row handlers of the sources upstream of this node (a source: its own), which
@@ -103,12 +106,14 @@ impl Dataflow {
             kind: NodeKind::Source { source, watermark },
             inputs: vec![],
             schema,
+            mode: StreamMode::AppendOnly,
             metrics,
             late: vec![late],
         })
     }
 
-    /// Adds an operator reading from `inputs`.
+    /// Adds an operator reading from `inputs`. Fails with a [`EngineError::User`] error when
+    /// the operator refuses its inputs' modes (see [`Operator::output_mode`]).
     pub fn add_operator(
         &mut self,
         name: impl Into<String>,
@@ -119,6 +124,12 @@ impl Dataflow {
         self.check_inputs(&inputs)?;
         let name = name.into();
         let schema = operator.output_schema();
+        let input_modes: Vec<StreamMode> =
+            inputs.iter().map(|i| self.nodes[*i].mode.clone()).collect();
+        let mode = operator
+            .output_mode(&input_modes)
+            .map_err(|why| EngineError::User(format!("{name}: {why}")))?;
+        check_mode(&name, &schema, &mode)?;
         let metrics = self.metrics.register(NodeRole::Operator, name.clone());
         let mut late: Vec<Arc<LateRows>> = Vec::new();
         for input in &inputs {
@@ -134,12 +145,14 @@ impl Dataflow {
             kind: NodeKind::Operator(operator),
             inputs,
             schema,
+            mode,
             metrics,
             late,
         }))
     }
 
-    /// Adds a sink reading from `input`.
+    /// Adds a sink reading from `input`. Fails with a [`EngineError::User`] error when the
+    /// sink cannot apply the input's mode (see [`Sink::accepts`]).
     pub fn add_sink(
         &mut self,
         name: impl Into<String>,
@@ -150,6 +163,9 @@ impl Dataflow {
         self.check_inputs(&[input])?;
         let name = name.into();
         let schema = self.nodes[input].schema.clone();
+        let mode = self.nodes[input].mode.clone();
+        sink.accepts(&schema, &mode)
+            .map_err(|why| EngineError::User(format!("sink `{name}`: {why}")))?;
         let metrics = self.metrics.register(NodeRole::Sink, name.clone());
         if let Some(status) = sink.status() {
             self.metrics
@@ -161,6 +177,7 @@ impl Dataflow {
             kind: NodeKind::Sink(sink),
             inputs: vec![input],
             schema,
+            mode,
             metrics,
             late: Vec::new(),
         }))
@@ -229,6 +246,11 @@ impl Dataflow {
         self.nodes[node].schema.clone()
     }
 
+    /// The mode of what a node emits.
+    pub fn mode(&self, node: NodeId) -> &StreamMode {
+        &self.nodes[node].mode
+    }
+
     /// The nodes, in id order.
     pub fn nodes(&self) -> &[Node] {
         &self.nodes
@@ -255,6 +277,15 @@ impl Dataflow {
                 let _ = write!(s, "  <- {}", inputs.join(", "));
             }
             s.push('\n');
+            if let StreamMode::Updating { key } = &n.mode
+                && !matches!(n.kind, NodeKind::Sink(_))
+            {
+                let names: Vec<&str> = key
+                    .iter()
+                    .map(|k| n.schema.field(*k).name().as_str())
+                    .collect();
+                let _ = writeln!(s, "      updating, key: [{}]", names.join(", "));
+            }
             if !matches!(n.kind, NodeKind::Sink(_)) {
                 let cols: Vec<String> = n
                     .schema
@@ -267,4 +298,22 @@ impl Dataflow {
         }
         s
     }
+}
+
+/// Checks that an updating node's schema ends with the change column and that its key columns
+/// exist (and are not the change column).
+fn check_mode(name: &str, schema: &SchemaRef, mode: &StreamMode) -> Result<()> {
+    if let StreamMode::Updating { key } = mode {
+        if !has_change_column(schema) {
+            return Err(EngineError::Internal(format!(
+                "{name} declares an updating output without the change column last"
+            )));
+        }
+        if let Some(k) = key.iter().find(|k| **k + 1 >= schema.fields().len()) {
+            return Err(EngineError::Internal(format!(
+                "{name} declares key column {k}, which its output does not have"
+            )));
+        }
+    }
+    Ok(())
 }

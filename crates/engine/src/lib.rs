@@ -10,6 +10,7 @@
 
 mod bad_records;
 mod caught_up;
+mod changelog;
 pub mod checkpoint;
 mod error;
 mod graph;
@@ -28,6 +29,10 @@ mod watermark;
 
 pub use bad_records::{BadRecords, OnError};
 pub use caught_up::CaughtUpSplits;
+pub use changelog::{
+    CHANGE_COLUMN, ChangeKind, StreamMode, change_array, change_field, change_kinds,
+    has_change_column, kind_at, schema_with_change,
+};
 pub use error::{EngineError, ErrorKind, Result};
 pub use graph::{Dataflow, Node, NodeId, NodeKind};
 pub use late_rows::LateRows;

@@ -3,6 +3,7 @@
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 
+use crate::changelog::StreamMode;
 use crate::error::Result;
 use crate::message::{Message, Watermark};
 use crate::state::NodeState;
@@ -86,11 +87,29 @@ pub const TICK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(
 ///   when none arrive, for work an operator deferred (emitting closed sessions in batches).
 ///   What it emits follows the rules above; it must not depend on being called at any given
 ///   moment for correctness, only for latency.
+/// - Modes: `output_mode` is called once, when the operator is added to a dataflow, with the
+///   modes of its inputs (see [`StreamMode`]); it says what the operator emits, or refuses an
+///   input it cannot process. An operator emitting an updating stream puts the change column
+///   last in its output schema.
 /// - Errors stop the pipeline; the operator is dropped without further calls. Operators do no
 ///   I/O and never block, so cancellation is simply being dropped.
 pub trait Operator: Send + 'static {
     /// The schema of every batch this operator emits.
     fn output_schema(&self) -> SchemaRef;
+
+    /// What the operator emits given its inputs' modes, or why it cannot take them (a sentence
+    /// the planner shows at the query's location). The default takes append-only inputs only
+    /// and emits an append-only stream.
+    fn output_mode(&self, inputs: &[StreamMode]) -> std::result::Result<StreamMode, String> {
+        if inputs.iter().any(StreamMode::is_updating) {
+            Err(
+                "this operator takes only append-only input, and its input is an updating result"
+                    .into(),
+            )
+        } else {
+            Ok(StreamMode::AppendOnly)
+        }
+    }
 
     /// Processes one batch that arrived on input `input`.
     fn process_batch(&mut self, input: usize, batch: RecordBatch, out: &mut Output) -> Result<()>;

@@ -3,9 +3,10 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 
+use crate::changelog::StreamMode;
 use crate::error::Result;
 use crate::message::Watermark;
 use crate::metrics::ServiceStatus;
@@ -23,6 +24,10 @@ pub struct SinkSummary {
 /// A destination for result rows.
 ///
 /// Contract:
+/// - `accepts` is called when the sink is added to a dataflow, before anything else, with the
+///   schema and mode of the rows it will receive; a sink that cannot apply them refuses with
+///   the way out. A sink that accepts an updating stream receives batches whose last column
+///   is the change column (see [`crate::ChangeKind`]) and applies the rows in order.
 /// - `open` runs once with the schema of the rows that will arrive; it creates the target when
 ///   it is absent (a table, a directory) and fails clearly when an existing target does not fit.
 /// - `write_batch` receives batches in order. A sink may buffer them; buffered rows become
@@ -44,6 +49,17 @@ pub struct SinkSummary {
 ///   `prepare_commit` and keep the default `commit` and `recover`.
 #[async_trait]
 pub trait Sink: Send {
+    /// Whether the sink can apply rows of `schema` in `mode`; `Err` says why not and what
+    /// to do instead (a sentence for the user). The default takes append-only rows only.
+    fn accepts(&self, _schema: &Schema, mode: &StreamMode) -> std::result::Result<(), String> {
+        match mode {
+            StreamMode::AppendOnly => Ok(()),
+            StreamMode::Updating { .. } => {
+                Err("this sink only appends rows and cannot apply updates or deletes".into())
+            }
+        }
+    }
+
     /// Prepares the target for rows of `schema`.
     async fn open(&mut self, schema: SchemaRef) -> Result<()>;
 

@@ -15,8 +15,8 @@ pub mod window_functions;
 
 pub use error::{Location, Result, SqlError};
 pub use planner::{
-    DEFAULT_IDLE_TIMEOUT, PipelineBuilder, PipelineSettings, PlannedPipeline, Planner, QueryOutput,
-    plan_script,
+    DEFAULT_IDLE_TIMEOUT, PipelineBuilder, PipelineSettings, PlanOptions, PlannedPipeline, Planner,
+    QueryOutput, plan_script, plan_script_with,
 };
 pub use script::{Script, Statement, parse_script};
 pub use session::planning_context;

@@ -15,9 +15,12 @@ use datafusion::physical_expr::PhysicalExpr;
 use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::ast::{Query, Statement as SqlStatement};
 
+use datafusion::physical_expr::expressions::Column as PhysicalColumn;
 use laketide_connectors::{Options, build_sink, build_source, parse_duration};
-use laketide_engine::operators::{ProjectionOperator, UnionOperator};
-use laketide_engine::{Dataflow, NodeId, Sink, WatermarkStrategy};
+use laketide_engine::operators::{DEFAULT_UPDATE_INTERVAL, ProjectionOperator, UnionOperator};
+use laketide_engine::{
+    CHANGE_COLUMN, Dataflow, NodeId, Sink, StreamMode, WatermarkStrategy, schema_with_change,
+};
 
 use crate::ddl::TableDef;
 use crate::error::{Location, Result, SqlError, from_datafusion};
@@ -57,10 +60,13 @@ pub struct PipelineSettings {
     /// `SET checkpoint_interval = '5s'`: time between checkpoints (the command line's
     /// `--checkpoint-interval` overrides it).
     pub checkpoint_interval: Option<Duration>,
+    /// `SET update_interval = '1s'`: how often updating aggregates emit the results that
+    /// changed (`0s`: at every batch; the command line's `--update-interval` overrides it).
+    pub update_interval: Option<Duration>,
 }
 
 /// The names `SET` accepts.
-const SETTINGS: &[&str] = &["checkpoint_interval"];
+const SETTINGS: &[&str] = &["checkpoint_interval", "update_interval"];
 
 impl PipelineSettings {
     fn set(&mut self, name: &str, value: &str, location: Location) -> Result<()> {
@@ -72,6 +78,17 @@ impl PipelineSettings {
                         location,
                         format!(
                             "checkpoint_interval must be a duration such as '10s' or '500ms', not '{value}'"
+                        ),
+                    ));
+                }
+            },
+            "update_interval" => match parse_duration(value) {
+                Some(d) => self.update_interval = Some(d),
+                None => {
+                    return Err(SqlError::plan(
+                        location,
+                        format!(
+                            "update_interval must be a duration such as '1s' or '0s', not '{value}'"
                         ),
                     ));
                 }
@@ -320,6 +337,7 @@ impl Planner {
             },
             dataflow: Dataflow::new(),
             lake_paths: Vec::new(),
+            update_interval: DEFAULT_UPDATE_INTERVAL,
         }
     }
 }
@@ -399,6 +417,7 @@ pub struct PipelineBuilder<'p> {
     state: BuilderState<'p>,
     dataflow: Dataflow,
     lake_paths: Vec<String>,
+    update_interval: Duration,
 }
 
 /// A query's output inside a dataflow under construction.
@@ -410,9 +429,17 @@ pub struct QueryOutput {
     pub schema: DFSchemaRef,
     /// The statement's location.
     pub location: Location,
+    /// Whether its rows are final or an updating result (then with the change column last).
+    pub mode: StreamMode,
 }
 
 impl<'p> PipelineBuilder<'p> {
+    /// Sets how often updating aggregates emit their changed results (default 1 s).
+    pub fn with_update_interval(mut self, interval: Duration) -> Self {
+        self.update_interval = interval;
+        self
+    }
+
     /// Translates an optimized query plan into the dataflow.
     pub fn add_query(&mut self, plan: &LogicalPlan, location: Location) -> Result<QueryOutput> {
         let mut translator = Translator {
@@ -421,9 +448,11 @@ impl<'p> PipelineBuilder<'p> {
             sources: &mut self.state,
             location,
             session_keys_hint: None,
+            update_interval: self.update_interval,
         };
         let stream = translator.translate(plan)?;
         Ok(QueryOutput {
+            mode: self.dataflow.mode(stream.node).clone(),
             node: stream.node,
             schema: stream.schema,
             location,
@@ -474,12 +503,16 @@ impl<'p> PipelineBuilder<'p> {
                     .map_err(|e| from_datafusion(e, output.location))?,
             );
         }
-        let schema = Arc::new(Schema::new(
+        let mut schema = Arc::new(Schema::new(
             columns
                 .iter()
                 .map(|c| c.clone().with_nullable(true))
                 .collect::<Vec<_>>(),
         ));
+        if self.dataflow.mode(output.node).is_updating() {
+            exprs.push(Arc::new(PhysicalColumn::new(CHANGE_COLUMN, fields.len())));
+            schema = schema_with_change(&schema);
+        }
         Ok(self.dataflow.add_operator(
             "conform",
             format!("cast to the columns of `{}`", def.name),
@@ -495,6 +528,21 @@ impl<'p> PipelineBuilder<'p> {
         let def = self.planner.sinks.get(sink).ok_or_else(|| {
             SqlError::plan(location, format!("no table named `{sink}`: declare it with CREATE TABLE {sink} WITH (connector = …)"))
         })?;
+        let updating: Vec<&QueryOutput> = outputs
+            .iter()
+            .filter(|o| self.dataflow.mode(o.node).is_updating())
+            .collect();
+        if let Some(first) = updating.first()
+            && updating.len() < outputs.len()
+        {
+            return Err(SqlError::plan(
+                first.location,
+                format!(
+                    "this INSERT into `{sink}` produces an updating result and another one a final (append-only) result; one sink takes only one kind"
+                ),
+            ));
+        }
+        let location = updating.first().map_or(location, |o| o.location);
         let mut inputs = Vec::with_capacity(outputs.len());
         for o in outputs {
             inputs.push(self.conform(o, def)?);
@@ -507,6 +555,13 @@ impl<'p> PipelineBuilder<'p> {
             self.lake_paths.push(path.clone());
         }
         let built = build_sink(sink, &connector, options).map_err(|e| connector_error(def, e))?;
+        let mode = self.dataflow.mode(input).clone();
+        if let Err(why) = built.sink.accepts(&self.dataflow.schema(input), &mode) {
+            return Err(SqlError::plan(
+                location,
+                updating_refused(sink, &connector, &why),
+            ));
+        }
         Ok(self
             .dataflow
             .add_sink(sink, built.description, built.sink, input)?)
@@ -571,8 +626,28 @@ impl<'p> PipelineBuilder<'p> {
     }
 }
 
+/// Why sink `sink` (of `connector`) refuses a query's result, with the ways out.
+fn updating_refused(sink: &str, connector: &str, why: &str) -> String {
+    format!(
+        "the query into `{sink}` produces an updating result (a row per key that changes as input arrives, as from a GROUP BY without a window), and the {connector} sink cannot take it: {why}. Ways out: aggregate over a window (TUMBLE, HOP or SESSION) so that every result is final, or write to a sink that applies changes (delta or dynamodb with `primary_key` equal to the query's GROUP BY columns, or console)"
+    )
+}
+
+/// Options of planning that come from outside the script (command-line flags); each one set
+/// overrides the script's `SET`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PlanOptions {
+    /// `--update-interval`: how often updating aggregates emit changed results.
+    pub update_interval: Option<Duration>,
+}
+
 /// Plans a whole script: every `INSERT INTO` becomes part of one dataflow sharing sources.
 pub async fn plan_script(script: &Script) -> Result<PlannedPipeline> {
+    plan_script_with(script, &PlanOptions::default()).await
+}
+
+/// [`plan_script`] with options from the command line.
+pub async fn plan_script_with(script: &Script, options: &PlanOptions) -> Result<PlannedPipeline> {
     let sinks = script.sink_names();
     let mut planner = Planner::new();
     let mut queries: Vec<(String, LogicalPlan, Location)> = Vec::new();
@@ -616,7 +691,11 @@ pub async fn plan_script(script: &Script) -> Result<PlannedPipeline> {
             "the script has no INSERT INTO statement: nothing to run",
         ));
     }
-    let mut builder = planner.builder();
+    let update_interval = options
+        .update_interval
+        .or(settings.update_interval)
+        .unwrap_or(DEFAULT_UPDATE_INTERVAL);
+    let mut builder = planner.builder().with_update_interval(update_interval);
     let mut by_sink: BTreeMap<String, Vec<QueryOutput>> = BTreeMap::new();
     for (sink, plan, location) in &queries {
         let output = builder.add_query(plan, *location)?;

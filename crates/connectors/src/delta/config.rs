@@ -22,6 +22,9 @@ pub struct DeltaSinkConfig {
     /// Compact the table (Delta OPTIMIZE) after a commit that leaves it with at least this
     /// many data files.
     pub compact_file_count: Option<u64>,
+    /// Columns identifying a row: when set, every commit is a MERGE that keeps one current
+    /// row per key (updates replace it, deletes remove it).
+    pub primary_key: Vec<String>,
 }
 
 /// The option keys of the Delta sink.
@@ -32,6 +35,7 @@ pub const DELTA_SINK_OPTIONS: &[&str] = &[
     "max_buffer_size",
     "target_file_size",
     "compact_file_count",
+    "primary_key",
     "endpoint",
     "region",
     "allow_http",
@@ -61,6 +65,10 @@ impl DeltaSinkConfig {
                 "option `compact_file_count` must be at least 2".into(),
             ));
         }
+        let primary_key = options
+            .take("primary_key")
+            .map(|v| split_list(&v))
+            .unwrap_or_default();
         let storage = StorageConfig::from_options(&mut options)?;
         options.finish("delta", DELTA_SINK_OPTIONS)?;
         Ok(DeltaSinkConfig {
@@ -71,6 +79,7 @@ impl DeltaSinkConfig {
             max_buffer_bytes,
             target_file_size,
             compact_file_count,
+            primary_key,
         })
     }
 }

@@ -2,21 +2,21 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
-use datafusion::arrow::datatypes::{Schema, SchemaRef};
+use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use deltalake::DeltaTable;
-use deltalake::kernel::StructType;
-use deltalake::kernel::engine::arrow_conversion::{TryIntoArrow, TryIntoKernel};
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::kernel::{Action, Add, Transaction};
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use serde::{Deserialize, Serialize};
 
-use laketide_engine::{EngineError, NodeState, Result, ServiceStatus, Sink, SinkSummary};
+use laketide_engine::{
+    EngineError, NodeState, Result, ServiceStatus, Sink, SinkSummary, StreamMode,
+};
 
 use super::config::DeltaSinkConfig;
-use super::schema::check_table_schema;
+use super::table::{delta_error, open_table};
 use crate::error::ConnectorError;
 
 /// How often a commit is attempted when other writers keep taking the next table version. An
@@ -173,11 +173,7 @@ impl DeltaSink {
     }
 
     fn delta_error(&self, what: &str, e: deltalake::DeltaTableError) -> EngineError {
-        ConnectorError::delta(
-            format!("{what} Delta table `{}` at {}", self.name, self.config.path),
-            e,
-        )
-        .into()
+        delta_error(&self.name, &self.config, what, e)
     }
 
     /// Runs Delta OPTIMIZE when the table has reached `compact_file_count` data files, so that a
@@ -253,66 +249,25 @@ impl DeltaSink {
 
 #[async_trait]
 impl Sink for DeltaSink {
+    fn accepts(
+        &self,
+        _schema: &datafusion::arrow::datatypes::Schema,
+        mode: &StreamMode,
+    ) -> std::result::Result<(), String> {
+        match mode {
+            StreamMode::AppendOnly => Ok(()),
+            StreamMode::Updating { .. } => Err(
+                "without a `primary_key` it appends rows; give it `primary_key` = the query's GROUP BY columns to keep one current row per key".into(),
+            ),
+        }
+    }
+
     fn status(&self) -> Option<Arc<ServiceStatus>> {
         Some(self.status.clone())
     }
 
     async fn open(&mut self, schema: SchemaRef) -> Result<()> {
-        for p in &self.config.partition_by {
-            if schema.field_with_name(p).is_err() {
-                return Err(EngineError::User(format!(
-                    "partition_by column `{p}` is not a column of the query feeding `{}`",
-                    self.name
-                )));
-            }
-        }
-        let url = deltalake::ensure_table_uri(&self.config.path)
-            .map_err(|e| self.delta_error("locating", e))?;
-        let table = DeltaTable::try_from_url_with_storage_options(
-            url,
-            self.config.storage.storage_options(),
-        )
-        .await
-        .map_err(|e| self.delta_error("opening", e))?;
-        let table = if table.version().is_none() {
-            let kernel_schema: StructType = schema.as_ref().try_into_kernel().map_err(|e| {
-                // The kernel's message carries a backtrace after its first line.
-                let text = e.to_string();
-                let first = text.lines().next().unwrap_or_default().trim().to_string();
-                EngineError::User(format!(
-                    "the query's schema cannot be stored in Delta: {first} (cast such columns in the SELECT, e.g. an INTERVAL to BIGINT seconds)"
-                ))
-            })?;
-            table
-                .create()
-                .with_columns(kernel_schema.fields().cloned())
-                .with_partition_columns(self.config.partition_by.clone())
-                .with_table_name(self.name.clone())
-                .with_save_mode(SaveMode::Ignore)
-                .await
-                .map_err(|e| self.delta_error("creating", e))?
-        } else {
-            let snapshot = table
-                .snapshot()
-                .map_err(|e| self.delta_error("reading", e))?;
-            let existing: Schema = snapshot
-                .schema()
-                .as_ref()
-                .try_into_arrow()
-                .map_err(|e| EngineError::external("reading the Delta table's schema", e))?;
-            check_table_schema(&self.name, &existing, &schema).map_err(EngineError::from)?;
-            let partitions = snapshot.metadata().partition_columns().to_vec();
-            if !self.config.partition_by.is_empty() && partitions != self.config.partition_by {
-                return Err(EngineError::User(format!(
-                    "Delta table `{}` is partitioned by ({}) but partition_by says ({})",
-                    self.name,
-                    partitions.join(", "),
-                    self.config.partition_by.join(", ")
-                )));
-            }
-            self.config.partition_by = partitions;
-            table
-        };
+        let table = open_table(&self.name, &mut self.config, &schema).await?;
         self.table = Some(table);
         self.last_commit = Instant::now();
         Ok(())
@@ -496,7 +451,7 @@ mod tests {
     use super::*;
     use crate::options::Options;
     use datafusion::arrow::array::Int64Array;
-    use datafusion::arrow::datatypes::{DataType, Field};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
     use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
     use std::sync::Arc;
 

@@ -1,6 +1,9 @@
 //! The DynamoDB sink: rows become items keyed by `primary_key`, written in batches of at most
 //! 25 items and 16 MB with several requests in flight, unprocessed items and throttling
-//! retried with backoff until `retry_timeout`, then a clear failure.
+//! retried with backoff until `retry_timeout`, then a clear failure. An updating result is
+//! applied: inserts and updates (`+I`, `+U`) put the item, retractions (`-U`, `-D`) delete
+//! it, and within a batch the last change of a key wins (a `-U` followed by its `+U` is one
+//! put).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -8,11 +11,14 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
-use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
-use datafusion::arrow::datatypes::SchemaRef;
+use aws_sdk_dynamodb::types::{AttributeValue, DeleteRequest, PutRequest, WriteRequest};
+use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use futures::stream::{self, StreamExt, TryStreamExt};
-use laketide_engine::{BadRecords, EngineError, Result, ServiceStatus, Sink, SinkSummary};
+use laketide_engine::{
+    BadRecords, EngineError, Result, ServiceStatus, Sink, SinkSummary, StreamMode, change_kinds,
+    has_change_column, kind_at,
+};
 
 use super::config::{DynamoDbSinkConfig, WriteMode};
 use super::item::{Item, MAX_ITEM_BYTES, batch_items, item_size};
@@ -80,9 +86,21 @@ impl DynamoDbSink {
             .join("\u{1f}")
     }
 
-    /// Items for the rows of `batch`, last row per key only, each with its size in bytes; bad
-    /// rows go to the policy.
+    /// Items for the rows of `batch`, last row per key only, each with its size in bytes and
+    /// whether it is deleted; bad rows go to the policy.
     fn items(&self, batch: &RecordBatch) -> Result<Vec<SizedItem>> {
+        // An updating stream's rows: the data columns, and per row whether it is a retraction.
+        let (batch, deletes) = if has_change_column(batch.schema_ref()) {
+            let kinds = change_kinds(batch)?;
+            let deletes = (0..batch.num_rows())
+                .map(|i| kind_at(kinds, i).map(|k| k.is_retraction()))
+                .collect::<Result<Vec<bool>>>()?;
+            let data: Vec<usize> = (0..batch.num_columns() - 1).collect();
+            (batch.project(&data)?, deletes)
+        } else {
+            (batch.clone(), vec![false; batch.num_rows()])
+        };
+        let batch = &batch;
         let (mut items, errors) = batch_items(batch, self.config.time_encoding);
         let encoder = RowEncoder::new(crate::format::Format::Json);
         let raw = |row: usize| {
@@ -118,7 +136,7 @@ impl DynamoDbSink {
         let mut last: HashMap<String, usize> = HashMap::new();
         let mut kept: Vec<Option<SizedItem>> = Vec::with_capacity(items.len());
         for (row, item) in items.into_iter().enumerate() {
-            let Some(item) = item else {
+            let Some(mut item) = item else {
                 kept.push(None);
                 continue;
             };
@@ -136,6 +154,10 @@ impl DynamoDbSink {
                 kept.push(None);
                 continue;
             }
+            let delete = deletes[row];
+            if delete {
+                item.retain(|k, _| self.config.primary_key.contains(k));
+            }
             let size = item_size(&item);
             if size > MAX_ITEM_BYTES {
                 self.bad.report(
@@ -151,7 +173,7 @@ impl DynamoDbSink {
             if let Some(earlier) = last.insert(self.key_of(&item), row) {
                 kept[earlier] = None;
             }
-            kept.push(Some((item, size)));
+            kept.push(Some(SizedItem { item, size, delete }));
         }
         Ok(kept.into_iter().flatten().collect())
     }
@@ -163,25 +185,40 @@ impl DynamoDbSink {
     }
 }
 
-/// An item and its size in bytes (as DynamoDB counts it).
-type SizedItem = (Item, usize);
+/// An item, its size in bytes (as DynamoDB counts it), and whether it is deleted (then the
+/// item holds only its key).
+#[derive(Debug)]
+struct SizedItem {
+    item: Item,
+    size: usize,
+    delete: bool,
+}
 
-/// Groups items into BatchWriteItem requests of at most 25 items and 16 MB.
+/// Groups items into BatchWriteItem requests (puts and deletes) of at most 25 items and 16 MB.
 fn requests(items: Vec<SizedItem>) -> Vec<Vec<WriteRequest>> {
     let mut out = Vec::new();
     let mut current: Vec<WriteRequest> = Vec::new();
     let mut bytes = 0;
-    for (item, size) in items {
+    for SizedItem { item, size, delete } in items {
         if current.len() == MAX_BATCH_ITEMS || bytes + size > MAX_BATCH_BYTES {
             out.push(std::mem::take(&mut current));
             bytes = 0;
         }
         bytes += size;
-        let put = PutRequest::builder()
-            .set_item(Some(item))
-            .build()
-            .expect("an item is set");
-        current.push(WriteRequest::builder().put_request(put).build());
+        let request = if delete {
+            let delete = DeleteRequest::builder()
+                .set_key(Some(item))
+                .build()
+                .expect("a key is set");
+            WriteRequest::builder().delete_request(delete).build()
+        } else {
+            let put = PutRequest::builder()
+                .set_item(Some(item))
+                .build()
+                .expect("an item is set");
+            WriteRequest::builder().put_request(put).build()
+        };
+        current.push(request);
     }
     if !current.is_empty() {
         out.push(current);
@@ -326,6 +363,35 @@ async fn write_one(
 
 #[async_trait]
 impl Sink for DynamoDbSink {
+    /// Takes an updating result keyed by exactly the `primary_key` columns, written as whole
+    /// items (not with `mode = 'update'` or `version_column`).
+    fn accepts(&self, schema: &Schema, mode: &StreamMode) -> std::result::Result<(), String> {
+        let StreamMode::Updating { key } = mode else {
+            return Ok(());
+        };
+        let mut names: Vec<&str> = key
+            .iter()
+            .map(|k| schema.field(*k).name().as_str())
+            .collect();
+        let mut primary: Vec<&str> = self.config.primary_key.iter().map(String::as_str).collect();
+        names.sort_unstable();
+        primary.sort_unstable();
+        if names.is_empty() {
+            return Err("the query's result has no key that identifies its rows (select the GROUP BY columns)".into());
+        }
+        if names != primary {
+            return Err(format!(
+                "its `primary_key` ({}) must be the query's key, the GROUP BY columns ({}), so that each key's row is one item",
+                primary.join(", "),
+                names.join(", ")
+            ));
+        }
+        if self.config.mode != WriteMode::Upsert || self.config.version_column.is_some() {
+            return Err("`mode = 'update'` and `version_column` apply to append-only results; an updating result replaces and deletes whole items".into());
+        }
+        Ok(())
+    }
+
     fn status(&self) -> Option<Arc<ServiceStatus>> {
         Some(self.policy.status.clone())
     }
@@ -370,7 +436,7 @@ impl Sink for DynamoDbSink {
             return Ok(());
         }
         let count = items.len() as u64;
-        let bytes: usize = items.iter().map(|(_, size)| size).sum();
+        let bytes: usize = items.iter().map(|i| i.size).sum();
         self.policy.status.count_bytes(bytes as u64);
         let client = self.client()?;
         let in_flight = self.config.max_in_flight;
@@ -384,7 +450,7 @@ impl Sink for DynamoDbSink {
                 self.requests.clone(),
             );
             stream::iter(items)
-                .map(|(item, _)| {
+                .map(|SizedItem { item, .. }| {
                     let (client, stale, requests) =
                         (client.clone(), stale.clone(), requests.clone());
                     async move {
@@ -466,9 +532,74 @@ mod tests {
         assert_eq!(sink.bad_rows(), 2, "the NULL key and the 400 KB item");
         assert_eq!(items.len(), 1);
         assert_eq!(
-            items[0].0["text"],
+            items[0].item["text"],
             AttributeValue::S("d".into()),
             "the last row of key 1"
+        );
+    }
+
+    fn sink(primary_key: &str) -> DynamoDbSink {
+        let options = crate::Options::new([
+            ("table".to_string(), "t".to_string()),
+            ("primary_key".to_string(), primary_key.to_string()),
+        ])
+        .unwrap();
+        DynamoDbSink::new("s", DynamoDbSinkConfig::from_options(options).unwrap())
+    }
+
+    #[test]
+    fn a_changelog_becomes_puts_and_deletes_with_the_last_change_of_a_key_winning() {
+        use datafusion::arrow::array::{Int64Array, StringArray};
+        use datafusion::arrow::datatypes::{DataType, Field, Schema};
+        use laketide_engine::{ChangeKind, change_array, schema_with_change};
+        let schema = schema_with_change(&Schema::new(vec![
+            Field::new("id", DataType::Int64, true),
+            Field::new("text", DataType::Utf8, true),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(Int64Array::from(vec![1, 1, 2, 3, 3])),
+                Arc::new(StringArray::from(vec!["old", "new", "gone", "x", "y"])),
+                Arc::new(change_array([
+                    ChangeKind::UpdateBefore,
+                    ChangeKind::UpdateAfter,
+                    ChangeKind::Delete,
+                    ChangeKind::Insert,
+                    ChangeKind::UpdateBefore,
+                ])),
+            ],
+        )
+        .unwrap();
+        let sink = sink("id");
+        let items = sink.items(&batch).unwrap();
+        let summary: Vec<(String, bool, usize)> = items
+            .iter()
+            .map(|i| (format!("{:?}", i.item["id"]), i.delete, i.item.len()))
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                ("N(\"1\")".to_string(), false, 2),
+                ("N(\"2\")".to_string(), true, 1),
+                ("N(\"3\")".to_string(), true, 1),
+            ],
+            "key 1 is put with its new value, keys 2 and 3 deleted by their key alone"
+        );
+        assert!(!items[0].item.contains_key(laketide_engine::CHANGE_COLUMN));
+        let r = requests(items);
+        assert!(r[0][1].delete_request().is_some() && r[0][0].put_request().is_some());
+        // The key check.
+        let key_id = StreamMode::Updating { key: vec![0] };
+        assert!(sink.accepts(&schema, &key_id).is_ok());
+        assert!(
+            sink.accepts(&schema, &StreamMode::Updating { key: vec![1] })
+                .unwrap_err()
+                .contains("must be the query's key")
+        );
+        assert!(
+            sink.accepts(&schema, &StreamMode::Updating { key: vec![] })
+                .is_err()
         );
     }
 
@@ -478,7 +609,11 @@ mod tests {
             .map(|i| {
                 let item = HashMap::from([("id".to_string(), AttributeValue::N(i.to_string()))]);
                 let size = item_size(&item);
-                (item, size)
+                SizedItem {
+                    item,
+                    size,
+                    delete: false,
+                }
             })
             .collect();
         let r = requests(items);

@@ -3,12 +3,16 @@
 mod filter;
 mod grouped_state;
 mod projection;
+mod result_store;
 mod session_aggregate;
 mod session_assign;
 mod session_generations;
 mod session_index;
 mod session_state;
+#[cfg(test)]
+mod test_rng;
 mod union;
+mod updating_aggregate;
 mod window_aggregate;
 mod window_assign;
 
@@ -17,6 +21,7 @@ pub use projection::ProjectionOperator;
 pub use session_aggregate::{SessionAggregate, SessionAggregation};
 pub use session_assign::SessionAssign;
 pub use union::UnionOperator;
+pub use updating_aggregate::{DEFAULT_UPDATE_INTERVAL, UpdatingAggregate};
 pub use window_aggregate::{AggregateSpec, WindowAggregate};
 pub use window_assign::{SlidingWindow, WindowAssign};
 

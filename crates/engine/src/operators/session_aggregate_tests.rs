@@ -1,6 +1,7 @@
 //! Unit tests of the session aggregate.
 use super::*;
 use crate::message::Message;
+use crate::operators::test_rng::XorShift;
 use datafusion::arrow::array::{StringArray, TimestampMillisecondArray};
 use datafusion::arrow::datatypes::{Int64Type, TimeUnit, TimestampMillisecondType};
 use datafusion::functions_aggregate::count::count_udaf;
@@ -107,18 +108,6 @@ fn drain(out: &mut Output) -> (Vec<Row>, Vec<i64>) {
 
 fn row(key: &str, start: i64, end: i64, total: i64, n: i64) -> Row {
     (key.to_string(), start, end, total, n)
-}
-
-/// A tiny deterministic generator for the randomized tests.
-struct XorShift(u64);
-
-impl XorShift {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
 }
 
 /// Random rows (key, value, time) over `keys` keys, times rising with up to 5 ms of

@@ -5,7 +5,10 @@ use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext
 use datafusion::logical_expr::{Aggregate, Expr};
 use datafusion::physical_expr::aggregate::LoweredAggregateBuilder;
 
-use laketide_engine::operators::{AggregateSpec, WINDOW_END, WINDOW_START, WindowAggregate};
+use laketide_engine::operators::{
+    AggregateSpec, UpdatingAggregate, WINDOW_END, WINDOW_START, WindowAggregate,
+};
+use laketide_engine::schema_with_change;
 
 use super::{Stream, Translator, WindowColumns, arrow_schema};
 use crate::error::Result;
@@ -21,9 +24,7 @@ impl Translator<'_> {
         self.session_keys_hint = outer_hint;
         let input = input?;
         let Some(window) = input.window else {
-            return Err(self.err(
-                "GROUP BY on a stream needs a window: aggregate FROM TUMBLE(…), HOP(…) or SESSION(…) and GROUP BY window_start, window_end",
-            ));
+            return self.updating_aggregate(agg, input);
         };
         let input_schema = arrow_schema(&input.schema);
         let is_column = |e: &Expr, idx: usize| {
@@ -73,6 +74,50 @@ impl Translator<'_> {
                 start: start_group,
                 end: Some(end_group),
             }),
+        })
+    }
+
+    /// GROUP BY without a window: an updating result, one current row per key.
+    fn updating_aggregate(&mut self, agg: &Aggregate, input: Stream) -> Result<Stream> {
+        if agg
+            .group_expr
+            .iter()
+            .any(|e| matches!(e, Expr::GroupingSet(_)))
+        {
+            return Err(
+                self.err("GROUPING SETS, ROLLUP and CUBE are not supported in streaming queries")
+            );
+        }
+        if self.dataflow.mode(input.node).is_updating() {
+            return Err(self.err(
+                "an aggregate over an updating result (an aggregate of an aggregate) is not supported yet; aggregate the source rows, or aggregate a window",
+            ));
+        }
+        let group_exprs = agg
+            .group_expr
+            .iter()
+            .map(|e| self.physical(e, &input.schema))
+            .collect::<Result<Vec<_>>>()?;
+        let aggregates = self.aggregate_specs(agg, &input.schema)?;
+        let output = schema_with_change(agg.schema.as_arrow());
+        let op = UpdatingAggregate::new(
+            &arrow_schema(&input.schema),
+            group_exprs,
+            aggregates,
+            output,
+            self.update_interval,
+        )?;
+        let description = format!(
+            "{}, updating every {}",
+            Self::aggregate_description(agg),
+            humantime_short(self.update_interval)
+        );
+        let node = self.operator("aggregate", description, Box::new(op), vec![input.node])?;
+        Ok(Stream {
+            node,
+            schema: agg.schema.clone(),
+            event_time: input.event_time,
+            window: None,
         })
     }
 
@@ -130,4 +175,13 @@ pub(crate) fn non_window_groups(agg: &Aggregate) -> Vec<Expr> {
         .filter(|e| !matches!(e, Expr::Column(c) if c.name == WINDOW_START || c.name == WINDOW_END))
         .cloned()
         .collect()
+}
+
+/// `1s`, `250ms`: an interval for `explain`.
+fn humantime_short(d: std::time::Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
 }

@@ -17,7 +17,7 @@ use datafusion::physical_expr::expressions::Column as PhysicalColumn;
 use laketide_engine::operators::{
     FilterOperator, ProjectionOperator, SessionAssign, SlidingWindow, UnionOperator, WindowAssign,
 };
-use laketide_engine::{Dataflow, NodeId};
+use laketide_engine::{CHANGE_COLUMN, Dataflow, EngineError, NodeId, schema_with_change};
 
 use crate::error::{Location, Result, SqlError, from_datafusion};
 
@@ -74,6 +74,8 @@ pub struct Translator<'a> {
     /// The non-window GROUP BY expressions of the aggregate being translated: a `SESSION`
     /// window without explicit key arguments partitions its sessions by them.
     pub(crate) session_keys_hint: Option<Vec<Expr>>,
+    /// How often updating aggregates emit their changed results.
+    pub(crate) update_interval: std::time::Duration,
 }
 
 pub(crate) fn arrow_schema(schema: &DFSchema) -> SchemaRef {
@@ -103,7 +105,23 @@ impl Translator<'_> {
         op: Box<dyn laketide_engine::Operator>,
         inputs: Vec<NodeId>,
     ) -> Result<NodeId> {
-        Ok(self.dataflow.add_operator(name, description, op, inputs)?)
+        self.dataflow
+            .add_operator(name, description, op, inputs)
+            .map_err(|e| match e {
+                EngineError::User(message) => self.err(message),
+                other => other.into(),
+            })
+    }
+
+    /// The arrow schema of the rows `stream`'s node emits for logical schema `schema`: with the
+    /// change column last when the stream is updating.
+    fn physical_schema(&self, stream: &Stream, schema: &DFSchema) -> SchemaRef {
+        let arrow = arrow_schema(schema);
+        if self.dataflow.mode(stream.node).is_updating() {
+            schema_with_change(&arrow)
+        } else {
+            arrow
+        }
     }
 
     /// Translates `plan` into nodes and returns its output stream.
@@ -169,11 +187,16 @@ impl Translator<'_> {
             }
             LogicalPlan::Projection(p) => {
                 let input = self.translate(&p.input)?;
-                let exprs = p
+                let mut exprs = p
                     .expr
                     .iter()
                     .map(|e| self.physical(e, &input.schema))
                     .collect::<Result<Vec<_>>>()?;
+                if self.dataflow.mode(input.node).is_updating() {
+                    // The change column follows the logical columns and passes through.
+                    let at = input.schema.fields().len();
+                    exprs.push(Arc::new(PhysicalColumn::new(CHANGE_COLUMN, at)));
+                }
                 let window = input.window.map(|w| {
                     let find = |idx: usize| {
                         let (q, f) = input.schema.qualified_field(idx);
@@ -188,7 +211,7 @@ impl Translator<'_> {
                 let node = self.operator(
                     "project",
                     names.join(", "),
-                    Box::new(ProjectionOperator::new(exprs, arrow_schema(&p.schema))),
+                    Box::new(ProjectionOperator::new(exprs, self.physical_schema(&input, &p.schema))),
                     vec![input.node],
                 )?;
                 Ok(Stream {
@@ -204,7 +227,7 @@ impl Translator<'_> {
                 let node = self.operator(
                     "filter",
                     f.predicate.to_string(),
-                    Box::new(FilterOperator::new(predicate, arrow_schema(&input.schema))),
+                    Box::new(FilterOperator::new(predicate, self.physical_schema(&input, &input.schema))),
                     vec![input.node],
                 )?;
                 Ok(Stream { node, ..input })
@@ -219,10 +242,14 @@ impl Translator<'_> {
             LogicalPlan::Aggregate(agg) => self.aggregate(agg),
             LogicalPlan::Union(u) => {
                 let inputs = u.inputs.iter().map(|i| self.translate(i)).collect::<Result<Vec<_>>>()?;
+                let schema = match inputs.iter().find(|i| self.dataflow.mode(i.node).is_updating()) {
+                    Some(updating) => self.physical_schema(updating, &u.schema),
+                    None => arrow_schema(&u.schema),
+                };
                 let node = self.operator(
                     "union",
                     format!("{} inputs", inputs.len()),
-                    Box::new(UnionOperator::new(arrow_schema(&u.schema))),
+                    Box::new(UnionOperator::new(schema)),
                     inputs.iter().map(|s| s.node).collect(),
                 )?;
                 Ok(Stream {

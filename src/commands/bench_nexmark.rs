@@ -1,0 +1,243 @@
+//! `laketide bench --suite nexmark`: the Nexmark queries laketide runs, each over the
+//! `nexmark` source's bids into a blackhole sink (as Flink's and RisingWave's Nexmark runs
+//! do), measured (events/s end to end, peak memory, throughput as a share of q0's) and checked:
+//! the fingerprint of each result (the table an updating result leaves) must equal that of
+//! the same query run by DataFusion as a batch query over the same generated bids.
+
+use std::sync::Arc;
+
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::datasource::MemTable;
+use datafusion::prelude::SessionContext;
+use laketide_connectors::Options;
+use laketide_connectors::blackhole::{BlackholeSink, Fingerprint};
+use laketide_connectors::nexmark::{NexmarkSource, NexmarkSourceConfig};
+use laketide_engine::{RunOptions, Source, SourcePoll};
+use laketide_sql::{Location, Planner, Statement, parse_script};
+
+use crate::error::{CliError, Result};
+use crate::progress::human_rate;
+
+/// One Nexmark query over table `bid`, run alike as a streaming and as a batch query.
+struct NexmarkQuery {
+    name: &'static str,
+    sql: String,
+}
+
+/// The `count(*) FILTER …`, `count(DISTINCT …) FILTER …` columns of q15 and q16.
+const RANKED_COUNTS: &str = "count(*) AS total_bids,
+  count(*) FILTER (WHERE price < 10000) AS rank1_bids,
+  count(*) FILTER (WHERE price >= 10000 AND price < 1000000) AS rank2_bids,
+  count(*) FILTER (WHERE price >= 1000000) AS rank3_bids,
+  count(DISTINCT bidder) AS total_bidders,
+  count(DISTINCT bidder) FILTER (WHERE price < 10000) AS rank1_bidders,
+  count(DISTINCT bidder) FILTER (WHERE price >= 10000 AND price < 1000000) AS rank2_bidders,
+  count(DISTINCT bidder) FILTER (WHERE price >= 1000000) AS rank3_bidders,
+  count(DISTINCT auction) AS total_auctions,
+  count(DISTINCT auction) FILTER (WHERE price < 10000) AS rank1_auctions,
+  count(DISTINCT auction) FILTER (WHERE price >= 10000 AND price < 1000000) AS rank2_auctions,
+  count(DISTINCT auction) FILTER (WHERE price >= 1000000) AS rank3_auctions";
+
+fn queries() -> Vec<NexmarkQuery> {
+    let query = |name, sql: &str| NexmarkQuery {
+        name,
+        sql: sql.to_string(),
+    };
+    vec![
+        query(
+            "q0 (pass-through)",
+            "SELECT auction, bidder, price, date_time, extra FROM bid",
+        ),
+        query(
+            "q1 (currency conversion)",
+            "SELECT auction, bidder, 0.908 * price AS price, date_time, extra FROM bid",
+        ),
+        query(
+            "q2 (selection)",
+            "SELECT auction, price FROM bid WHERE auction % 123 = 0",
+        ),
+        query(
+            "q15 (bidding statistics per day, updating)",
+            &format!(
+                "SELECT to_char(date_time, '%Y-%m-%d') AS day, {RANKED_COUNTS}
+                 FROM bid GROUP BY to_char(date_time, '%Y-%m-%d')"
+            ),
+        ),
+        query(
+            "q16 (channel statistics per day, updating)",
+            &format!(
+                "SELECT channel, to_char(date_time, '%Y-%m-%d') AS day,
+                        max(to_char(date_time, '%H:%M')) AS minute, {RANKED_COUNTS}
+                 FROM bid GROUP BY channel, to_char(date_time, '%Y-%m-%d')"
+            ),
+        ),
+        query(
+            "q17 (auction statistics per day, updating)",
+            "SELECT auction, to_char(date_time, '%Y-%m-%d') AS day,
+                count(*) AS total_bids,
+                count(*) FILTER (WHERE price < 10000) AS rank1_bids,
+                count(*) FILTER (WHERE price >= 10000 AND price < 1000000) AS rank2_bids,
+                count(*) FILTER (WHERE price >= 1000000) AS rank3_bids,
+                min(price) AS min_price, max(price) AS max_price, avg(price) AS avg_price,
+                sum(price) AS sum_price
+             FROM bid GROUP BY auction, to_char(date_time, '%Y-%m-%d')",
+        ),
+    ]
+}
+
+/// The `bid` table of every query: Nexmark's bids among the first `events` events.
+fn bid_table(events: u64) -> String {
+    format!(
+        "CREATE TABLE bid (auction BIGINT, bidder BIGINT, price BIGINT, channel TEXT, url TEXT,
+           date_time TIMESTAMP(3), extra TEXT,
+           WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND)
+         WITH (connector = 'nexmark', table = 'bid', events = '{events}')"
+    )
+}
+
+/// A measured run: its summary, the result's fingerprint and schema.
+struct Measured {
+    events: u64,
+    seconds: f64,
+    peak_mb: u64,
+    fingerprint: Fingerprint,
+    schema: SchemaRef,
+}
+
+/// Runs `query` over the bids of `events` events into a fingerprinting blackhole.
+async fn run_query(events: u64, query: &NexmarkQuery) -> Result<Measured> {
+    let script = parse_script(&bid_table(events))?;
+    let mut planner = Planner::new();
+    for s in &script.statements {
+        if let Statement::CreateTable(def) = s {
+            planner.declare_table(def, false)?;
+        }
+    }
+    let statements = datafusion::sql::sqlparser::parser::Parser::parse_sql(
+        &datafusion::sql::sqlparser::dialect::GenericDialect {},
+        &query.sql,
+    )
+    .map_err(|e| CliError::Usage(format!("{}: {e}", query.name)))?;
+    let Some(datafusion::sql::sqlparser::ast::Statement::Query(parsed)) = statements.first() else {
+        return Err(CliError::Usage(format!("{} is not a query", query.name)));
+    };
+    let location = Location { line: 1, column: 1 };
+    let plan = planner.plan_query(parsed, location).await?;
+    let mut builder = planner.builder();
+    let output = builder.add_query(&plan, location)?;
+    let (sink, fingerprint) = BlackholeSink::fingerprinting();
+    builder.add_sink("result", "blackhole", Box::new(sink), output.node)?;
+    let planned = builder.finish();
+    super::bench::reset_peak_memory();
+    let summary = laketide_engine::run(planned.dataflow, RunOptions::default()).await?;
+    let peak = super::bench::peak_memory_bytes().unwrap_or(0);
+    let fingerprint = *fingerprint
+        .lock()
+        .map_err(|_| CliError::Usage("fingerprint lock poisoned".into()))?;
+    Ok(Measured {
+        events: summary.totals.records_in,
+        seconds: summary.elapsed.as_secs_f64(),
+        peak_mb: peak / (1 << 20),
+        fingerprint,
+        schema: Arc::new(output.schema.as_arrow().clone()),
+    })
+}
+
+/// Every bid of `events` events, as the source generates them.
+async fn all_bids(events: u64) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+    let script = parse_script(&bid_table(events))?;
+    let Some(Statement::CreateTable(def)) = script.statements.first() else {
+        return Err(CliError::Usage("the bid table".into()));
+    };
+    let schema = Arc::new(datafusion::arrow::datatypes::Schema::new(
+        def.columns.clone().unwrap_or_default(),
+    ));
+    let options = Options::new([
+        ("table".to_string(), "bid".to_string()),
+        ("events".to_string(), events.to_string()),
+    ])?;
+    let mut source =
+        NexmarkSource::new(NexmarkSourceConfig::from_options(options)?, schema.clone())?;
+    let mut batches = Vec::new();
+    loop {
+        match source.poll_next().await? {
+            SourcePoll::Batch { batch, .. } => batches.push(batch),
+            SourcePoll::Finished => return Ok((schema, batches)),
+            _ => {}
+        }
+    }
+}
+
+/// The fingerprint of `query` run as a batch query over `bids`, its columns cast to the
+/// streaming result's types.
+async fn oracle(
+    ctx: &SessionContext,
+    query: &NexmarkQuery,
+    schema: &SchemaRef,
+) -> Result<Fingerprint> {
+    let batches = ctx.sql(&query.sql).await?.collect().await?;
+    let mut fingerprint = Fingerprint::default();
+    for b in batches {
+        let columns = b
+            .columns()
+            .iter()
+            .zip(schema.fields())
+            .map(|(c, f)| cast(c, f.data_type()))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let cast_batch = RecordBatch::try_new(
+            Arc::new(datafusion::arrow::datatypes::Schema::new(
+                schema
+                    .fields()
+                    .iter()
+                    .map(|f| f.as_ref().clone().with_nullable(true))
+                    .collect::<Vec<_>>(),
+            )),
+            columns,
+        )?;
+        fingerprint.add(&cast_batch)?;
+    }
+    Ok(fingerprint)
+}
+
+/// Runs every query over the bids of `events` Nexmark events, prints a line each with its
+/// throughput as a share of q0's, then checks every result against its batch query (after
+/// all runs, so that the oracle's memory does not count in the runs' peaks).
+pub async fn bench_nexmark(events: u64) -> Result<()> {
+    let mut measured = Vec::new();
+    let mut q0_rate = None;
+    for query in &queries() {
+        let m = run_query(events, query).await?;
+        let rate = m.events as f64 / m.seconds.max(1e-9);
+        let base = *q0_rate.get_or_insert(rate);
+        println!(
+            "bench nexmark {}: {} bids in {:.2}s = {} events/s ({:.0}% of q0); peak memory {} MB; {} result rows",
+            query.name,
+            m.events,
+            m.seconds,
+            human_rate(rate),
+            100.0 * rate / base.max(1e-9),
+            m.peak_mb,
+            m.fingerprint.rows
+        );
+        measured.push(m);
+    }
+    let (schema, bids) = all_bids(events).await?;
+    let ctx = SessionContext::new();
+    ctx.register_table("bid", Arc::new(MemTable::try_new(schema, vec![bids])?))?;
+    for (query, m) in queries().iter().zip(&measured) {
+        let expected = oracle(&ctx, query, &m.schema).await?;
+        if expected != m.fingerprint {
+            return Err(CliError::Usage(format!(
+                "bench nexmark {}: the streaming result ({} rows) differs from the batch query ({} rows)",
+                query.name, m.fingerprint.rows, expected.rows
+            )));
+        }
+        println!(
+            "bench nexmark {}: the result equals the DataFusion batch query",
+            query.name
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,258 @@
+//! Updating queries (GROUP BY without a window) through the binary: the plan-time check of
+//! sinks that cannot apply updates, the console changelog, `--update-interval`, and Delta
+//! tables kept at one row per key by MERGE against the batch oracle.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use crate::common;
+
+fn laketide(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_laketide"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("laketide runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).to_string()
+}
+
+const CLICKS: &str = "CREATE TABLE clicks (event_id BIGINT, user_id TEXT, page TEXT, action TEXT, amount DOUBLE, ts TIMESTAMP)
+  WITH (connector = 'file', path = 'data', mode = 'once', batch_size = '1');\n";
+
+fn write_data(dir: &Path) {
+    std::fs::create_dir_all(dir.join("data")).unwrap();
+    let rows = [
+        ("u1", "/home", 1.0),
+        ("u2", "/home", 2.0),
+        ("u1", "/cart", 3.0),
+    ];
+    let lines: Vec<String> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, (u, p, a))| {
+            format!(
+                r#"{{"event_id":{i},"user_id":"{u}","page":"{p}","action":"view","amount":{a},"ts":"2024-01-01T00:00:0{i}Z"}}"#
+            )
+        })
+        .collect();
+    std::fs::write(dir.join("data/clicks.json"), lines.join("\n") + "\n").unwrap();
+}
+
+#[test]
+fn an_updating_query_into_an_append_only_sink_is_refused_at_its_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("p.sql"),
+        format!(
+            "{CLICKS}CREATE TABLE stats WITH (connector = 'delta', path = 'lake/stats');\n\n  INSERT INTO stats SELECT user_id, count(*) FROM clicks GROUP BY user_id;\n"
+        ),
+    )
+    .unwrap();
+    let out = laketide(dir.path(), &["check", "p.sql"]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    for part in [
+        "p.sql:5:3:",
+        "the query into `stats` produces an updating result",
+        "the delta sink cannot take it: without a `primary_key` it appends rows",
+        "Ways out: aggregate over a window",
+        "delta or dynamodb with `primary_key`",
+    ] {
+        assert!(err.contains(part), "missing `{part}` in: {err}");
+    }
+}
+
+#[test]
+fn a_dynamodb_key_that_is_not_the_group_by_key_is_refused_at_plan_time() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("p.sql"),
+        format!(
+            "{CLICKS}CREATE TABLE stats WITH (connector = 'dynamodb', table = 'stats', primary_key = 'page');\nINSERT INTO stats SELECT user_id, page, count(*) FROM clicks GROUP BY user_id, page;\n"
+        ),
+    )
+    .unwrap();
+    let out = laketide(dir.path(), &["check", "p.sql"]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("p.sql:4:1:")
+            && err.contains("its `primary_key` (page) must be the query's key, the GROUP BY columns (page, user_id)"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_console_prints_the_changelog_and_the_interval_flag_reaches_the_plan() {
+    let dir = tempfile::tempdir().unwrap();
+    write_data(dir.path());
+    std::fs::write(
+        dir.path().join("p.sql"),
+        format!(
+            "{CLICKS}CREATE TABLE out WITH (connector = 'console');\nINSERT INTO out SELECT user_id, count(*) AS n, sum(amount) AS spend FROM clicks GROUP BY user_id;\n"
+        ),
+    )
+    .unwrap();
+    let explain = laketide(dir.path(), &["explain", "p.sql"]);
+    let plan = text(&explain.stdout);
+    assert!(
+        plan.contains("updating every 1s") && plan.contains("updating, key: [user_id]"),
+        "{plan}"
+    );
+
+    let run = laketide(
+        dir.path(),
+        &["run", "p.sql", "--quiet", "--update-interval", "0s"],
+    );
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    let printed = text(&run.stdout);
+    // One row per batch, emitted at once: u1 is inserted, then updated from 1 to 2 rows.
+    let changes: Vec<String> = printed
+        .lines()
+        .filter(|l| l.starts_with("| +") || l.starts_with("| -"))
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    assert_eq!(
+        changes,
+        vec![
+            "| +I | u1 | 1 | 1.0 |",
+            "| +I | u2 | 1 | 2.0 |",
+            "| -U | u1 | 1 | 1.0 |",
+            "| +U | u1 | 2 | 4.0 |",
+        ],
+        "{printed}"
+    );
+    assert!(printed.contains("| op |"), "{printed}");
+
+    let bad = laketide(dir.path(), &["run", "p.sql", "--update-interval", "soon"]);
+    assert!(!bad.status.success());
+    assert!(
+        text(&bad.stderr).contains("not a duration"),
+        "{}",
+        text(&bad.stderr)
+    );
+}
+
+/// Runs `laketide generate` into `dir/data`.
+fn generate(dir: &Path, events: &str, users: &str) {
+    let out = laketide(
+        dir,
+        &[
+            "generate", "--out", "data", "--events", events, "--files", "3", "--users", users,
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delta_with_a_primary_key_holds_the_current_row_per_key_as_the_batch_oracle_says() {
+    let dir = tempfile::tempdir().unwrap();
+    generate(dir.path(), "40000", "12000");
+    // Small batches, no update interval and frequent checkpoints: keys change across many
+    // MERGE commits; `rare` deletes every user that reaches three events; `kinds` has a NULL
+    // key (purchases).
+    std::fs::write(
+        dir.path().join("p.sql"),
+        "SET update_interval = '0s';
+         CREATE TABLE clicks (event_id BIGINT, user_id TEXT, page TEXT, action TEXT, amount DOUBLE, ts TIMESTAMP)
+           WITH (connector = 'file', path = 'data', mode = 'once', batch_size = '101');
+         CREATE TABLE users WITH (connector = 'delta', path = 'lake/users', primary_key = 'user_id');
+         CREATE TABLE rare WITH (connector = 'delta', path = 'lake/rare', primary_key = 'user_id');
+         CREATE TABLE kinds WITH (connector = 'delta', path = 'lake/kinds', primary_key = 'kind');
+         INSERT INTO users SELECT user_id, count(*) AS events, count(DISTINCT page) AS pages,
+           max(event_id) AS last_event FROM clicks GROUP BY user_id;
+         INSERT INTO rare SELECT user_id, count(*) AS events FROM clicks GROUP BY user_id HAVING count(*) < 3;
+         INSERT INTO kinds SELECT CASE WHEN action = 'purchase' THEN NULL ELSE action END AS kind, count(*) AS n
+           FROM clicks GROUP BY CASE WHEN action = 'purchase' THEN NULL ELSE action END;",
+    )
+    .unwrap();
+    let run = laketide(
+        dir.path(),
+        &["run", "p.sql", "--quiet", "--checkpoint-interval", "100ms"],
+    );
+    assert!(run.status.success(), "{}", text(&run.stderr));
+
+    let oracle = common::oracle_context(&dir.path().join("data")).await;
+    for (table, streaming, batch) in [
+        (
+            "users",
+            "SELECT user_id, events, pages, last_event FROM users ORDER BY user_id",
+            "SELECT user_id, count(*), count(DISTINCT page), max(event_id) FROM clicks GROUP BY user_id ORDER BY user_id",
+        ),
+        (
+            "rare",
+            "SELECT user_id, events FROM rare ORDER BY user_id",
+            "SELECT user_id, count(*) FROM clicks GROUP BY user_id HAVING count(*) < 3 ORDER BY user_id",
+        ),
+        (
+            "kinds",
+            "SELECT kind, n FROM kinds ORDER BY kind",
+            "SELECT CASE WHEN action = 'purchase' THEN NULL ELSE action END AS kind, count(*)
+             FROM clicks GROUP BY 1 ORDER BY kind",
+        ),
+    ] {
+        let ctx = common::delta_context(table, &dir.path().join("lake").join(table)).await;
+        let stored = common::query_rows(&ctx, streaming).await;
+        let expected = common::query_rows(&oracle, batch).await;
+        assert!(!expected.is_empty());
+        common::assert_same_rows(&format!("{table} (Delta MERGE)"), &stored, &expected);
+    }
+    // The table's creation and at least two MERGE commits (a checkpoint every 100 ms); the
+    // staged files of merged checkpoints are gone.
+    let log = std::fs::read_dir(dir.path().join("lake/users/_delta_log"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "json")
+        })
+        .count();
+    assert!(log > 3, "only {log} commits");
+    let staged = walk_files(&dir.path().join("lake/users/_laketide_changes"));
+    assert!(staged.is_empty(), "left behind: {staged:?}");
+}
+
+fn walk_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flat_map(|e| {
+            let path = e.unwrap().path();
+            if path.is_dir() {
+                walk_files(&path)
+            } else {
+                vec![path]
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn the_nexmark_benchmark_checks_every_query_against_the_batch_query() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = laketide(
+        dir.path(),
+        &["bench", "--suite", "nexmark", "--events", "60000"],
+    );
+    let printed = text(&out.stdout);
+    assert!(out.status.success(), "{printed}{}", text(&out.stderr));
+    for q in ["q0", "q1", "q2", "q15", "q16", "q17"] {
+        assert!(
+            printed.contains(&format!("bench nexmark {q} (")) && printed.contains("% of q0"),
+            "{printed}"
+        );
+    }
+    assert_eq!(
+        printed
+            .matches("the result equals the DataFusion batch query")
+            .count(),
+        6,
+        "{printed}"
+    );
+}
