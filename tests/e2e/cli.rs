@@ -391,6 +391,8 @@ fn check_and_explain() {
     assert!(views.status.success(), "{}", stderr(&views));
     let dynamodb = laketide(dir.path(), &["check", "examples/clicks_to_dynamodb.sql"]);
     assert!(dynamodb.status.success(), "{}", stderr(&dynamodb));
+    let live = laketide(dir.path(), &["check", "examples/customer_live_stats.sql"]);
+    assert!(live.status.success(), "{}", stderr(&live));
     let kinesis = laketide(dir.path(), &["check", "examples/kinesis_to_lake.sql"]);
     assert!(kinesis.status.success(), "{}", stderr(&kinesis));
     let explain = laketide(dir.path(), &["explain", "examples/kinesis_to_lake.sql"]);

@@ -662,6 +662,68 @@ async fn the_benchmark_reports_dynamodb_items_per_second_by_requests_in_flight()
 }
 
 #[tokio::test]
+async fn the_customer_live_stats_example_serves_current_rows_per_customer_and_day() {
+    let Some(endpoint) = dynamodb_server() else {
+        return;
+    };
+    let table = common::unique("example-customer-stats");
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    let data = repo.join("examples/data/clicks");
+    let sql = std::fs::read_to_string(repo.join("examples/customer_live_stats.sql"))
+        .unwrap()
+        .replace("table = 'customer_stats'", &format!("table = '{table}'"))
+        .replace("'examples/data/clicks/'", &format!("'{}'", data.display()));
+    std::fs::write(dir.path().join("example.sql"), sql).unwrap();
+    let run = laketide(dir.path(), &["run", "example.sql"], &endpoint);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+
+    let ctx = common::oracle_context(&data).await;
+    let mut oracle = common::query_rows(
+        &ctx,
+        "SELECT user_id, count(*), count(DISTINCT page), count(*) FILTER (WHERE action = 'purchase')
+         FROM clicks GROUP BY user_id",
+    )
+    .await;
+    oracle.sort();
+    let stored = stored_rows(
+        &endpoint,
+        &table,
+        &["user_id", "events", "pages", "purchases"],
+    )
+    .await;
+    common::assert_same_rows("customer_stats in DynamoDB", &stored, &oracle);
+
+    // The example's own decoding rules read its mixed time formats (`laketide query -f`).
+    let query = |sql: &str| {
+        let out = laketide(
+            dir.path(),
+            &["query", "-f", "example.sql", "--format", "csv", sql],
+            &endpoint,
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let stored = query("SELECT day, action, events FROM daily_actions ORDER BY day, action");
+    let expected = query(
+        "SELECT to_char(ts, '%Y-%m-%d') AS day, action, count(*) AS events FROM clicks GROUP BY 1, 2 ORDER BY 1, 2",
+    );
+    assert!(expected.len() > 2, "{expected:?}");
+    common::assert_same_rows("daily_actions in Delta", &stored, &expected);
+}
+
+#[tokio::test]
 async fn the_dynamodb_example_runs_as_documented() {
     let Some(endpoint) = dynamodb_server() else {
         return;

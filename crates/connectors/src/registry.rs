@@ -8,6 +8,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 use laketide_engine::{BadRecords, OnError, Sink, Source, SourcePoll};
 
 use crate::blackhole::BlackholeSink;
+use crate::changelog::ChangelogAsRows;
 use crate::console::ConsoleSink;
 use crate::delta::{DeltaSink, DeltaSinkConfig, DeltaUpsertSink};
 use crate::dynamodb::{DynamoDbSink, DynamoDbSinkConfig};
@@ -220,7 +221,9 @@ pub fn build_sink(table: &str, connector: &str, options: Options) -> Result<Buil
             let config = FilesystemSinkConfig::from_options(options)?;
             let description = format!("filesystem {} ({})", config.path, config.format.extension());
             Ok(BuiltSink {
-                sink: Box::new(FilesystemSink::new(table, config)),
+                sink: Box::new(ChangelogAsRows::new(Box::new(FilesystemSink::new(
+                    table, config,
+                )))),
                 description,
             })
         }
@@ -233,7 +236,9 @@ pub fn build_sink(table: &str, connector: &str, options: Options) -> Result<Buil
                 config.partition_key.as_deref().unwrap_or("random")
             );
             Ok(BuiltSink {
-                sink: Box::new(KinesisSink::new(table, config)),
+                sink: Box::new(ChangelogAsRows::new(Box::new(KinesisSink::new(
+                    table, config,
+                )))),
                 description,
             })
         }
@@ -271,7 +276,9 @@ pub fn build_sink(table: &str, connector: &str, options: Options) -> Result<Buil
                 }
             );
             Ok(BuiltSink {
-                sink: Box::new(crate::webhook::WebhookSink::new(table, config)),
+                sink: Box::new(ChangelogAsRows::new(Box::new(
+                    crate::webhook::WebhookSink::new(table, config),
+                ))),
                 description,
             })
         }

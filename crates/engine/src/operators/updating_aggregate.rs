@@ -332,7 +332,10 @@ impl Operator for UpdatingAggregate {
         let mut state = NodeState::empty();
         let (ids, stored) = self.results.all()?;
         if !ids.is_empty() {
+            // Take the keys out and intern them again, in the same order (same ids), into a
+            // fresh table: what `emit(All)` leaves behind is not meant for reuse.
             let keys = self.keys.emit(EmitTo::All)?;
+            self.keys = new_group_values(self.key_schema.clone(), &GroupOrdering::None)?;
             let mut back = Vec::new();
             self.keys.intern(&keys, &mut back)?;
             let indices = UInt32Array::from_iter_values(ids.iter().map(|i| *i as u32));
