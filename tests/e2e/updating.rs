@@ -309,3 +309,25 @@ async fn a_filesystem_sink_writes_the_changelog_whose_replay_is_the_batch_result
     .await;
     common::assert_same_rows("the replayed changelog", &stored, &expected);
 }
+
+#[test]
+fn state_ttl_reaches_the_plan_and_a_bad_value_is_located() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = |ttl: &str| {
+        format!(
+            "SET state_ttl = '{ttl}';\n{CLICKS}CREATE TABLE out WITH (connector = 'console');\nINSERT INTO out SELECT user_id, count(*) FROM clicks GROUP BY user_id;\n"
+        )
+    };
+    std::fs::write(dir.path().join("p.sql"), pipeline("12h")).unwrap();
+    let explain = laketide(dir.path(), &["explain", "p.sql"]);
+    let plan = text(&explain.stdout);
+    assert!(plan.contains("keys idle for 43200s dropped"), "{plan}");
+    std::fs::write(dir.path().join("bad.sql"), pipeline("forever")).unwrap();
+    let bad = laketide(dir.path(), &["check", "bad.sql"]);
+    assert!(!bad.status.success());
+    let err = text(&bad.stderr);
+    assert!(
+        err.contains("bad.sql:1:1:") && err.contains("state_ttl must be a duration"),
+        "{err}"
+    );
+}

@@ -63,10 +63,13 @@ pub struct PipelineSettings {
     /// `SET update_interval = '1s'`: how often updating aggregates emit the results that
     /// changed (`0s`: at every batch; the command line's `--update-interval` overrides it).
     pub update_interval: Option<Duration>,
+    /// `SET state_ttl = '1d'`: keys of updating queries that have not changed for this long
+    /// (processing time) are dropped from their state.
+    pub state_ttl: Option<Duration>,
 }
 
 /// The names `SET` accepts.
-const SETTINGS: &[&str] = &["checkpoint_interval", "update_interval"];
+const SETTINGS: &[&str] = &["checkpoint_interval", "update_interval", "state_ttl"];
 
 impl PipelineSettings {
     fn set(&mut self, name: &str, value: &str, location: Location) -> Result<()> {
@@ -89,6 +92,17 @@ impl PipelineSettings {
                         location,
                         format!(
                             "update_interval must be a duration such as '1s' or '0s', not '{value}'"
+                        ),
+                    ));
+                }
+            },
+            "state_ttl" => match parse_duration(value) {
+                Some(d) if !d.is_zero() => self.state_ttl = Some(d),
+                _ => {
+                    return Err(SqlError::plan(
+                        location,
+                        format!(
+                            "state_ttl must be a duration such as '1d' or '12h', not '{value}'"
                         ),
                     ));
                 }
@@ -338,6 +352,7 @@ impl Planner {
             dataflow: Dataflow::new(),
             lake_paths: Vec::new(),
             update_interval: DEFAULT_UPDATE_INTERVAL,
+            state_ttl: None,
         }
     }
 }
@@ -418,6 +433,7 @@ pub struct PipelineBuilder<'p> {
     dataflow: Dataflow,
     lake_paths: Vec<String>,
     update_interval: Duration,
+    state_ttl: Option<Duration>,
 }
 
 /// A query's output inside a dataflow under construction.
@@ -440,6 +456,12 @@ impl<'p> PipelineBuilder<'p> {
         self
     }
 
+    /// Sets how long keys of updating queries are kept without a change (default: always).
+    pub fn with_state_ttl(mut self, ttl: Option<Duration>) -> Self {
+        self.state_ttl = ttl;
+        self
+    }
+
     /// Translates an optimized query plan into the dataflow.
     pub fn add_query(&mut self, plan: &LogicalPlan, location: Location) -> Result<QueryOutput> {
         let mut translator = Translator {
@@ -449,6 +471,7 @@ impl<'p> PipelineBuilder<'p> {
             location,
             session_keys_hint: None,
             update_interval: self.update_interval,
+            state_ttl: self.state_ttl,
         };
         let stream = translator.translate(plan)?;
         Ok(QueryOutput {
@@ -695,7 +718,10 @@ pub async fn plan_script_with(script: &Script, options: &PlanOptions) -> Result<
         .update_interval
         .or(settings.update_interval)
         .unwrap_or(DEFAULT_UPDATE_INTERVAL);
-    let mut builder = planner.builder().with_update_interval(update_interval);
+    let mut builder = planner
+        .builder()
+        .with_update_interval(update_interval)
+        .with_state_ttl(settings.state_ttl);
     let mut by_sink: BTreeMap<String, Vec<QueryOutput>> = BTreeMap::new();
     for (sink, plan, location) in &queries {
         let output = builder.add_query(plan, *location)?;

@@ -2,6 +2,7 @@
 
 mod filter;
 mod grouped_state;
+mod key_expiry;
 mod projection;
 mod result_store;
 mod session_aggregate;

@@ -133,6 +133,14 @@ impl ResultStore {
         self.maintain()
     }
 
+    /// Forgets the current row of `id` (a key dropped by the state TTL).
+    pub(crate) fn remove(&mut self, id: usize) {
+        if let Some(Some((chunk, _))) = self.slots.get(id).copied() {
+            self.slots[id] = None;
+            self.release(chunk as usize);
+        }
+    }
+
     fn release(&mut self, chunk: usize) {
         self.live[chunk] -= 1;
         if self.live[chunk] == 0 {
@@ -269,5 +277,9 @@ mod tests {
         assert_eq!(all_ids, ids);
         assert_eq!(values(&all), want);
         assert!(store.get(&[5000]).is_err(), "a key never stored");
+        store.remove(ids[0]);
+        assert!(!store.contains(ids[0]));
+        assert_eq!(store.len(), expected.len() - 1);
+        assert!(store.get(&ids[..1]).is_err());
     }
 }

@@ -3,10 +3,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, Int8Array, UInt32Array};
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, Int8Array, Int64Array, UInt32Array,
+};
 use datafusion::arrow::compute::kernels::boolean::or;
 use datafusion::arrow::compute::kernels::cmp::distinct;
 use datafusion::arrow::compute::{interleave, take};
+use datafusion::arrow::datatypes::Int64Type;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
@@ -15,6 +18,7 @@ use datafusion::physical_plan::aggregates::group_values::{GroupValues, new_group
 use datafusion::physical_plan::aggregates::order::GroupOrdering;
 
 use super::grouped_state::{GroupRows, GroupedState};
+use super::key_expiry::KeyExpiry;
 use super::result_store::ResultStore;
 use super::window_aggregate::{
     AggregateSpec, aggregate_inputs, cast_if_needed, evaluate_aggregates, evaluate_all,
@@ -36,7 +40,10 @@ pub const DEFAULT_UPDATE_INTERVAL: Duration = Duration::from_secs(1);
 /// pass per batch). At most every `update_interval` of wall time (checked on ticks), and at
 /// the end, the changed keys' stored intermediate states are merged with what arrived
 /// (`merge_batch`), evaluated, compared with the results last emitted, and written back: the
-/// cost of an emission is per changed key, not per key. State grows with the number of keys.
+/// cost of an emission is per changed key, not per key. State grows with the number of keys,
+/// unless a state TTL drops the keys that have not changed for that long (processing time;
+/// their last results stay where they were written, and a later row of such a key starts
+/// from nothing).
 pub struct UpdatingAggregate {
     group_exprs: Vec<Arc<dyn PhysicalExpr>>,
     aggregates: Vec<AggregateSpec>,
@@ -53,6 +60,10 @@ pub struct UpdatingAggregate {
     update_interval: Duration,
     last_emission: Instant,
     scratch: Vec<usize>,
+    /// Last-change times per key id, and the TTL sweep.
+    expiry: KeyExpiry,
+    /// Key ids dropped by the TTL that are still interned in `keys`.
+    expired: usize,
 }
 
 impl std::fmt::Debug for UpdatingAggregate {
@@ -109,7 +120,15 @@ impl UpdatingAggregate {
             update_interval,
             last_emission: Instant::now(),
             scratch: Vec::new(),
+            expiry: KeyExpiry::default(),
+            expired: 0,
         })
+    }
+
+    /// Drops keys whose result has not changed for `ttl` (`SET state_ttl`).
+    pub fn with_state_ttl(mut self, ttl: Option<Duration>) -> Self {
+        self.expiry = KeyExpiry::new(ttl.map(|t| t.as_millis() as u64));
+        self
     }
 
     /// Keys with a current result.
@@ -134,6 +153,11 @@ impl UpdatingAggregate {
 
     /// Emits the results of the keys changed since the last emission.
     pub fn emit_changes(&mut self, out: &mut Output) -> Result<()> {
+        self.emit_changes_at(now_ms(), out)
+    }
+
+    /// [`Self::emit_changes`] at processing time `now` (milliseconds since the epoch).
+    pub fn emit_changes_at(&mut self, now: u64, out: &mut Output) -> Result<()> {
         self.last_emission = Instant::now();
         if self.pending.len() == 0 {
             return Ok(());
@@ -178,6 +202,7 @@ impl UpdatingAggregate {
         let mut stored: Vec<ArrayRef> = states.into_iter().flatten().collect();
         stored.extend(values.iter().cloned());
         self.results.put(&ids, stored)?;
+        self.expiry.touch(&ids, now);
         self.scratch = ids;
 
         let batch = self.changelog(&arrived, &values, &known, &before_values)?;
@@ -248,6 +273,45 @@ impl UpdatingAggregate {
         Ok(RecordBatch::try_new(self.output_schema.clone(), columns)?)
     }
 
+    /// Drops the keys idle for longer than the state TTL at processing time `now`; returns
+    /// how many. Only between emissions with nothing pending, so a key with new rows is
+    /// never dropped.
+    pub fn expire_idle_keys(&mut self, now: u64) -> Result<usize> {
+        if self.pending.len() > 0 {
+            return Ok(0);
+        }
+        let gone = self.expiry.expire(now);
+        for id in &gone {
+            self.results.remove(*id);
+        }
+        self.expired += gone.len();
+        if self.expired > 1024 && self.expired > self.keys.len() / 2 {
+            self.reintern_live_keys()?;
+        }
+        Ok(gone.len())
+    }
+
+    /// Interns the live keys anew (dropping the expired ones from the key table), with new
+    /// ids: the results and times move to them.
+    fn reintern_live_keys(&mut self) -> Result<()> {
+        let (ids, stored) = self.results.all()?;
+        let times: Vec<u64> = ids.iter().map(|id| self.expiry.last_changed(*id)).collect();
+        let keys = self.keys.emit(EmitTo::All)?;
+        let indices = UInt32Array::from_iter_values(ids.iter().map(|i| *i as u32));
+        let live: Vec<ArrayRef> = keys
+            .iter()
+            .map(|k| take(k.as_ref(), &indices, None))
+            .collect::<std::result::Result<_, _>>()?;
+        self.keys = new_group_values(self.key_schema.clone(), &GroupOrdering::None)?;
+        let mut new_ids = Vec::new();
+        self.keys.intern(&live, &mut new_ids)?;
+        self.results = ResultStore::default();
+        self.results.put(&new_ids, stored)?;
+        self.expiry.reset(&new_ids, &times);
+        self.expired = 0;
+        Ok(())
+    }
+
     fn state_widths(&self) -> Result<Vec<usize>> {
         self.aggregates
             .iter()
@@ -278,6 +342,13 @@ fn differs(a: &[ArrayRef], b: &[ArrayRef], rows: usize) -> Result<BooleanArray> 
     Ok(any)
 }
 
+/// Processing time: milliseconds since the epoch.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// The state tables: every key's stored row, and what arrived since the last emission.
 const RESULTS_TABLE: &str = "results";
 const PENDING_TABLE: &str = "pending";
@@ -298,7 +369,7 @@ impl Operator for UpdatingAggregate {
     }
 
     fn open_state(&self) -> u64 {
-        self.keys.len() as u64
+        self.results.len() as u64
     }
 
     fn process_batch(&mut self, _input: usize, batch: RecordBatch, out: &mut Output) -> Result<()> {
@@ -316,9 +387,11 @@ impl Operator for UpdatingAggregate {
     }
 
     fn on_tick(&mut self, out: &mut Output) -> Result<()> {
+        let now = now_ms();
         if self.last_emission.elapsed() >= self.update_interval {
-            self.emit_changes(out)?;
+            self.emit_changes_at(now, out)?;
         }
+        self.expire_idle_keys(now)?;
         Ok(())
     }
 
@@ -326,8 +399,9 @@ impl Operator for UpdatingAggregate {
         self.emit_changes(out)
     }
 
-    /// Table `results`: every key's columns, intermediate states and last emitted results;
-    /// table `pending`: keys and intermediate states of what arrived since the last emission.
+    /// Table `results`: every key's columns, intermediate states, last emitted results and
+    /// last-change time (ms); table `pending`: keys and intermediate states of what arrived
+    /// since the last emission.
     fn snapshot(&mut self) -> Result<NodeState> {
         let mut state = NodeState::empty();
         let (ids, stored) = self.results.all()?;
@@ -344,6 +418,8 @@ impl Operator for UpdatingAggregate {
                 .map(|k| take(k.as_ref(), &indices, None))
                 .collect::<std::result::Result<_, _>>()?;
             columns.extend(stored);
+            let times = ids.iter().map(|id| self.expiry.last_changed(*id) as i64);
+            columns.push(Arc::new(Int64Array::from_iter_values(times)));
             state = state.with_table(RESULTS_TABLE, generic_batch(columns)?);
         }
         let pending = self.pending.take()?;
@@ -371,15 +447,19 @@ impl Operator for UpdatingAggregate {
             }
         };
         if let Some(table) = state.table(RESULTS_TABLE) {
-            expect(
-                table,
-                key_width + states_width + self.aggregates.len(),
-                "results",
-            )?;
+            let width = key_width + states_width + self.aggregates.len();
+            expect(table, width + 1, "results")?;
             let columns = table.columns();
             let mut ids = Vec::new();
             self.keys.intern(&columns[..key_width], &mut ids)?;
-            self.results.put(&ids, columns[key_width..].to_vec())?;
+            self.results.put(&ids, columns[key_width..width].to_vec())?;
+            let times: Vec<u64> = columns[width]
+                .as_primitive::<Int64Type>()
+                .values()
+                .iter()
+                .map(|t| *t as u64)
+                .collect();
+            self.expiry.reset(&ids, &times);
         }
         if let Some(table) = state.table(PENDING_TABLE) {
             expect(table, key_width + states_width, "pending changes")?;

@@ -326,3 +326,75 @@ fn several_key_columns_survive_snapshots_between_emissions() {
     }
     assert_eq!(total, rows_in, "every row counted once");
 }
+
+#[test]
+fn keys_idle_past_the_state_ttl_are_dropped_and_start_afresh() {
+    let ttl = Some(Duration::from_millis(3000));
+    let mut op = aggregate(true, Duration::from_secs(3600)).with_state_ttl(ttl);
+    let mut out = Output::default();
+    op.process_batch(0, rows(&[(Some("a"), 1), (Some("b"), 1)]), &mut out)
+        .unwrap();
+    op.emit_changes_at(1000, &mut out).unwrap();
+    op.process_batch(0, rows(&[(Some("a"), 2)]), &mut out)
+        .unwrap();
+    op.emit_changes_at(2000, &mut out).unwrap();
+    changes(&mut out, true);
+    assert_eq!(
+        op.expire_idle_keys(4000).unwrap(),
+        0,
+        "idle exactly the TTL"
+    );
+    assert_eq!(op.expire_idle_keys(4001).unwrap(), 1, "b: idle since 1000");
+    assert_eq!(op.keys(), 1);
+    // b starts from nothing: an insert, not an update of its old result.
+    op.process_batch(0, rows(&[(Some("b"), 5)]), &mut out)
+        .unwrap();
+    op.emit_changes_at(4500, &mut out).unwrap();
+    assert_eq!(
+        changes(&mut out, true),
+        vec![(ChangeKind::Insert, (Some("b".into()), 5, 1, 1))]
+    );
+    // The times are in checkpoints: a restored operator drops `a` when the original would.
+    let mut restored = aggregate(true, Duration::from_secs(3600)).with_state_ttl(ttl);
+    restored.restore(op.snapshot().unwrap()).unwrap();
+    assert_eq!(
+        restored.expire_idle_keys(5001).unwrap(),
+        1,
+        "a: idle since 2000"
+    );
+    assert_eq!(restored.keys(), 1);
+    // Pending rows keep their key: nothing is dropped until they are emitted.
+    restored
+        .process_batch(0, rows(&[(Some("b"), 1)]), &mut out)
+        .unwrap();
+    assert_eq!(restored.expire_idle_keys(99_999).unwrap(), 0);
+}
+
+#[test]
+fn many_expired_keys_are_interned_anew_and_the_rest_go_on() {
+    let ttl = Some(Duration::from_millis(10));
+    let mut op = aggregate(true, Duration::from_secs(3600)).with_state_ttl(ttl);
+    let mut out = Output::default();
+    let names: Vec<String> = (0..3000).map(|i| format!("k{i}")).collect();
+    let batch: Vec<(Option<&str>, i64)> = names.iter().map(|n| (Some(n.as_str()), 1)).collect();
+    op.process_batch(0, rows(&batch), &mut out).unwrap();
+    op.emit_changes_at(100, &mut out).unwrap();
+    op.process_batch(0, rows(&[(Some("k7"), 1)]), &mut out)
+        .unwrap();
+    op.emit_changes_at(200, &mut out).unwrap();
+    changes(&mut out, true);
+    assert_eq!(op.expire_idle_keys(205).unwrap(), 2999);
+    assert_eq!(op.keys(), 1);
+    assert_eq!(op.expired, 0, "the key table was rebuilt");
+    op.process_batch(0, rows(&[(Some("k7"), 1), (Some("k1"), 1)]), &mut out)
+        .unwrap();
+    op.finish(&mut out).unwrap();
+    assert_eq!(
+        changes(&mut out, true),
+        vec![
+            (ChangeKind::UpdateBefore, (Some("k7".into()), 2, 2, 1)),
+            (ChangeKind::UpdateAfter, (Some("k7".into()), 3, 3, 1)),
+            (ChangeKind::Insert, (Some("k1".into()), 1, 1, 1)),
+        ]
+    );
+}

@@ -106,12 +106,16 @@ impl Translator<'_> {
             aggregates,
             output,
             self.update_interval,
-        )?;
-        let description = format!(
+        )?
+        .with_state_ttl(self.state_ttl);
+        let mut description = format!(
             "{}, updating every {}",
             Self::aggregate_description(agg),
             humantime_short(self.update_interval)
         );
+        if let Some(ttl) = self.state_ttl {
+            description.push_str(&format!(", keys idle for {} dropped", humantime_short(ttl)));
+        }
         let node = self.operator("aggregate", description, Box::new(op), vec![input.node])?;
         Ok(Stream {
             node,

@@ -76,6 +76,8 @@ pub struct Translator<'a> {
     pub(crate) session_keys_hint: Option<Vec<Expr>>,
     /// How often updating aggregates emit their changed results.
     pub(crate) update_interval: std::time::Duration,
+    /// How long updating aggregates keep a key that does not change (`None`: always).
+    pub(crate) state_ttl: Option<std::time::Duration>,
 }
 
 pub(crate) fn arrow_schema(schema: &DFSchema) -> SchemaRef {
