@@ -165,7 +165,7 @@ enum Command {
 enum BenchSuite {
     /// TUMBLE, HOP and SESSION over a generated clickstream, and the example pipeline.
     Clickstream,
-    /// Nexmark q0, q1, q2, q15, q16 and q17 over generated bids.
+    /// Nexmark q0, q1, q2 and q15 to q19 over generated bids.
     Nexmark,
 }
 

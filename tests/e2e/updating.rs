@@ -242,7 +242,7 @@ fn the_nexmark_benchmark_checks_every_query_against_the_batch_query() {
     );
     let printed = text(&out.stdout);
     assert!(out.status.success(), "{printed}{}", text(&out.stderr));
-    for q in ["q0", "q1", "q2", "q15", "q16", "q17"] {
+    for q in ["q0", "q1", "q2", "q15", "q16", "q17", "q18", "q19"] {
         assert!(
             printed.contains(&format!("bench nexmark {q} (")) && printed.contains("% of q0"),
             "{printed}"
@@ -252,7 +252,7 @@ fn the_nexmark_benchmark_checks_every_query_against_the_batch_query() {
         printed
             .matches("the result equals the DataFusion batch query")
             .count(),
-        6,
+        8,
         "{printed}"
     );
 }
@@ -330,4 +330,65 @@ fn state_ttl_reaches_the_plan_and_a_bad_value_is_located() {
         err.contains("bad.sql:1:1:") && err.contains("state_ttl must be a duration"),
         "{err}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn top_n_and_deduplication_into_delta_equal_the_batch_row_numbers() {
+    let dir = tempfile::tempdir().unwrap();
+    generate(dir.path(), "20000", "3000");
+    // Ties broken by event_id so that the batch ROW_NUMBER picks the same rows.
+    let top = "SELECT page, event_id, amount, rn FROM (
+                 SELECT *, ROW_NUMBER() OVER (PARTITION BY page ORDER BY amount DESC, event_id) AS rn
+                 FROM clicks) WHERE rn <= 3";
+    let last = "SELECT user_id, event_id, ts FROM (
+                  SELECT *, ROW_NUMBER() OVER (PARTITION BY user_id ORDER BY ts DESC, event_id DESC) AS rn
+                  FROM clicks) WHERE rn = 1";
+    std::fs::write(
+        dir.path().join("p.sql"),
+        format!(
+            "CREATE TABLE clicks (event_id BIGINT, user_id TEXT, page TEXT, action TEXT, amount DOUBLE, ts TIMESTAMP,
+               WATERMARK FOR ts AS ts - INTERVAL '2' SECOND)
+               WITH (connector = 'file', path = 'data', mode = 'once', batch_size = '150');
+             CREATE TABLE top WITH (connector = 'delta', path = 'lake/top', primary_key = 'page, rn');
+             CREATE TABLE last_click WITH (connector = 'delta', path = 'lake/last_click', primary_key = 'user_id');
+             CREATE TABLE top_pages WITH (connector = 'delta', path = 'lake/top_pages');
+             INSERT INTO top {top};
+             INSERT INTO last_click {last};
+             INSERT INTO top_pages SELECT window_start, page, views, rn FROM (
+               SELECT window_start, window_end, page, views,
+                      ROW_NUMBER() OVER (PARTITION BY window_start, window_end ORDER BY views DESC, page) AS rn
+               FROM (SELECT window_start, window_end, page, count(*) AS views
+                     FROM TUMBLE(clicks, ts, INTERVAL '10' SECOND) GROUP BY window_start, window_end, page))
+             WHERE rn <= 2;"
+        ),
+    )
+    .unwrap();
+    let run = laketide(
+        dir.path(),
+        &["run", "p.sql", "--quiet", "--checkpoint-interval", "100ms"],
+    );
+    assert!(run.status.success(), "{}", text(&run.stderr));
+
+    let oracle = common::oracle_context(&dir.path().join("data")).await;
+    let windowed = format!(
+        "SELECT window_start, page, views, rn FROM (
+           SELECT window_start, page, views,
+                  ROW_NUMBER() OVER (PARTITION BY window_start ORDER BY views DESC, page) AS rn
+           FROM (SELECT {} AS window_start, page, count(*) AS views FROM clicks GROUP BY 1, 2))
+         WHERE rn <= 2",
+        "date_bin(INTERVAL '10 seconds', ts)"
+    );
+    for (table, columns, batch) in [
+        ("top", "page, event_id, amount, rn", top.to_string()),
+        ("last_click", "user_id, event_id, ts", last.to_string()),
+        ("top_pages", "window_start, page, views, rn", windowed),
+    ] {
+        let ctx = common::delta_context(table, &dir.path().join("lake").join(table)).await;
+        let mut stored = common::query_rows(&ctx, &format!("SELECT {columns} FROM {table}")).await;
+        let mut expected = common::query_rows(&oracle, &batch).await;
+        stored.sort();
+        expected.sort();
+        assert!(expected.len() > 3, "{table}: {expected:?}");
+        common::assert_same_rows(&format!("{table} (ROW_NUMBER)"), &stored, &expected);
+    }
 }

@@ -472,6 +472,7 @@ impl<'p> PipelineBuilder<'p> {
             session_keys_hint: None,
             update_interval: self.update_interval,
             state_ttl: self.state_ttl,
+            pending_rank: None,
         };
         let stream = translator.translate(plan)?;
         Ok(QueryOutput {

@@ -4,6 +4,7 @@ mod filter;
 mod grouped_state;
 mod key_expiry;
 mod projection;
+mod rank;
 mod result_store;
 mod session_aggregate;
 mod session_assign;
@@ -19,6 +20,7 @@ mod window_assign;
 
 pub use filter::FilterOperator;
 pub use projection::ProjectionOperator;
+pub use rank::{RankOperator, RankSpec};
 pub use session_aggregate::{SessionAggregate, SessionAggregation};
 pub use session_assign::SessionAssign;
 pub use union::UnionOperator;

@@ -22,6 +22,7 @@ use laketide_engine::{CHANGE_COLUMN, Dataflow, EngineError, NodeId, schema_with_
 use crate::error::{Location, Result, SqlError, from_datafusion};
 
 mod aggregate;
+mod rank;
 mod session;
 use crate::stream_table::StreamTable;
 use crate::window_functions::{WindowKind, WindowedTable};
@@ -78,6 +79,8 @@ pub struct Translator<'a> {
     pub(crate) update_interval: std::time::Duration,
     /// How long updating aggregates keep a key that does not change (`None`: always).
     pub(crate) state_ttl: Option<std::time::Duration>,
+    /// The window whose row number a filter being translated limits (Top-N).
+    pub(crate) pending_rank: Option<rank::PendingRank>,
 }
 
 pub(crate) fn arrow_schema(schema: &DFSchema) -> SchemaRef {
@@ -224,6 +227,9 @@ impl Translator<'_> {
                 })
             }
             LogicalPlan::Filter(f) => {
+                if let Some(ranked) = self.rank_filter(f)? {
+                    return Ok(ranked);
+                }
                 let input = self.translate(&f.input)?;
                 let predicate = self.physical(&f.predicate, &input.schema)?;
                 let node = self.operator(
@@ -264,7 +270,10 @@ impl Translator<'_> {
             LogicalPlan::Join(_) => Err(self.err("JOIN is not supported in streaming queries yet")),
             LogicalPlan::Sort(_) => Err(self.err("ORDER BY has no meaning on an unbounded stream; sort in the sink's readers")),
             LogicalPlan::Limit(_) => Err(self.err("LIMIT is not supported in streaming queries")),
-            LogicalPlan::Window(_) => Err(self.err("OVER (…) window functions are not supported in streaming queries yet; use TUMBLE, HOP or SESSION")),
+            LogicalPlan::Window(w) => match self.rank_window(w)? {
+                Some(ranked) => Ok(ranked),
+                None => Err(self.err("OVER (…) window functions are supported in streaming queries only as ROW_NUMBER() filtered by `rn <= N` or `rn = 1` (Top-N and deduplication); for aggregates over time use TUMBLE, HOP or SESSION")),
+            },
             LogicalPlan::Distinct(_) => Err(self.err("SELECT DISTINCT is not supported in streaming queries; GROUP BY a window instead")),
             other => Err(self.err(format!(
                 "{} is not supported in streaming queries",

@@ -1,0 +1,405 @@
+//! Top-N and deduplication: `ROW_NUMBER() OVER (PARTITION BY … ORDER BY …)` filtered to the
+//! first N rows of each partition.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{ArrayRef, AsArray, Int8Array, UInt64Array};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, UInt64Type};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::arrow::row::{RowConverter, RowParser, SortField};
+use datafusion::common::HashMap;
+use datafusion::physical_expr::{PhysicalExpr, PhysicalSortExpr};
+
+use super::window_aggregate::evaluate_all;
+use crate::changelog::{ChangeKind, StreamMode, schema_with_change};
+use crate::error::{EngineError, Result};
+use crate::message::Watermark;
+use crate::operator::{Operator, Output};
+use crate::state::NodeState;
+use crate::time::{from_event_time, timestamp_unit, timestamp_values};
+
+/// What a rank operator computes.
+#[derive(Debug, Clone)]
+pub struct RankSpec {
+    /// The PARTITION BY expressions over the input.
+    pub partition: Vec<Arc<dyn PhysicalExpr>>,
+    /// The ORDER BY of the rank, over the input.
+    pub order: Vec<PhysicalSortExpr>,
+    /// How many rows of each partition are kept (`rn <= N`; 1 for deduplication).
+    pub limit: usize,
+    /// With `Some(i)`, input column `i` is a window end among the partition keys: each
+    /// partition is final when the watermark passes its window end, and is emitted then, once
+    /// (append-only). With `None`, the result is updating.
+    pub window_end: Option<usize>,
+}
+
+/// One kept row: its sort key (Arrow row format, so byte order is the ORDER BY), its arrival
+/// number (ties go to the earlier row), and the row itself (row format of all input columns).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Kept {
+    sort: Box<[u8]>,
+    seq: u64,
+    row: Box<[u8]>,
+}
+
+/// Keeps the first `limit` rows of each partition by the ORDER BY and emits them with their
+/// row number. Updating form: per batch, each changed partition's new top rows are compared
+/// with its old ones position by position: a new position is `+I`, a changed one `-U`/`+U`
+/// (keyed by the partition keys and the row number). Windowed form: partitions are kept until
+/// the watermark passes their window end, then emitted once as final rows. State is the kept
+/// rows: at most `limit` per partition.
+pub struct RankOperator {
+    spec: RankSpec,
+    input: SchemaRef,
+    output: SchemaRef,
+    rows: RowConverter,
+    parser: RowParser,
+    sorts: RowConverter,
+    keys: RowConverter,
+    top: HashMap<Box<[u8]>, Vec<Kept>>,
+    /// Windowed form: partitions per window end, for the watermark to close.
+    ends: BTreeMap<i64, Vec<Box<[u8]>>>,
+    watermark: Option<i64>,
+    next_seq: u64,
+}
+
+impl std::fmt::Debug for RankOperator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RankOperator")
+            .field("partitions", &self.top.len())
+            .field("limit", &self.spec.limit)
+            .finish()
+    }
+}
+
+/// The name of the row-number column the operator adds.
+const RANK_FIELD: &str = "rn";
+
+impl RankOperator {
+    /// A rank over rows of `input`; the output has the input's columns, then the row number
+    /// (`UInt64`, named as `rank_field` says), then, in the updating form, the change column.
+    pub fn new(input: SchemaRef, spec: RankSpec, rank_field: Option<&Field>) -> Result<Self> {
+        if spec.limit == 0 {
+            return Err(EngineError::Internal(
+                "a rank keeps at least one row".into(),
+            ));
+        }
+        let field = |e: &Arc<dyn PhysicalExpr>| -> Result<DataType> { Ok(e.data_type(&input)?) };
+        let sorts = spec
+            .order
+            .iter()
+            .map(|o| Ok(SortField::new_with_options(field(&o.expr)?, o.options)))
+            .collect::<Result<Vec<_>>>()?;
+        let keys = spec
+            .partition
+            .iter()
+            .map(|e| Ok(SortField::new(field(e)?)))
+            .collect::<Result<Vec<_>>>()?;
+        let rows = RowConverter::new(
+            input
+                .fields()
+                .iter()
+                .map(|f| SortField::new(f.data_type().clone()))
+                .collect(),
+        )?;
+        let mut fields: Vec<Arc<Field>> = input.fields().iter().cloned().collect();
+        let rank = rank_field
+            .cloned()
+            .unwrap_or_else(|| Field::new(RANK_FIELD, DataType::UInt64, false));
+        fields.push(Arc::new(rank.with_data_type(DataType::UInt64)));
+        let with_rank = Schema::new(fields);
+        let output = if spec.window_end.is_some() {
+            if let Some(end) = spec.window_end {
+                timestamp_unit(input.field(end).data_type(), "window_end")?;
+            }
+            Arc::new(with_rank)
+        } else {
+            schema_with_change(&with_rank)
+        };
+        Ok(RankOperator {
+            parser: rows.parser(),
+            rows,
+            sorts: RowConverter::new(sorts)?,
+            keys: RowConverter::new(keys)?,
+            spec,
+            input,
+            output,
+            top: HashMap::new(),
+            ends: BTreeMap::new(),
+            watermark: None,
+            next_seq: 0,
+        })
+    }
+
+    /// Partitions currently kept.
+    pub fn partitions(&self) -> usize {
+        self.top.len()
+    }
+
+    /// Folds `batch` in; returns each changed partition with its kept rows before the batch.
+    fn fold(
+        &mut self,
+        batch: &RecordBatch,
+        seqs: Option<&UInt64Array>,
+    ) -> Result<Vec<(Box<[u8]>, Vec<Kept>)>> {
+        let n = batch.num_rows();
+        let keys = self
+            .keys
+            .convert_columns(&evaluate_all(&self.spec.partition, batch)?)?;
+        let order: Vec<ArrayRef> = self
+            .spec
+            .order
+            .iter()
+            .map(|o| o.expr.evaluate(batch).and_then(|v| v.into_array(n)))
+            .collect::<datafusion::error::Result<_>>()?;
+        let sorts = self.sorts.convert_columns(&order)?;
+        let rows = self.rows.convert_columns(batch.columns())?;
+        let ends = self
+            .spec
+            .window_end
+            .map(|c| timestamp_values(batch.column(c)).map(|v| v.values().to_vec()))
+            .transpose()?;
+        let limit = self.spec.limit;
+        let mut changed: Vec<(Box<[u8]>, Vec<Kept>)> = Vec::new();
+        let mut seen: std::collections::HashSet<Box<[u8]>> = std::collections::HashSet::new();
+        for i in 0..n {
+            let sort = sorts.row(i);
+            let key = keys.row(i).data();
+            // Look up before allocating: most rows of a busy partition are not kept.
+            if !self.top.contains_key(key) {
+                if let Some(ends) = &ends {
+                    self.ends.entry(ends[i]).or_default().push(Box::from(key));
+                }
+                self.top
+                    .insert(Box::from(key), Vec::with_capacity(limit.min(16)));
+            }
+            let list = self.top.get_mut(key).expect("inserted above");
+            if list.len() == limit && list.last().is_some_and(|l| *l.sort <= *sort.data()) {
+                continue;
+            }
+            if !seen.contains(key) {
+                seen.insert(Box::from(key));
+                changed.push((Box::from(key), list.clone()));
+            }
+            let seq = match seqs {
+                Some(s) => s.value(i),
+                None => {
+                    self.next_seq += 1;
+                    self.next_seq
+                }
+            };
+            let at = list.partition_point(|k| *k.sort <= *sort.data());
+            list.insert(
+                at,
+                Kept {
+                    sort: Box::from(sort.data()),
+                    seq,
+                    row: Box::from(rows.row(i).data()),
+                },
+            );
+            list.truncate(limit);
+        }
+        Ok(changed)
+    }
+
+    /// A batch of `rows` (kept rows) with their ranks and, in the updating form, kinds.
+    fn rows_batch(&self, rows: &[(&Kept, u64, Option<ChangeKind>)]) -> Result<RecordBatch> {
+        let parsed: Vec<_> = rows
+            .iter()
+            .map(|(k, _, _)| self.parser.parse(&k.row))
+            .collect();
+        let mut columns = self.rows.convert_rows(parsed)?;
+        columns.push(Arc::new(UInt64Array::from_iter_values(
+            rows.iter().map(|(_, r, _)| *r),
+        )));
+        if self.spec.window_end.is_none() {
+            columns.push(Arc::new(Int8Array::from_iter_values(
+                rows.iter().map(|(_, _, k)| k.map_or(0, ChangeKind::code)),
+            )));
+        }
+        let columns = columns
+            .into_iter()
+            .zip(self.output.fields())
+            .map(|(c, f)| super::window_aggregate::cast_if_needed(c, f.data_type()))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(RecordBatch::try_new(self.output.clone(), columns)?)
+    }
+
+    /// The changes of the partitions in `changed` (with their rows before).
+    fn changelog(&self, changed: &[(Box<[u8]>, Vec<Kept>)]) -> Result<RecordBatch> {
+        let mut out: Vec<(&Kept, u64, Option<ChangeKind>)> = Vec::new();
+        for (key, before) in changed {
+            let after = &self.top[key];
+            for (pos, new) in after.iter().enumerate() {
+                let rank = pos as u64 + 1;
+                match before.get(pos) {
+                    Some(old) if old == new => {}
+                    Some(old) => {
+                        out.push((old, rank, Some(ChangeKind::UpdateBefore)));
+                        out.push((new, rank, Some(ChangeKind::UpdateAfter)));
+                    }
+                    None => out.push((new, rank, Some(ChangeKind::Insert))),
+                }
+            }
+        }
+        self.rows_batch(&out)
+    }
+
+    /// Windowed form: emits and forgets every partition whose window ends by `watermark`
+    /// (all of them for `None`).
+    fn close_until(&mut self, watermark: Option<i64>, out: &mut Output) -> Result<()> {
+        let closing: Vec<i64> = match watermark {
+            Some(w) => self.ends.range(..=w).map(|(e, _)| *e).collect(),
+            None => self.ends.keys().copied().collect(),
+        };
+        let mut lists = Vec::new();
+        for end in closing {
+            for key in self.ends.remove(&end).unwrap_or_default() {
+                if let Some(list) = self.top.remove(&key) {
+                    lists.push(list);
+                }
+            }
+        }
+        let rows: Vec<(&Kept, u64, Option<ChangeKind>)> = lists
+            .iter()
+            .flat_map(|l| l.iter().enumerate().map(|(i, k)| (k, i as u64 + 1, None)))
+            .collect();
+        if !rows.is_empty() {
+            out.count_windows(lists.len() as u64);
+            out.batch(self.rows_batch(&rows)?);
+        }
+        Ok(())
+    }
+}
+
+/// The state table: every kept row with its arrival number.
+const KEPT_TABLE: &str = "kept";
+
+impl Operator for RankOperator {
+    fn output_schema(&self) -> SchemaRef {
+        self.output.clone()
+    }
+
+    fn output_mode(&self, inputs: &[StreamMode]) -> std::result::Result<StreamMode, String> {
+        if inputs.iter().any(StreamMode::is_updating) {
+            return Err("ROW_NUMBER over an updating result is not supported yet; rank the source rows or a window's results".into());
+        }
+        if self.spec.window_end.is_some() {
+            return Ok(StreamMode::AppendOnly);
+        }
+        // Keyed by the partition columns (when they are plain columns) and the row number; for
+        // one row per partition (deduplication) by the partition columns alone.
+        let columns: Option<Vec<usize>> = self
+            .spec
+            .partition
+            .iter()
+            .map(|e| {
+                e.downcast_ref::<datafusion::physical_expr::expressions::Column>()
+                    .map(|c| c.index())
+            })
+            .collect();
+        let key = match columns {
+            Some(mut k) => {
+                if self.spec.limit > 1 {
+                    k.push(self.input.fields().len());
+                }
+                k
+            }
+            None => Vec::new(),
+        };
+        Ok(StreamMode::Updating { key })
+    }
+
+    fn open_state(&self) -> u64 {
+        self.top.len() as u64
+    }
+
+    fn process_batch(&mut self, _input: usize, batch: RecordBatch, out: &mut Output) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        let batch = match (self.spec.window_end, self.watermark) {
+            (Some(end), Some(w)) => {
+                let ends = timestamp_values(batch.column(end))?;
+                let live: datafusion::arrow::array::BooleanArray =
+                    ends.values().iter().map(|e| Some(*e > w)).collect();
+                let late = datafusion::arrow::compute::filter_record_batch(
+                    &batch,
+                    &datafusion::arrow::compute::not(&live)?,
+                )?;
+                out.late(late, "its window had already been ranked and emitted");
+                datafusion::arrow::compute::filter_record_batch(&batch, &live)?
+            }
+            _ => batch,
+        };
+        let changed = self.fold(&batch, None)?;
+        if self.spec.window_end.is_none() && !changed.is_empty() {
+            out.batch(self.changelog(&changed)?);
+        }
+        Ok(())
+    }
+
+    fn process_watermark(&mut self, watermark: Watermark, out: &mut Output) -> Result<()> {
+        if let (Some(end), Watermark::EventTime(t)) = (self.spec.window_end, watermark) {
+            let unit = timestamp_unit(self.input.field(end).data_type(), "window_end")?;
+            let w = from_event_time(t, unit);
+            self.watermark = Some(self.watermark.map_or(w, |c| c.max(w)));
+            self.close_until(self.watermark, out)?;
+        }
+        out.watermark(watermark);
+        Ok(())
+    }
+
+    fn finish(&mut self, out: &mut Output) -> Result<()> {
+        if self.spec.window_end.is_some() {
+            self.close_until(None, out)?;
+        }
+        Ok(())
+    }
+
+    /// Table `kept`: the kept rows (the input's columns) and their arrival numbers; the
+    /// windowed form's watermark as JSON.
+    fn snapshot(&mut self) -> Result<NodeState> {
+        let mut state = NodeState::json(&(self.watermark, self.next_seq))?;
+        let mut kept: Vec<&Kept> = self.top.values().flatten().collect();
+        // In arrival order, so that a restore folds them back with ties as they were.
+        kept.sort_unstable_by_key(|k| k.seq);
+        if !kept.is_empty() {
+            let parsed: Vec<_> = kept.iter().map(|k| self.parser.parse(&k.row)).collect();
+            let mut columns = self.rows.convert_rows(parsed)?;
+            columns.push(Arc::new(UInt64Array::from_iter_values(
+                kept.iter().map(|k| k.seq),
+            )));
+            state = state.with_table(KEPT_TABLE, super::window_aggregate::generic_batch(columns)?);
+        }
+        Ok(state)
+    }
+
+    fn restore(&mut self, state: NodeState) -> Result<()> {
+        let (watermark, next_seq) = state.to_json::<(Option<i64>, u64)>()?.unwrap_or_default();
+        self.watermark = watermark;
+        self.next_seq = next_seq;
+        self.top.clear();
+        self.ends.clear();
+        if let Some(table) = state.table(KEPT_TABLE) {
+            let width = self.input.fields().len();
+            if table.num_columns() != width + 1 {
+                return Err(EngineError::User(format!(
+                    "the saved rows of a ROW_NUMBER query have {} columns where this query keeps {}; the query changed (start with --from-scratch)",
+                    table.num_columns() - 1,
+                    width
+                )));
+            }
+            let batch =
+                RecordBatch::try_new(self.input.clone(), table.columns()[..width].to_vec())?;
+            let seqs = table.column(width).as_primitive::<UInt64Type>().clone();
+            self.fold(&batch, Some(&seqs))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[path = "rank_tests.rs"]
+mod tests;

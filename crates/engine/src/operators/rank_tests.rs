@@ -1,0 +1,219 @@
+use std::collections::BTreeMap;
+
+use super::*;
+use crate::changelog::{change_kinds, kind_at};
+use crate::message::Message;
+use crate::operators::test_rng::XorShift;
+use datafusion::arrow::array::{Int64Array, StringArray, TimestampMillisecondArray};
+use datafusion::arrow::compute::SortOptions;
+use datafusion::arrow::datatypes::{Int64Type, TimeUnit};
+use datafusion::physical_expr::expressions::Column;
+
+fn input() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("k", DataType::Utf8, false),
+        Field::new("v", DataType::Int64, false),
+        Field::new(
+            "end",
+            DataType::Timestamp(TimeUnit::Millisecond, None),
+            false,
+        ),
+    ]))
+}
+
+fn rows(data: &[(&str, i64, i64)]) -> RecordBatch {
+    RecordBatch::try_new(
+        input(),
+        vec![
+            Arc::new(StringArray::from_iter_values(data.iter().map(|r| r.0))),
+            Arc::new(Int64Array::from_iter_values(data.iter().map(|r| r.1))),
+            Arc::new(TimestampMillisecondArray::from_iter_values(
+                data.iter().map(|r| r.2),
+            )),
+        ],
+    )
+    .unwrap()
+}
+
+/// Top `limit` by `v` descending per `k` (and per window end when `windowed`).
+fn rank(limit: usize, windowed: bool) -> RankOperator {
+    let mut partition: Vec<Arc<dyn PhysicalExpr>> = vec![Arc::new(Column::new("k", 0))];
+    if windowed {
+        partition.push(Arc::new(Column::new("end", 2)));
+    }
+    let spec = RankSpec {
+        partition,
+        order: vec![PhysicalSortExpr {
+            expr: Arc::new(Column::new("v", 1)),
+            options: SortOptions {
+                descending: true,
+                nulls_first: false,
+            },
+        }],
+        limit,
+        window_end: windowed.then_some(2),
+    };
+    RankOperator::new(input(), spec, None).unwrap()
+}
+
+/// (kind, k, v, end, rn) of every row in `out`.
+fn emitted(out: &mut Output) -> Vec<(Option<ChangeKind>, String, i64, i64, u64)> {
+    let mut found = Vec::new();
+    for m in out.drain() {
+        let Message::Batch(b) = m else { continue };
+        let kinds = crate::changelog::has_change_column(b.schema_ref())
+            .then(|| change_kinds(&b).unwrap().clone());
+        let k = b.column(0).as_string::<i32>();
+        let v = b.column(1).as_primitive::<Int64Type>();
+        let e = timestamp_values(b.column(2)).unwrap();
+        let r = b.column(3).as_primitive::<UInt64Type>();
+        for i in 0..b.num_rows() {
+            found.push((
+                kinds.as_ref().map(|c| kind_at(c, i).unwrap()),
+                k.value(i).to_string(),
+                v.value(i),
+                e.value(i),
+                r.value(i),
+            ));
+        }
+    }
+    found
+}
+
+#[test]
+fn the_top_rows_change_position_by_position_with_ties_to_the_earlier_row() {
+    let mut op = rank(2, false);
+    let mut out = Output::default();
+    op.process_batch(0, rows(&[("a", 5, 0), ("a", 7, 1), ("b", 1, 2)]), &mut out)
+        .unwrap();
+    use ChangeKind::*;
+    assert_eq!(
+        emitted(&mut out),
+        vec![
+            (Some(Insert), "a".into(), 7, 1, 1),
+            (Some(Insert), "a".into(), 5, 0, 2),
+            (Some(Insert), "b".into(), 1, 2, 1),
+        ]
+    );
+    // 6 takes rank 2 from 5; a tie with 7 ranks after it; 1 is not in the top 2.
+    op.process_batch(0, rows(&[("a", 6, 3), ("a", 1, 4)]), &mut out)
+        .unwrap();
+    op.process_batch(0, rows(&[("a", 7, 5)]), &mut out).unwrap();
+    assert_eq!(
+        emitted(&mut out),
+        vec![
+            (Some(UpdateBefore), "a".into(), 5, 0, 2),
+            (Some(UpdateAfter), "a".into(), 6, 3, 2),
+            (Some(UpdateBefore), "a".into(), 6, 3, 2),
+            (Some(UpdateAfter), "a".into(), 7, 5, 2),
+        ]
+    );
+    assert_eq!(
+        op.output_mode(&[StreamMode::AppendOnly]),
+        Ok(StreamMode::Updating { key: vec![0, 3] })
+    );
+    assert_eq!(
+        rank(1, false).output_mode(&[StreamMode::AppendOnly]),
+        Ok(StreamMode::Updating { key: vec![0] }),
+        "one row per partition: the partition is the key"
+    );
+}
+
+/// The top `limit` (v, end) per key of `all`, earlier rows first among equal values.
+fn oracle(all: &[(String, i64, i64)], limit: usize) -> BTreeMap<(String, u64), (i64, i64)> {
+    let mut by_key: BTreeMap<String, Vec<(i64, usize, i64)>> = BTreeMap::new();
+    for (i, (k, v, e)) in all.iter().enumerate() {
+        by_key.entry(k.clone()).or_default().push((-*v, i, *e));
+    }
+    let mut table = BTreeMap::new();
+    for (k, mut list) in by_key {
+        list.sort();
+        for (r, (v, _, e)) in list.into_iter().take(limit).enumerate() {
+            table.insert((k.clone(), r as u64 + 1), (-v, e));
+        }
+    }
+    table
+}
+
+#[test]
+fn random_streams_with_restores_leave_the_batch_top_n() {
+    for seed in 1..=12u64 {
+        let mut rng = XorShift::new(seed);
+        let limit = [1usize, 3, 10][seed as usize % 3];
+        let mut op = rank(limit, false);
+        let mut out = Output::default();
+        let mut table: BTreeMap<(String, u64), (i64, i64)> = BTreeMap::new();
+        let mut all = Vec::new();
+        for step in 0..40 {
+            let data: Vec<(String, i64, i64)> = (0..rng.below(60))
+                .map(|j| {
+                    (
+                        format!("k{}", rng.below(7)),
+                        rng.below(30) as i64,
+                        step * 100 + j as i64,
+                    )
+                })
+                .collect();
+            let refs: Vec<(&str, i64, i64)> =
+                data.iter().map(|(k, v, e)| (k.as_str(), *v, *e)).collect();
+            op.process_batch(0, rows(&refs), &mut out).unwrap();
+            all.extend(data);
+            if rng.below(5) == 0 {
+                let mut restored = rank(limit, false);
+                restored.restore(op.snapshot().unwrap()).unwrap();
+                op = restored;
+            }
+            for (kind, k, v, e, r) in emitted(&mut out) {
+                match kind.unwrap() {
+                    ChangeKind::UpdateBefore => {
+                        assert_eq!(
+                            table.remove(&(k, r)),
+                            Some((v, e)),
+                            "-U retracts the current row"
+                        );
+                    }
+                    _ => assert!(table.insert((k, r), (v, e)).is_none()),
+                }
+            }
+        }
+        assert_eq!(table, oracle(&all, limit), "seed {seed}");
+    }
+}
+
+#[test]
+fn per_window_ranks_are_final_rows_emitted_when_the_window_closes() {
+    let mut op = rank(2, true);
+    let mut out = Output::default();
+    op.process_batch(
+        0,
+        rows(&[("a", 1, 10), ("a", 3, 10), ("a", 2, 10), ("a", 9, 20)]),
+        &mut out,
+    )
+    .unwrap();
+    assert!(
+        emitted(&mut out).is_empty(),
+        "nothing before the window closes"
+    );
+    op.process_watermark(Watermark::EventTime(10_000_000), &mut out)
+        .unwrap();
+    assert_eq!(
+        emitted(&mut out),
+        vec![(None, "a".into(), 3, 10, 1), (None, "a".into(), 2, 10, 2)]
+    );
+    assert_eq!(op.partitions(), 1);
+    let mut restored = rank(2, true);
+    restored.restore(op.snapshot().unwrap()).unwrap();
+    restored
+        .process_batch(0, rows(&[("a", 5, 10), ("a", 4, 20)]), &mut out)
+        .unwrap();
+    assert_eq!(out.take_counters().0, 1, "a row of a closed window is late");
+    restored.finish(&mut out).unwrap();
+    assert_eq!(
+        emitted(&mut out),
+        vec![(None, "a".into(), 9, 20, 1), (None, "a".into(), 4, 20, 2)]
+    );
+    assert_eq!(
+        restored.output_mode(&[StreamMode::AppendOnly]),
+        Ok(StreamMode::AppendOnly)
+    );
+}
