@@ -13,6 +13,7 @@
 
 mod assets;
 mod auth;
+mod current_rows;
 mod prometheus;
 mod query;
 mod results;
@@ -112,8 +113,8 @@ impl Dashboard {
         };
         let results = LatestResults::default();
         let recorded = results.clone();
-        dataflow.wrap_sinks(|name, sink| {
-            Box::new(RecordingSink::new(name, sink, recorded.clone()))
+        dataflow.wrap_sinks(|name, mode, sink| {
+            Box::new(RecordingSink::new(name, mode, sink, recorded.clone()))
                 as Box<dyn laketide_engine::Sink>
         });
         let pipeline = file

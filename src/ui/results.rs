@@ -1,4 +1,5 @@
-//! The latest rows that reached each sink, for the dashboard's charts and tables.
+//! The latest rows that reached each sink, for the dashboard's charts and tables. An
+//! updating sink's rows are its current rows by key ([`CurrentRows`]), not a tail of changes.
 //!
 //! [`RecordingSink`] wraps a pipeline's sink: it keeps a copy of the last rows it receives in
 //! [`LatestResults`] and passes everything on unchanged. The rows are those handed to the sink,
@@ -11,10 +12,11 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
-use laketide_engine::{NodeState, Result, ServiceStatus, Sink, SinkSummary, Watermark};
+use laketide_engine::{NodeState, Result, ServiceStatus, Sink, SinkSummary, StreamMode, Watermark};
 use serde::Serialize;
 use serde_json::Value;
 
+use super::current_rows::CurrentRows;
 use super::rows::{Column, columns, json_rows, tail};
 
 /// The rows kept per sink: enough for a chart of recent windows.
@@ -29,8 +31,11 @@ pub struct SinkRows {
     pub total: u64,
     /// The sink's columns.
     pub columns: Vec<Column>,
-    /// The last rows received, oldest first, at most [`ROWS_KEPT`].
+    /// The last rows received, oldest first, at most [`ROWS_KEPT`]; for an updating result,
+    /// its current rows, least recently changed first.
     pub rows: VecDeque<Vec<Value>>,
+    /// Whether `rows` are an updating result's current rows by key.
+    pub current: bool,
 }
 
 /// What is kept of one sink's rows: the tails of its last batches, holding at least
@@ -42,6 +47,8 @@ struct SinkTail {
     columns: Vec<Column>,
     batches: VecDeque<RecordBatch>,
     rows: usize,
+    /// An updating sink's current rows (then `batches` stays empty).
+    current: Option<CurrentRows>,
 }
 
 /// The latest rows of every sink, shared by the recording sinks and the web server.
@@ -55,13 +62,35 @@ impl LatestResults {
         f(&mut self.sinks.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
-    fn set_columns(&self, sink: &str, schema: &SchemaRef) {
-        self.with(|sinks| sinks.entry(sink.to_string()).or_default().columns = columns(schema));
+    fn set_columns(&self, sink: &str, schema: &SchemaRef, mode: &StreamMode) {
+        self.with(|sinks| {
+            let entry = sinks.entry(sink.to_string()).or_default();
+            entry.columns = columns(schema);
+            if let StreamMode::Updating { key } = mode {
+                entry.columns.pop();
+                entry.current = Some(CurrentRows::new(key.clone(), ROWS_KEPT));
+            }
+        });
     }
 
     fn record(&self, sink: &str, batch: &RecordBatch) {
         if batch.num_rows() == 0 {
             return;
+        }
+        let applied = self.with(|sinks| {
+            let entry = sinks.get_mut(sink)?;
+            let current = entry.current.as_mut()?;
+            entry.version += 1;
+            entry.total += batch.num_rows() as u64;
+            Some(current.apply(batch))
+        });
+        match applied {
+            Some(Err(e)) => {
+                tracing::warn!(sink, error = %e, "could not show rows on the dashboard");
+                return;
+            }
+            Some(Ok(())) => return,
+            None => {}
         }
         let kept = tail(batch, ROWS_KEPT);
         self.with(|sinks| {
@@ -87,16 +116,28 @@ impl LatestResults {
 
     /// One sink's latest rows, encoded for the page.
     pub fn get(&self, sink: &str) -> Option<datafusion::arrow::error::Result<SinkRows>> {
-        let (version, total, columns, batches) = self.with(|sinks| {
+        let (version, total, columns, batches, current) = self.with(|sinks| {
             sinks.get(sink).map(|t| {
                 (
                     t.version,
                     t.total,
                     t.columns.clone(),
                     t.batches.iter().cloned().collect::<Vec<_>>(),
+                    t.current
+                        .as_ref()
+                        .map(|c| c.rows().cloned().collect::<VecDeque<_>>()),
                 )
             })
         })?;
+        if let Some(rows) = current {
+            return Some(Ok(SinkRows {
+                version,
+                total,
+                columns,
+                rows,
+                current: true,
+            }));
+        }
         let encode = || {
             let mut rows = VecDeque::new();
             for batch in &batches {
@@ -109,6 +150,7 @@ impl LatestResults {
                 total,
                 columns,
                 rows,
+                current: false,
             })
         };
         Some(encode())
@@ -121,15 +163,22 @@ pub struct RecordingSink {
     name: String,
     inner: Box<dyn Sink>,
     results: LatestResults,
+    mode: StreamMode,
 }
 
 impl RecordingSink {
-    /// Wraps `inner`, the sink named `name`.
-    pub fn new(name: &str, inner: Box<dyn Sink>, results: LatestResults) -> Self {
+    /// Wraps `inner`, the sink named `name`, which receives rows in `mode`.
+    pub fn new(
+        name: &str,
+        mode: &StreamMode,
+        inner: Box<dyn Sink>,
+        results: LatestResults,
+    ) -> Self {
         RecordingSink {
             name: name.to_string(),
             inner,
             results,
+            mode: mode.clone(),
         }
     }
 }
@@ -149,7 +198,7 @@ impl Sink for RecordingSink {
     }
 
     async fn open(&mut self, schema: SchemaRef) -> Result<()> {
-        self.results.set_columns(&self.name, &schema);
+        self.results.set_columns(&self.name, &schema, &self.mode);
         self.inner.open(schema).await
     }
 
@@ -254,7 +303,12 @@ mod tests {
         let calls = Arc::new(Mutex::new(Vec::new()));
         let status = Arc::new(ServiceStatus::default());
         let inner = Logging(calls.clone(), status.clone());
-        let mut sink = RecordingSink::new("out", Box::new(inner), results.clone());
+        let mut sink = RecordingSink::new(
+            "out",
+            &StreamMode::AppendOnly,
+            Box::new(inner),
+            results.clone(),
+        );
         assert!(Arc::ptr_eq(&sink.status().unwrap(), &status));
         sink.enable_checkpoints("p");
         sink.open(schema.clone()).await.unwrap();
@@ -293,5 +347,51 @@ mod tests {
         assert_eq!(rows.rows.front().unwrap()[0], Value::from(200));
         assert_eq!(rows.rows.back().unwrap()[0], Value::from(1_199));
         assert_eq!(rows.columns[0].name, "n");
+    }
+
+    #[tokio::test]
+    async fn an_updating_sink_shows_its_current_rows_by_key() {
+        use laketide_engine::{ChangeKind, change_array, schema_with_change};
+        let schema = schema_with_change(&Schema::new(vec![
+            Field::new("k", DataType::Int64, false),
+            Field::new("n", DataType::Int64, false),
+        ]));
+        let results = LatestResults::default();
+        let inner = Logging(Arc::default(), Arc::default());
+        let mode = StreamMode::Updating { key: vec![0] };
+        let mut sink = RecordingSink::new("live", &mode, Box::new(inner), results.clone());
+        sink.open(schema.clone()).await.unwrap();
+        let batch = |k: Vec<i64>, n: Vec<i64>, kinds: Vec<ChangeKind>| {
+            RecordBatch::try_new(
+                schema.clone(),
+                vec![
+                    Arc::new(Int64Array::from(k)),
+                    Arc::new(Int64Array::from(n)),
+                    Arc::new(change_array(kinds)),
+                ],
+            )
+            .unwrap()
+        };
+        use ChangeKind::*;
+        sink.write_batch(batch(vec![1, 2], vec![1, 1], vec![Insert, Insert]))
+            .await
+            .unwrap();
+        sink.write_batch(batch(
+            vec![1, 1],
+            vec![1, 2],
+            vec![UpdateBefore, UpdateAfter],
+        ))
+        .await
+        .unwrap();
+        let rows = results.get("live").unwrap().unwrap();
+        assert!(rows.current);
+        assert_eq!(rows.columns.len(), 2, "no change column");
+        assert_eq!(rows.total, 4);
+        let shown: Vec<String> = rows
+            .rows
+            .iter()
+            .map(|r| Value::Array(r.clone()).to_string())
+            .collect();
+        assert_eq!(shown, vec!["[2,1]", "[1,2]"]);
     }
 }

@@ -226,14 +226,18 @@ impl Dataflow {
         self.nodes.len() - 1
     }
 
-    /// Replaces every sink by what `wrap` makes of it (given the sink's name), e.g. to observe
-    /// the rows that reach the sinks. Call before running.
-    pub fn wrap_sinks(&mut self, mut wrap: impl FnMut(&str, Box<dyn Sink>) -> Box<dyn Sink>) {
+    /// Replaces every sink by what `wrap` makes of it (given the sink's name and the mode of
+    /// the rows it receives), e.g. to observe the rows that reach the sinks. Call before
+    /// running.
+    pub fn wrap_sinks(
+        &mut self,
+        mut wrap: impl FnMut(&str, &StreamMode, Box<dyn Sink>) -> Box<dyn Sink>,
+    ) {
         self.nodes = std::mem::take(&mut self.nodes)
             .into_iter()
             .map(|mut node| {
                 node.kind = match node.kind {
-                    NodeKind::Sink(sink) => NodeKind::Sink(wrap(&node.name, sink)),
+                    NodeKind::Sink(sink) => NodeKind::Sink(wrap(&node.name, &node.mode, sink)),
                     other => other,
                 };
                 node
