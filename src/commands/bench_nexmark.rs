@@ -15,6 +15,7 @@ use datafusion::prelude::SessionContext;
 use laketide_connectors::Options;
 use laketide_connectors::blackhole::{BlackholeSink, Fingerprint};
 use laketide_connectors::nexmark::{NexmarkSource, NexmarkSourceConfig};
+use laketide_engine::checkpoint::{CheckpointInfo, CheckpointSettings, CheckpointStore, Recovery};
 use laketide_engine::{RunOptions, Source, SourcePoll};
 use laketide_sql::{Location, Planner, Statement, parse_script};
 
@@ -124,6 +125,17 @@ struct Measured {
 
 /// Runs `query` over the bids of `events` events into a fingerprinting blackhole.
 async fn run_query(events: u64, query: &NexmarkQuery) -> Result<Measured> {
+    run_query_with(events, query, RunOptions::default())
+        .await
+        .map(|(m, _)| m)
+}
+
+/// [`run_query`] with `options`; also returns the run's last checkpoint and peak open state.
+async fn run_query_with(
+    events: u64,
+    query: &NexmarkQuery,
+    options: RunOptions,
+) -> Result<(Measured, (Option<CheckpointInfo>, u64))> {
     let script = parse_script(&bid_table(events))?;
     let mut planner = Planner::new();
     for s in &script.statements {
@@ -147,18 +159,65 @@ async fn run_query(events: u64, query: &NexmarkQuery) -> Result<Measured> {
     builder.add_sink("result", "blackhole", Box::new(sink), output.node)?;
     let planned = builder.finish();
     super::bench::reset_peak_memory();
-    let summary = laketide_engine::run(planned.dataflow, RunOptions::default()).await?;
+    let summary = laketide_engine::run(planned.dataflow, options).await?;
     let peak = super::bench::peak_memory_bytes().unwrap_or(0);
     let fingerprint = *fingerprint
         .lock()
         .map_err(|_| CliError::Usage("fingerprint lock poisoned".into()))?;
-    Ok(Measured {
+    let open = summary
+        .totals
+        .peak_open_state
+        .iter()
+        .map(|(_, n)| *n)
+        .max()
+        .unwrap_or(0);
+    let measured = Measured {
         events: summary.totals.records_in,
         seconds: summary.elapsed.as_secs_f64(),
         peak_mb: peak / (1 << 20),
         fingerprint,
         schema: Arc::new(output.schema.as_arrow().clone()),
-    })
+    };
+    Ok((measured, (summary.totals.checkpoint, open)))
+}
+
+/// Runs the query with the most keys (q18: one row per bidder and auction) again with a
+/// checkpoint every second, and prints what a checkpoint of that state costs.
+async fn checkpoint_cost(events: u64, query: &NexmarkQuery, plain: &Measured) -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("laketide-nexmark-state-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let options = RunOptions {
+        checkpoints: Some(CheckpointSettings {
+            store: CheckpointStore::local(&dir)?,
+            interval: std::time::Duration::from_secs(1),
+            pipeline_name: "nexmark".into(),
+            fingerprint: "nexmark".into(),
+            recovery: Recovery::FromScratch,
+        }),
+        ..Default::default()
+    };
+    let (m, (checkpoint, keys)) = run_query_with(events, query, options).await?;
+    let _ = std::fs::remove_dir_all(&dir);
+    let rate = m.events as f64 / m.seconds.max(1e-9);
+    let base = plain.events as f64 / plain.seconds.max(1e-9);
+    match checkpoint {
+        Some(c) => println!(
+            "bench nexmark {} with a checkpoint every second: {} events/s ({:.2} of the run without); {} checkpoints, the last {:.1} MB in {} ms for {} keys",
+            query.name,
+            human_rate(rate),
+            rate / base.max(1e-9),
+            c.id,
+            c.bytes as f64 / 1e6,
+            c.duration_ms,
+            keys
+        ),
+        None => println!(
+            "bench nexmark {} with a checkpoint every second: {} events/s; the run ended before a checkpoint",
+            query.name,
+            human_rate(rate)
+        ),
+    }
+    Ok(())
 }
 
 /// Every bid of `events` events, as the source generates them.
@@ -238,6 +297,10 @@ pub async fn bench_nexmark(events: u64) -> Result<()> {
             m.fingerprint.rows
         );
         measured.push(m);
+    }
+    let all = queries();
+    if let Some(at) = all.iter().position(|q| q.name.starts_with("q18")) {
+        checkpoint_cost(events, &all[at], &measured[at]).await?;
     }
     let (schema, bids) = all_bids(events).await?;
     let ctx = SessionContext::new();

@@ -352,6 +352,10 @@ async fn top_n_and_deduplication_into_delta_equal_the_batch_row_numbers() {
              CREATE TABLE top WITH (connector = 'delta', path = 'lake/top', primary_key = 'page, rn');
              CREATE TABLE last_click WITH (connector = 'delta', path = 'lake/last_click', primary_key = 'user_id');
              CREATE TABLE top_pages WITH (connector = 'delta', path = 'lake/top_pages');
+             CREATE TABLE first_click WITH (connector = 'delta', path = 'lake/first_click');
+             INSERT INTO first_click SELECT user_id, event_id, ts FROM (
+               SELECT *, ROW_NUMBER() OVER (PARTITION BY user_id ORDER BY ts) AS rn FROM clicks)
+             WHERE rn = 1;
              INSERT INTO top {top};
              INSERT INTO last_click {last};
              INSERT INTO top_pages SELECT window_start, page, views, rn FROM (
@@ -368,6 +372,11 @@ async fn top_n_and_deduplication_into_delta_equal_the_batch_row_numbers() {
         &["run", "p.sql", "--quiet", "--checkpoint-interval", "100ms"],
     );
     assert!(run.status.success(), "{}", text(&run.stderr));
+    let explain = text(&laketide(dir.path(), &["explain", "p.sql"]).stdout);
+    assert!(
+        explain.contains("deduplicate: keep the first row of each partition by clicks.ts"),
+        "keep-first by event time is append-only: {explain}"
+    );
 
     let oracle = common::oracle_context(&dir.path().join("data")).await;
     let windowed = format!(
@@ -382,6 +391,15 @@ async fn top_n_and_deduplication_into_delta_equal_the_batch_row_numbers() {
         ("top", "page, event_id, amount, rn", top.to_string()),
         ("last_click", "user_id, event_id, ts", last.to_string()),
         ("top_pages", "window_start, page, views, rn", windowed),
+        (
+            "first_click",
+            "user_id, event_id, ts",
+            // Ties on ts go to the first row read, which is the one with the smaller id.
+            "SELECT user_id, event_id, ts FROM (
+               SELECT *, ROW_NUMBER() OVER (PARTITION BY user_id ORDER BY ts, event_id) AS rn
+               FROM clicks) WHERE rn = 1"
+                .to_string(),
+        ),
     ] {
         let ctx = common::delta_context(table, &dir.path().join("lake").join(table)).await;
         let mut stored = common::query_rows(&ctx, &format!("SELECT {columns} FROM {table}")).await;

@@ -424,6 +424,12 @@ impl Relations for BuilderState<'_> {
             .get(name)
             .is_some_and(|t| t.watermark.is_some())
     }
+
+    fn event_time_column(&self, name: &str) -> Option<String> {
+        let table = self.planner.sources.get(name)?;
+        table.watermark.as_ref()?;
+        table.def.watermark.as_ref().map(|w| w.column.clone())
+    }
 }
 
 /// Adds queries and sinks to one dataflow.

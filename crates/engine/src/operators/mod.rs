@@ -2,9 +2,11 @@
 
 mod filter;
 mod grouped_state;
+mod keep_first;
 mod key_expiry;
 mod projection;
 mod rank;
+mod rank_rows;
 mod result_store;
 mod session_aggregate;
 mod session_assign;
@@ -19,6 +21,7 @@ mod window_aggregate;
 mod window_assign;
 
 pub use filter::FilterOperator;
+pub use keep_first::KeepFirstOperator;
 pub use projection::ProjectionOperator;
 pub use rank::{RankOperator, RankSpec};
 pub use session_aggregate::{SessionAggregate, SessionAggregation};

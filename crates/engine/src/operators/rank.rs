@@ -4,15 +4,14 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, AsArray, Int8Array, UInt64Array};
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, UInt64Type};
+use datafusion::arrow::array::{AsArray, UInt64Array};
+use datafusion::arrow::datatypes::{Field, SchemaRef, UInt64Type};
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::arrow::row::{RowConverter, RowParser, SortField};
 use datafusion::common::HashMap;
 use datafusion::physical_expr::{PhysicalExpr, PhysicalSortExpr};
 
-use super::window_aggregate::evaluate_all;
-use crate::changelog::{ChangeKind, StreamMode, schema_with_change};
+use super::rank_rows::{EncodedRows, RankRows};
+use crate::changelog::{ChangeKind, StreamMode};
 use crate::error::{EngineError, Result};
 use crate::message::Watermark;
 use crate::operator::{Operator, Output};
@@ -52,11 +51,7 @@ struct Kept {
 pub struct RankOperator {
     spec: RankSpec,
     input: SchemaRef,
-    output: SchemaRef,
-    rows: RowConverter,
-    parser: RowParser,
-    sorts: RowConverter,
-    keys: RowConverter,
+    codec: RankRows,
     top: HashMap<Box<[u8]>, Vec<Kept>>,
     /// Windowed form: partitions per window end, for the watermark to close.
     ends: BTreeMap<i64, Vec<Box<[u8]>>>,
@@ -73,9 +68,6 @@ impl std::fmt::Debug for RankOperator {
     }
 }
 
-/// The name of the row-number column the operator adds.
-const RANK_FIELD: &str = "rn";
-
 impl RankOperator {
     /// A rank over rows of `input`; the output has the input's columns, then the row number
     /// (`UInt64`, named as `rank_field` says), then, in the updating form, the change column.
@@ -85,46 +77,20 @@ impl RankOperator {
                 "a rank keeps at least one row".into(),
             ));
         }
-        let field = |e: &Arc<dyn PhysicalExpr>| -> Result<DataType> { Ok(e.data_type(&input)?) };
-        let sorts = spec
-            .order
-            .iter()
-            .map(|o| Ok(SortField::new_with_options(field(&o.expr)?, o.options)))
-            .collect::<Result<Vec<_>>>()?;
-        let keys = spec
-            .partition
-            .iter()
-            .map(|e| Ok(SortField::new(field(e)?)))
-            .collect::<Result<Vec<_>>>()?;
-        let rows = RowConverter::new(
-            input
-                .fields()
-                .iter()
-                .map(|f| SortField::new(f.data_type().clone()))
-                .collect(),
+        if let Some(end) = spec.window_end {
+            timestamp_unit(input.field(end).data_type(), "window_end")?;
+        }
+        let codec = RankRows::new(
+            &input,
+            &spec.partition,
+            &spec.order,
+            rank_field,
+            spec.window_end.is_none(),
         )?;
-        let mut fields: Vec<Arc<Field>> = input.fields().iter().cloned().collect();
-        let rank = rank_field
-            .cloned()
-            .unwrap_or_else(|| Field::new(RANK_FIELD, DataType::UInt64, false));
-        fields.push(Arc::new(rank.with_data_type(DataType::UInt64)));
-        let with_rank = Schema::new(fields);
-        let output = if spec.window_end.is_some() {
-            if let Some(end) = spec.window_end {
-                timestamp_unit(input.field(end).data_type(), "window_end")?;
-            }
-            Arc::new(with_rank)
-        } else {
-            schema_with_change(&with_rank)
-        };
         Ok(RankOperator {
-            parser: rows.parser(),
-            rows,
-            sorts: RowConverter::new(sorts)?,
-            keys: RowConverter::new(keys)?,
+            codec,
             spec,
             input,
-            output,
             top: HashMap::new(),
             ends: BTreeMap::new(),
             watermark: None,
@@ -144,17 +110,7 @@ impl RankOperator {
         seqs: Option<&UInt64Array>,
     ) -> Result<Vec<(Box<[u8]>, Vec<Kept>)>> {
         let n = batch.num_rows();
-        let keys = self
-            .keys
-            .convert_columns(&evaluate_all(&self.spec.partition, batch)?)?;
-        let order: Vec<ArrayRef> = self
-            .spec
-            .order
-            .iter()
-            .map(|o| o.expr.evaluate(batch).and_then(|v| v.into_array(n)))
-            .collect::<datafusion::error::Result<_>>()?;
-        let sorts = self.sorts.convert_columns(&order)?;
-        let rows = self.rows.convert_columns(batch.columns())?;
+        let EncodedRows { keys, sorts, rows } = self.codec.encode(batch)?;
         let ends = self
             .spec
             .window_end
@@ -203,32 +159,9 @@ impl RankOperator {
         Ok(changed)
     }
 
-    /// A batch of `rows` (kept rows) with their ranks and, in the updating form, kinds.
-    fn rows_batch(&self, rows: &[(&Kept, u64, Option<ChangeKind>)]) -> Result<RecordBatch> {
-        let parsed: Vec<_> = rows
-            .iter()
-            .map(|(k, _, _)| self.parser.parse(&k.row))
-            .collect();
-        let mut columns = self.rows.convert_rows(parsed)?;
-        columns.push(Arc::new(UInt64Array::from_iter_values(
-            rows.iter().map(|(_, r, _)| *r),
-        )));
-        if self.spec.window_end.is_none() {
-            columns.push(Arc::new(Int8Array::from_iter_values(
-                rows.iter().map(|(_, _, k)| k.map_or(0, ChangeKind::code)),
-            )));
-        }
-        let columns = columns
-            .into_iter()
-            .zip(self.output.fields())
-            .map(|(c, f)| super::window_aggregate::cast_if_needed(c, f.data_type()))
-            .collect::<Result<Vec<_>>>()?;
-        Ok(RecordBatch::try_new(self.output.clone(), columns)?)
-    }
-
     /// The changes of the partitions in `changed` (with their rows before).
     fn changelog(&self, changed: &[(Box<[u8]>, Vec<Kept>)]) -> Result<RecordBatch> {
-        let mut out: Vec<(&Kept, u64, Option<ChangeKind>)> = Vec::new();
+        let mut out: Vec<(&[u8], u64, ChangeKind)> = Vec::new();
         for (key, before) in changed {
             let after = &self.top[key];
             for (pos, new) in after.iter().enumerate() {
@@ -236,14 +169,14 @@ impl RankOperator {
                 match before.get(pos) {
                     Some(old) if old == new => {}
                     Some(old) => {
-                        out.push((old, rank, Some(ChangeKind::UpdateBefore)));
-                        out.push((new, rank, Some(ChangeKind::UpdateAfter)));
+                        out.push((&old.row, rank, ChangeKind::UpdateBefore));
+                        out.push((&new.row, rank, ChangeKind::UpdateAfter));
                     }
-                    None => out.push((new, rank, Some(ChangeKind::Insert))),
+                    None => out.push((&new.row, rank, ChangeKind::Insert)),
                 }
             }
         }
-        self.rows_batch(&out)
+        self.codec.batch(&out)
     }
 
     /// Windowed form: emits and forgets every partition whose window ends by `watermark`
@@ -261,13 +194,17 @@ impl RankOperator {
                 }
             }
         }
-        let rows: Vec<(&Kept, u64, Option<ChangeKind>)> = lists
+        let rows: Vec<(&[u8], u64, ChangeKind)> = lists
             .iter()
-            .flat_map(|l| l.iter().enumerate().map(|(i, k)| (k, i as u64 + 1, None)))
+            .flat_map(|l| {
+                l.iter()
+                    .enumerate()
+                    .map(|(i, k)| (&*k.row, i as u64 + 1, ChangeKind::Insert))
+            })
             .collect();
         if !rows.is_empty() {
             out.count_windows(lists.len() as u64);
-            out.batch(self.rows_batch(&rows)?);
+            out.batch(self.codec.batch(&rows)?);
         }
         Ok(())
     }
@@ -278,7 +215,7 @@ const KEPT_TABLE: &str = "kept";
 
 impl Operator for RankOperator {
     fn output_schema(&self) -> SchemaRef {
-        self.output.clone()
+        self.codec.output()
     }
 
     fn output_mode(&self, inputs: &[StreamMode]) -> std::result::Result<StreamMode, String> {
@@ -366,8 +303,8 @@ impl Operator for RankOperator {
         // In arrival order, so that a restore folds them back with ties as they were.
         kept.sort_unstable_by_key(|k| k.seq);
         if !kept.is_empty() {
-            let parsed: Vec<_> = kept.iter().map(|k| self.parser.parse(&k.row)).collect();
-            let mut columns = self.rows.convert_rows(parsed)?;
+            let rows: Vec<&[u8]> = kept.iter().map(|k| &*k.row).collect();
+            let mut columns = self.codec.decode(&rows)?;
             columns.push(Arc::new(UInt64Array::from_iter_values(
                 kept.iter().map(|k| k.seq),
             )));

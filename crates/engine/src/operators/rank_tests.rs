@@ -6,7 +6,7 @@ use crate::message::Message;
 use crate::operators::test_rng::XorShift;
 use datafusion::arrow::array::{Int64Array, StringArray, TimestampMillisecondArray};
 use datafusion::arrow::compute::SortOptions;
-use datafusion::arrow::datatypes::{Int64Type, TimeUnit};
+use datafusion::arrow::datatypes::{DataType, Int64Type, Schema, TimeUnit};
 use datafusion::physical_expr::expressions::Column;
 
 fn input() -> SchemaRef {

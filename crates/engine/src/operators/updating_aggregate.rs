@@ -180,14 +180,15 @@ impl UpdatingAggregate {
             )
         };
 
-        // The new states: what arrived merged with what was stored.
+        // The new states: what was stored, then what arrived (in that order, for aggregates
+        // that depend on it, such as `array_agg` or `first_value` without an ORDER BY).
         let mut combine = self.new_accumulators()?;
         let all: Vec<usize> = (0..n).collect();
         for (a, acc) in combine.iter_mut().enumerate() {
-            acc.merge_batch(&arrived.states[a], &all, n)?;
             if !known.is_empty() {
                 acc.merge_batch(&before_states[a], &known, n)?;
             }
+            acc.merge_batch(&arrived.states[a], &all, n)?;
         }
         let mut states = Vec::with_capacity(combine.len());
         for acc in combine.iter_mut() {

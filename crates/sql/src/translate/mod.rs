@@ -64,6 +64,9 @@ pub trait Relations {
 
     /// Whether source table `name` declares a WATERMARK (event time).
     fn has_event_time(&self, name: &str) -> bool;
+
+    /// The event-time column of source table `name` (its `WATERMARK FOR` column), if any.
+    fn event_time_column(&self, name: &str) -> Option<String>;
 }
 
 /// Translates plans of one pipeline into one dataflow.

@@ -9,7 +9,7 @@ use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext
 use datafusion::logical_expr::{BinaryExpr, Expr, Filter, LogicalPlan, Operator, Window};
 use datafusion::physical_expr::create_physical_sort_exprs;
 
-use laketide_engine::operators::{RankOperator, RankSpec};
+use laketide_engine::operators::{KeepFirstOperator, RankOperator, RankSpec};
 
 use super::{Stream, Translator, arrow_schema};
 use crate::error::Result;
@@ -69,6 +69,30 @@ fn window_of<'a>(plan: &'a LogicalPlan, name: &str) -> Option<&'a Window> {
 }
 
 impl Translator<'_> {
+    /// The input column of the event time when `order_by` is exactly a source's event-time
+    /// column ascending and the rank keeps one row (keep-first deduplication, append-only).
+    fn keep_first_by_event_time(
+        &self,
+        order_by: &[datafusion::logical_expr::SortExpr],
+        input: &Stream,
+        spec: &RankSpec,
+    ) -> Option<usize> {
+        let [first] = order_by else {
+            return None;
+        };
+        let Expr::Column(c) = &first.expr else {
+            return None;
+        };
+        if spec.limit != 1 || !first.asc || spec.window_end.is_some() || !input.event_time {
+            return None;
+        }
+        let table = c.relation.as_ref()?.table().to_string();
+        if self.sources.event_time_column(&table)? != c.name {
+            return None;
+        }
+        input.schema.index_of_column(c).ok()
+    }
+
     /// `f` as a Top-N or deduplication, if it filters the row number of a window.
     pub(crate) fn rank_filter(&mut self, f: &Filter) -> Result<Option<Stream>> {
         let Some((column, limit)) = rank_limit(&f.predicate) else {
@@ -138,6 +162,29 @@ impl Translator<'_> {
             limit: pending.limit,
             window_end,
         };
+        if let Some(time) = self.keep_first_by_event_time(&params.order_by, &input, &spec) {
+            let op = KeepFirstOperator::new(
+                arrow_schema(&input.schema),
+                &spec,
+                time,
+                rank_field.as_ref(),
+            )?;
+            let node = self.operator(
+                "deduplicate",
+                format!(
+                    "keep the first row of each partition by {}, emitted when the watermark passes it",
+                    params.order_by[0]
+                ),
+                Box::new(op),
+                vec![input.node],
+            )?;
+            return Ok(Some(Stream {
+                node,
+                schema: w.schema.clone(),
+                window: input.window,
+                event_time: input.event_time,
+            }));
+        }
         let op = RankOperator::new(arrow_schema(&input.schema), spec, rank_field.as_ref())?;
         let description = format!(
             "keep the first {} of each partition by [{}]{}",

@@ -1,0 +1,230 @@
+//! Keep-first deduplication by event time as an append-only result: `ROW_NUMBER() OVER
+//! (PARTITION BY … ORDER BY <event time>) = 1`, each key's first row emitted once, final.
+
+use std::collections::{BTreeSet, HashSet};
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, BinaryArray, BinaryBuilder};
+use datafusion::arrow::datatypes::{Field, SchemaRef, TimeUnit};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::common::HashMap;
+use datafusion::physical_expr::PhysicalSortExpr;
+
+use super::rank::RankSpec;
+use super::rank_rows::{EncodedRows, RankRows};
+use super::window_aggregate::generic_batch;
+use crate::changelog::{ChangeKind, StreamMode};
+use crate::error::{EngineError, Result};
+use crate::message::Watermark;
+use crate::operator::{Operator, Output};
+use crate::state::NodeState;
+use crate::time::{from_event_time, timestamp_unit, timestamp_values};
+
+/// A key's best row so far: its time, sort key and row (row format).
+#[derive(Debug, Clone)]
+struct Candidate {
+    time: i64,
+    sort: Box<[u8]>,
+    row: Box<[u8]>,
+}
+
+/// Keeps, per partition, the row with the smallest event time seen, until the watermark
+/// passes that time: then no row with an earlier time can arrive on time, and the row is
+/// emitted (row number 1) as a final, append-only row. Later rows of an emitted key are
+/// dropped. Equal times keep the row that arrived first. State: one candidate per key not yet
+/// emitted, and the set of emitted keys (it grows with the keys, as deduplication's does).
+pub struct KeepFirstOperator {
+    codec: RankRows,
+    time_column: usize,
+    time_unit: TimeUnit,
+    candidates: HashMap<Box<[u8]>, Candidate>,
+    /// (time, key) of every candidate, for the watermark to release in time order.
+    by_time: BTreeSet<(i64, Box<[u8]>)>,
+    emitted: HashSet<Box<[u8]>>,
+}
+
+impl std::fmt::Debug for KeepFirstOperator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeepFirstOperator")
+            .field("candidates", &self.candidates.len())
+            .field("emitted", &self.emitted.len())
+            .finish()
+    }
+}
+
+impl KeepFirstOperator {
+    /// Keep-first over rows of `input` partitioned as `spec` says, ordered by the event-time
+    /// column `time_column` ascending (`spec.order` must be exactly that).
+    pub fn new(
+        input: SchemaRef,
+        spec: &RankSpec,
+        time_column: usize,
+        rank_field: Option<&Field>,
+    ) -> Result<Self> {
+        let time_unit = timestamp_unit(input.field(time_column).data_type(), "the event time")?;
+        let by_time = matches!(spec.order.as_slice(),
+            [PhysicalSortExpr { expr, options }] if !options.descending
+                && expr.downcast_ref::<datafusion::physical_expr::expressions::Column>()
+                    .is_some_and(|c| c.index() == time_column));
+        if !by_time || spec.limit != 1 {
+            return Err(EngineError::Internal(
+                "keep-first deduplication is one row ordered by the event time ascending".into(),
+            ));
+        }
+        Ok(KeepFirstOperator {
+            codec: RankRows::new(&input, &spec.partition, &spec.order, rank_field, false)?,
+            time_column,
+            time_unit,
+            candidates: HashMap::new(),
+            by_time: BTreeSet::new(),
+            emitted: HashSet::new(),
+        })
+    }
+
+    /// Folds rows in: a key's candidate is replaced by a row that sorts before it.
+    fn fold(&mut self, batch: &RecordBatch) -> Result<()> {
+        let EncodedRows { keys, sorts, rows } = self.codec.encode(batch)?;
+        let times = timestamp_values(batch.column(self.time_column))?;
+        for i in 0..batch.num_rows() {
+            if times.is_null(i) {
+                continue;
+            }
+            let key = keys.row(i).data();
+            if self.emitted.contains(key) {
+                continue;
+            }
+            let sort = sorts.row(i).data();
+            if let Some(c) = self.candidates.get(key) {
+                if *c.sort <= *sort {
+                    continue;
+                }
+                self.by_time.remove(&(c.time, Box::from(key)));
+            }
+            let time = times.value(i);
+            self.by_time.insert((time, Box::from(key)));
+            self.candidates.insert(
+                Box::from(key),
+                Candidate {
+                    time,
+                    sort: Box::from(sort),
+                    row: Box::from(rows.row(i).data()),
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Emits the candidates whose time is at or before `watermark` (all for `None`).
+    fn release(&mut self, watermark: Option<i64>, out: &mut Output) -> Result<()> {
+        let mut released = Vec::new();
+        while let Some((time, _)) = self.by_time.first() {
+            if watermark.is_some_and(|w| *time > w) {
+                break;
+            }
+            let (_, key) = self.by_time.pop_first().expect("there is a first");
+            if let Some(c) = self.candidates.remove(&key) {
+                released.push(c);
+            }
+            self.emitted.insert(key);
+        }
+        if released.is_empty() {
+            return Ok(());
+        }
+        let rows: Vec<(&[u8], u64, ChangeKind)> = released
+            .iter()
+            .map(|c| (&*c.row, 1, ChangeKind::Insert))
+            .collect();
+        out.batch(self.codec.batch(&rows)?);
+        Ok(())
+    }
+}
+
+/// State tables: the candidates' rows, and the emitted keys.
+const CANDIDATES_TABLE: &str = "candidates";
+const EMITTED_TABLE: &str = "emitted";
+
+impl Operator for KeepFirstOperator {
+    fn output_schema(&self) -> SchemaRef {
+        self.codec.output()
+    }
+
+    fn output_mode(&self, inputs: &[StreamMode]) -> std::result::Result<StreamMode, String> {
+        if inputs.iter().any(StreamMode::is_updating) {
+            return Err("ROW_NUMBER over an updating result is not supported yet; rank the source rows or a window's results".into());
+        }
+        Ok(StreamMode::AppendOnly)
+    }
+
+    fn open_state(&self) -> u64 {
+        (self.candidates.len() + self.emitted.len()) as u64
+    }
+
+    fn process_batch(
+        &mut self,
+        _input: usize,
+        batch: RecordBatch,
+        _out: &mut Output,
+    ) -> Result<()> {
+        self.fold(&batch)
+    }
+
+    fn process_watermark(&mut self, watermark: Watermark, out: &mut Output) -> Result<()> {
+        if let Watermark::EventTime(t) = watermark {
+            self.release(Some(from_event_time(t, self.time_unit)), out)?;
+        }
+        out.watermark(watermark);
+        Ok(())
+    }
+
+    fn finish(&mut self, out: &mut Output) -> Result<()> {
+        self.release(None, out)
+    }
+
+    /// Table `candidates`: the input rows waiting for the watermark; table `emitted`: the keys
+    /// already emitted (Arrow row format of the partition keys).
+    fn snapshot(&mut self) -> Result<NodeState> {
+        let mut state = NodeState::empty();
+        if !self.candidates.is_empty() {
+            let rows: Vec<&[u8]> = self.candidates.values().map(|c| &*c.row).collect();
+            state = state.with_table(CANDIDATES_TABLE, generic_batch(self.codec.decode(&rows)?)?);
+        }
+        if !self.emitted.is_empty() {
+            let mut keys = BinaryBuilder::new();
+            for k in &self.emitted {
+                keys.append_value(k);
+            }
+            state = state.with_table(EMITTED_TABLE, generic_batch(vec![Arc::new(keys.finish())])?);
+        }
+        Ok(state)
+    }
+
+    fn restore(&mut self, state: NodeState) -> Result<()> {
+        self.candidates.clear();
+        self.by_time.clear();
+        self.emitted.clear();
+        if let Some(table) = state.table(EMITTED_TABLE) {
+            let keys = table
+                .column(0)
+                .as_any()
+                .downcast_ref::<BinaryArray>()
+                .ok_or_else(|| EngineError::User("the saved keys of a deduplication cannot be read; the query changed (start with --from-scratch)".into()))?;
+            self.emitted.extend(keys.iter().flatten().map(Box::from));
+        }
+        if let Some(table) = state.table(CANDIDATES_TABLE) {
+            let schema = self.codec.input();
+            if table.num_columns() != schema.fields().len() {
+                return Err(EngineError::User(format!(
+                    "the saved rows of a deduplication have {} columns where this query keeps {}; the query changed (start with --from-scratch)",
+                    table.num_columns(),
+                    schema.fields().len()
+                )));
+            }
+            self.fold(&RecordBatch::try_new(schema, table.columns().to_vec())?)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[path = "keep_first_tests.rs"]
+mod tests;

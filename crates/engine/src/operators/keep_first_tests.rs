@@ -1,0 +1,145 @@
+use super::*;
+use crate::message::Message;
+use crate::operators::test_rng::XorShift;
+use datafusion::arrow::array::{AsArray, Int64Array, StringArray, TimestampMillisecondArray};
+use datafusion::arrow::compute::SortOptions;
+use datafusion::arrow::datatypes::{DataType, Int64Type, Schema};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::expressions::Column;
+
+const MS: i64 = 1_000_000;
+
+fn input() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("k", DataType::Utf8, false),
+        Field::new("id", DataType::Int64, false),
+        Field::new("ts", DataType::Timestamp(TimeUnit::Millisecond, None), true),
+    ]))
+}
+
+fn rows(data: &[(&str, i64, i64)]) -> RecordBatch {
+    RecordBatch::try_new(
+        input(),
+        vec![
+            Arc::new(StringArray::from_iter_values(data.iter().map(|r| r.0))),
+            Arc::new(Int64Array::from_iter_values(data.iter().map(|r| r.1))),
+            Arc::new(TimestampMillisecondArray::from_iter_values(
+                data.iter().map(|r| r.2),
+            )),
+        ],
+    )
+    .unwrap()
+}
+
+fn keep_first() -> KeepFirstOperator {
+    let spec = RankSpec {
+        partition: vec![Arc::new(Column::new("k", 0)) as Arc<dyn PhysicalExpr>],
+        order: vec![PhysicalSortExpr {
+            expr: Arc::new(Column::new("ts", 2)),
+            options: SortOptions::default(),
+        }],
+        limit: 1,
+        window_end: None,
+    };
+    KeepFirstOperator::new(input(), &spec, 2, None).unwrap()
+}
+
+/// (k, id) of every emitted row.
+fn emitted(out: &mut Output) -> Vec<(String, i64)> {
+    let mut found = Vec::new();
+    for m in out.drain() {
+        let Message::Batch(b) = m else { continue };
+        assert_eq!(b.num_columns(), 4, "no change column: append-only");
+        let k = b.column(0).as_string::<i32>();
+        let id = b.column(1).as_primitive::<Int64Type>();
+        for i in 0..b.num_rows() {
+            found.push((k.value(i).to_string(), id.value(i)));
+        }
+    }
+    found
+}
+
+#[test]
+fn a_key_is_emitted_once_when_the_watermark_passes_its_earliest_row() {
+    let mut op = keep_first();
+    let mut out = Output::default();
+    op.process_batch(
+        0,
+        rows(&[("a", 1, 50), ("b", 2, 60), ("a", 3, 40), ("a", 4, 40)]),
+        &mut out,
+    )
+    .unwrap();
+    op.process_watermark(Watermark::EventTime(45 * MS), &mut out)
+        .unwrap();
+    assert_eq!(
+        emitted(&mut out),
+        vec![("a".into(), 3)],
+        "the earliest; ties to the first"
+    );
+    op.process_batch(0, rows(&[("a", 5, 10), ("b", 6, 55)]), &mut out)
+        .unwrap();
+    let state = op.snapshot().unwrap();
+    let mut restored = keep_first();
+    restored.restore(state).unwrap();
+    restored
+        .process_batch(0, rows(&[("a", 7, 1)]), &mut out)
+        .unwrap();
+    restored.finish(&mut out).unwrap();
+    assert_eq!(
+        emitted(&mut out),
+        vec![("b".into(), 6)],
+        "a was final; b's earlier row won"
+    );
+    assert_eq!(
+        restored.output_mode(&[StreamMode::AppendOnly]),
+        Ok(StreamMode::AppendOnly)
+    );
+}
+
+#[test]
+fn with_in_time_watermarks_the_result_is_the_batch_first_row_per_key() {
+    for seed in 1..=10u64 {
+        let mut rng = XorShift::new(seed);
+        let mut op = keep_first();
+        let mut out = Output::default();
+        let mut all: Vec<(String, i64, i64)> = Vec::new();
+        let mut max_time = 0i64;
+        let mut got = Vec::new();
+        for step in 0..50i64 {
+            // Times rise with up to 30 ms of disorder; the watermark lags by 30 ms.
+            let batch: Vec<(String, i64, i64)> = (0..rng.below(20))
+                .map(|j| {
+                    let t = step * 20 + rng.below(30) as i64;
+                    (format!("k{}", rng.below(15)), step * 100 + j as i64, t)
+                })
+                .collect();
+            max_time = max_time.max(batch.iter().map(|r| r.2).max().unwrap_or(0));
+            let refs: Vec<(&str, i64, i64)> =
+                batch.iter().map(|(k, i, t)| (k.as_str(), *i, *t)).collect();
+            op.process_batch(0, rows(&refs), &mut out).unwrap();
+            all.extend(batch);
+            op.process_watermark(Watermark::EventTime((max_time - 31).max(0) * MS), &mut out)
+                .unwrap();
+            if rng.below(6) == 0 {
+                let mut restored = keep_first();
+                restored.restore(op.snapshot().unwrap()).unwrap();
+                op = restored;
+            }
+            got.extend(emitted(&mut out));
+        }
+        op.finish(&mut out).unwrap();
+        got.extend(emitted(&mut out));
+        let mut first: std::collections::BTreeMap<String, (i64, i64)> = Default::default();
+        for (k, id, t) in &all {
+            let e = first.entry(k.clone()).or_insert((*t, *id));
+            if *t < e.0 {
+                *e = (*t, *id);
+            }
+        }
+        let mut expected: Vec<(String, i64)> =
+            first.into_iter().map(|(k, (_, id))| (k, id)).collect();
+        got.sort();
+        expected.sort();
+        assert_eq!(got, expected, "seed {seed}");
+    }
+}
