@@ -86,6 +86,7 @@ impl KeepFirstOperator {
         let EncodedRows { keys, sorts, rows } = self.codec.encode(batch)?;
         let times = timestamp_values(batch.column(self.time_column))?;
         for i in 0..batch.num_rows() {
+            // Rows without a time were taken out (as late) before.
             if times.is_null(i) {
                 continue;
             }
@@ -159,12 +160,19 @@ impl Operator for KeepFirstOperator {
         (self.candidates.len() + self.emitted.len()) as u64
     }
 
-    fn process_batch(
-        &mut self,
-        _input: usize,
-        batch: RecordBatch,
-        _out: &mut Output,
-    ) -> Result<()> {
+    fn process_batch(&mut self, _input: usize, batch: RecordBatch, out: &mut Output) -> Result<()> {
+        let times = batch.column(self.time_column);
+        if times.null_count() > 0 {
+            let timed = datafusion::arrow::compute::is_not_null(times)?;
+            let untimed = datafusion::arrow::compute::not(&timed)?;
+            out.late(
+                datafusion::arrow::compute::filter_record_batch(&batch, &untimed)?,
+                "it has no event time, so it cannot be deduplicated by it",
+            );
+            return self.fold(&datafusion::arrow::compute::filter_record_batch(
+                &batch, &timed,
+            )?);
+        }
         self.fold(&batch)
     }
 

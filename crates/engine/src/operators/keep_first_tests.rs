@@ -94,6 +94,18 @@ fn a_key_is_emitted_once_when_the_watermark_passes_its_earliest_row() {
         restored.output_mode(&[StreamMode::AppendOnly]),
         Ok(StreamMode::AppendOnly)
     );
+    // A row without a time is not dropped silently: it is counted as late.
+    let untimed = RecordBatch::try_new(
+        input(),
+        vec![
+            Arc::new(StringArray::from(vec!["z"])),
+            Arc::new(Int64Array::from(vec![9])),
+            Arc::new(TimestampMillisecondArray::from(vec![None])),
+        ],
+    )
+    .unwrap();
+    restored.process_batch(0, untimed, &mut out).unwrap();
+    assert_eq!(out.take_counters().0, 1);
 }
 
 #[test]
