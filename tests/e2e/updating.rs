@@ -162,6 +162,10 @@ async fn delta_with_a_primary_key_holds_the_current_row_per_key_as_the_batch_ora
          CREATE TABLE users WITH (connector = 'delta', path = 'lake/users', primary_key = 'user_id');
          CREATE TABLE rare WITH (connector = 'delta', path = 'lake/rare', primary_key = 'user_id');
          CREATE TABLE kinds WITH (connector = 'delta', path = 'lake/kinds', primary_key = 'kind');
+         CREATE TABLE buckets WITH (connector = 'delta', path = 'lake/buckets', primary_key = 'events');
+         INSERT INTO buckets SELECT events, count(*) AS users, max(last_event) AS latest
+           FROM (SELECT user_id, count(*) AS events, max(event_id) AS last_event FROM clicks GROUP BY user_id)
+           GROUP BY events;
          INSERT INTO users SELECT user_id, count(*) AS events, count(DISTINCT page) AS pages,
            max(event_id) AS last_event FROM clicks GROUP BY user_id;
          INSERT INTO rare SELECT user_id, count(*) AS events FROM clicks GROUP BY user_id HAVING count(*) < 3;
@@ -186,6 +190,13 @@ async fn delta_with_a_primary_key_holds_the_current_row_per_key_as_the_batch_ora
             "rare",
             "SELECT user_id, events FROM rare ORDER BY user_id",
             "SELECT user_id, count(*) FROM clicks GROUP BY user_id HAVING count(*) < 3 ORDER BY user_id",
+        ),
+        (
+            "buckets",
+            "SELECT events, users, latest FROM buckets ORDER BY events",
+            "SELECT events, count(*), max(last_event) FROM (
+               SELECT user_id, count(*) AS events, max(event_id) AS last_event FROM clicks GROUP BY user_id)
+             GROUP BY events ORDER BY events",
         ),
         (
             "kinds",

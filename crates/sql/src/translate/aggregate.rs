@@ -89,9 +89,7 @@ impl Translator<'_> {
             );
         }
         if self.dataflow.mode(input.node).is_updating() {
-            return Err(self.err(
-                "an aggregate over an updating result (an aggregate of an aggregate) is not supported yet; aggregate the source rows, or aggregate a window",
-            ));
+            return self.retracting_aggregate(agg, input);
         }
         let group_exprs = agg
             .group_expr

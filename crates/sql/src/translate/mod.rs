@@ -23,6 +23,7 @@ use crate::error::{Location, Result, SqlError, from_datafusion};
 
 mod aggregate;
 mod rank;
+mod retracting;
 mod session;
 use crate::stream_table::StreamTable;
 use crate::window_functions::{WindowKind, WindowedTable};

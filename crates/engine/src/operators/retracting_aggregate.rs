@@ -1,0 +1,411 @@
+//! GROUP BY over an updating input (an aggregate of an aggregate): retractions take rows back
+//! out of their group's aggregates.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Int8Array};
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::arrow::row::{RowConverter, RowParser, SortField};
+use datafusion::common::{HashMap, ScalarValue};
+use datafusion::physical_expr::PhysicalExpr;
+use serde::{Deserialize, Serialize};
+
+use super::retractable::{Retractable, RetractableSpec, State};
+use super::window_aggregate::{cast_if_needed, evaluate_all};
+use crate::changelog::{ChangeKind, StreamMode, change_kinds, has_change_column, kind_at};
+use crate::error::{EngineError, Result};
+use crate::operator::{Operator, Output};
+use crate::state::NodeState;
+
+/// One group: its net row count, its aggregates' states, and the result last emitted.
+#[derive(Debug, Clone)]
+struct Group {
+    rows: i64,
+    states: Vec<State>,
+    emitted: Option<Vec<ScalarValue>>,
+    changed: bool,
+}
+
+/// Aggregates an updating stream per key: `+I`/`+U` rows are added to their group, `-U`/`-D`
+/// rows taken out (count, sum and avg subtract; min, max and count(DISTINCT) keep a count per
+/// value). Changed groups are emitted at most every `update_interval` and at the end, as a
+/// changelog: `+I` for a new group, `-U`/`+U` for a changed result, `-D` when a group's last
+/// row was retracted. State: per group its states (values for min, max, DISTINCT).
+pub struct RetractingAggregate {
+    group_exprs: Vec<Arc<dyn PhysicalExpr>>,
+    aggregates: Vec<Retractable>,
+    output: SchemaRef,
+    keys: RowConverter,
+    parser: RowParser,
+    groups: HashMap<Box<[u8]>, Group>,
+    update_interval: Duration,
+    last_emission: Instant,
+}
+
+impl std::fmt::Debug for RetractingAggregate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RetractingAggregate")
+            .field("groups", &self.groups.len())
+            .finish()
+    }
+}
+
+impl RetractingAggregate {
+    /// `group_exprs` and the aggregates' arguments are over `input` (an updating stream's
+    /// data columns); the output has one column per group expression, one per aggregate and
+    /// the change column, as in `output`.
+    pub fn new(
+        input: &datafusion::arrow::datatypes::Schema,
+        group_exprs: Vec<Arc<dyn PhysicalExpr>>,
+        aggregates: Vec<RetractableSpec>,
+        output: SchemaRef,
+        update_interval: Duration,
+    ) -> Result<Self> {
+        if output.fields().len() != group_exprs.len() + aggregates.len() + 1
+            || !has_change_column(&output)
+        {
+            return Err(EngineError::Internal(
+                "a retracting aggregate's output is its groups, aggregates and change column"
+                    .into(),
+            ));
+        }
+        let aggregates = aggregates
+            .into_iter()
+            .map(|spec| {
+                let t = spec.arg.as_ref().map(|a| a.data_type(input)).transpose()?;
+                Retractable::new(spec, t)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let keys = RowConverter::new(
+            group_exprs
+                .iter()
+                .map(|e| Ok(SortField::new(e.data_type(input)?)))
+                .collect::<Result<Vec<_>>>()?,
+        )?;
+        Ok(RetractingAggregate {
+            parser: keys.parser(),
+            keys,
+            group_exprs,
+            aggregates,
+            output,
+            groups: HashMap::new(),
+            update_interval,
+            last_emission: Instant::now(),
+        })
+    }
+
+    fn fold(&mut self, batch: &RecordBatch) -> Result<()> {
+        let kinds = change_kinds(batch)?.clone();
+        let data: Vec<usize> = (0..batch.num_columns() - 1).collect();
+        let data = batch.project(&data)?;
+        let n = data.num_rows();
+        let keys = if self.group_exprs.is_empty() {
+            None
+        } else {
+            Some(
+                self.keys
+                    .convert_columns(&evaluate_all(&self.group_exprs, &data)?)?,
+            )
+        };
+        let mut args = Vec::with_capacity(self.aggregates.len());
+        let mut filters: Vec<Option<BooleanArray>> = Vec::with_capacity(self.aggregates.len());
+        for a in &self.aggregates {
+            let arg = a
+                .spec
+                .arg
+                .as_ref()
+                .map(|e| evaluate_all(std::slice::from_ref(e), &data).map(|mut v| v.remove(0)))
+                .transpose()?;
+            args.push(a.prepare(arg.as_ref())?);
+            filters.push(
+                a.spec
+                    .filter
+                    .as_ref()
+                    .map(|f| {
+                        evaluate_all(std::slice::from_ref(f), &data)
+                            .map(|mut v| v.remove(0).as_boolean().clone())
+                    })
+                    .transpose()?,
+            );
+        }
+        for i in 0..n {
+            let sign = if kind_at(&kinds, i)?.is_retraction() {
+                -1
+            } else {
+                1
+            };
+            let key: &[u8] = keys.as_ref().map_or(&[], |k| k.row(i).data());
+            if !self.groups.contains_key(key) {
+                let states = self.aggregates.iter().map(Retractable::empty).collect();
+                self.groups.insert(
+                    Box::from(key),
+                    Group {
+                        rows: 0,
+                        states,
+                        emitted: None,
+                        changed: false,
+                    },
+                );
+            }
+            let group = self.groups.get_mut(key).expect("inserted above");
+            group.rows += sign;
+            group.changed = true;
+            for (a, ((agg, arg), filter)) in
+                self.aggregates.iter().zip(&args).zip(&filters).enumerate()
+            {
+                if filter
+                    .as_ref()
+                    .is_some_and(|f| !f.is_valid(i) || !f.value(i))
+                {
+                    continue;
+                }
+                agg.apply(&mut group.states[a], arg, i, sign);
+            }
+        }
+        Ok(())
+    }
+
+    /// Emits the groups changed since the last emission.
+    pub fn emit_changes(&mut self, out: &mut Output) -> Result<()> {
+        self.last_emission = Instant::now();
+        let mut rows: Vec<(Box<[u8]>, Vec<ScalarValue>, ChangeKind)> = Vec::new();
+        let mut gone = Vec::new();
+        for (key, group) in self.groups.iter_mut().filter(|(_, g)| g.changed) {
+            group.changed = false;
+            if group.rows <= 0 {
+                if let Some(old) = group.emitted.take() {
+                    rows.push((key.clone(), old, ChangeKind::Delete));
+                }
+                gone.push(key.clone());
+                continue;
+            }
+            let values = group
+                .states
+                .iter()
+                .zip(&self.aggregates)
+                .map(|(s, a)| a.evaluate(s))
+                .collect::<Result<Vec<_>>>()?;
+            match group.emitted.replace(values.clone()) {
+                None => rows.push((key.clone(), values, ChangeKind::Insert)),
+                Some(old) if old != values => {
+                    rows.push((key.clone(), old, ChangeKind::UpdateBefore));
+                    rows.push((key.clone(), values, ChangeKind::UpdateAfter));
+                }
+                Some(_) => {}
+            }
+        }
+        for key in gone {
+            self.groups.remove(&key);
+        }
+        if !rows.is_empty() {
+            out.batch(self.changelog(&rows)?);
+        }
+        Ok(())
+    }
+
+    fn changelog(&self, rows: &[(Box<[u8]>, Vec<ScalarValue>, ChangeKind)]) -> Result<RecordBatch> {
+        let mut columns: Vec<ArrayRef> = if self.group_exprs.is_empty() {
+            Vec::new()
+        } else {
+            let parsed: Vec<_> = rows.iter().map(|(k, _, _)| self.parser.parse(k)).collect();
+            self.keys.convert_rows(parsed)?
+        };
+        for (a, agg) in self.aggregates.iter().enumerate() {
+            let values = rows.iter().map(|(_, v, _)| v[a].clone());
+            let column = if rows.is_empty() {
+                datafusion::arrow::array::new_empty_array(&agg.output)
+            } else {
+                ScalarValue::iter_to_array(values)?
+            };
+            columns.push(column);
+        }
+        columns.push(Arc::new(Int8Array::from_iter_values(
+            rows.iter().map(|(_, _, k)| k.code()),
+        )));
+        let columns = columns
+            .into_iter()
+            .zip(self.output.fields())
+            .map(|(c, f)| cast_if_needed(c, f.data_type()))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(RecordBatch::try_new(self.output.clone(), columns)?)
+    }
+}
+
+/// A group in a checkpoint.
+#[derive(Debug, Serialize, Deserialize)]
+struct SavedGroup {
+    key: Vec<u8>,
+    rows: i64,
+    states: Vec<SavedState>,
+    emitted: Option<Vec<String>>,
+}
+
+/// An aggregate state in a checkpoint (value keys in the row format, as bytes).
+#[derive(Debug, Serialize, Deserialize)]
+enum SavedState {
+    Count(i64),
+    Sum { int: String, float: f64, n: i64 },
+    Values(Vec<(Vec<u8>, i64)>),
+    Distinct(Vec<(Vec<u8>, i64)>),
+}
+
+impl Operator for RetractingAggregate {
+    fn output_schema(&self) -> SchemaRef {
+        self.output.clone()
+    }
+
+    fn output_mode(&self, inputs: &[StreamMode]) -> std::result::Result<StreamMode, String> {
+        if !inputs.iter().all(StreamMode::is_updating) {
+            return Err("a retracting aggregate takes an updating input".into());
+        }
+        Ok(StreamMode::Updating {
+            key: (0..self.group_exprs.len()).collect(),
+        })
+    }
+
+    fn open_state(&self) -> u64 {
+        self.groups.len() as u64
+    }
+
+    fn process_batch(&mut self, _input: usize, batch: RecordBatch, out: &mut Output) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        self.fold(&batch)?;
+        if self.update_interval.is_zero() {
+            self.emit_changes(out)?;
+        }
+        Ok(())
+    }
+
+    fn on_tick(&mut self, out: &mut Output) -> Result<()> {
+        if self.last_emission.elapsed() >= self.update_interval {
+            self.emit_changes(out)?;
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self, out: &mut Output) -> Result<()> {
+        self.emit_changes(out)
+    }
+
+    /// One JSON document: every group with its states and the result last emitted (values
+    /// as text), and whether it changed since.
+    fn snapshot(&mut self) -> Result<NodeState> {
+        let groups: Vec<(SavedGroup, bool)> = self
+            .groups
+            .iter()
+            .map(|(key, g)| {
+                let states = g
+                    .states
+                    .iter()
+                    .map(|s| match s {
+                        State::Count(n) => SavedState::Count(*n),
+                        State::Sum { int, float, n } => SavedState::Sum {
+                            int: int.to_string(),
+                            float: *float,
+                            n: *n,
+                        },
+                        State::Values(m) => {
+                            SavedState::Values(m.iter().map(|(k, c)| (k.to_vec(), *c)).collect())
+                        }
+                        State::Distinct(m) => {
+                            SavedState::Distinct(m.iter().map(|(k, c)| (k.to_vec(), *c)).collect())
+                        }
+                    })
+                    .collect();
+                let saved = SavedGroup {
+                    key: key.to_vec(),
+                    rows: g.rows,
+                    states,
+                    emitted: g
+                        .emitted
+                        .as_ref()
+                        .map(|v| v.iter().map(saved_value).collect()),
+                };
+                (saved, g.changed)
+            })
+            .collect();
+        NodeState::json(&groups)
+    }
+
+    fn restore(&mut self, state: NodeState) -> Result<()> {
+        self.groups.clear();
+        let saved: Vec<(SavedGroup, bool)> = state.to_json()?.unwrap_or_default();
+        for (g, changed) in saved {
+            if g.states.len() != self.aggregates.len() {
+                return Err(EngineError::User(
+                    "the saved state of an aggregate does not fit this query; the query changed (start with --from-scratch)".into(),
+                ));
+            }
+            let states = g
+                .states
+                .into_iter()
+                .map(|s| {
+                    Ok(match s {
+                        SavedState::Count(n) => State::Count(n),
+                        SavedState::Sum { int, float, n } => State::Sum {
+                            int: int.parse().map_err(|_| {
+                                EngineError::User("a saved sum cannot be read".into())
+                            })?,
+                            float,
+                            n,
+                        },
+                        SavedState::Values(v) => State::Values(
+                            v.into_iter()
+                                .map(|(k, c)| (k.into_boxed_slice(), c))
+                                .collect(),
+                        ),
+                        SavedState::Distinct(v) => State::Distinct(
+                            v.into_iter()
+                                .map(|(k, c)| (k.into_boxed_slice(), c))
+                                .collect(),
+                        ),
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let emitted = g
+                .emitted
+                .map(|values| {
+                    values
+                        .iter()
+                        .zip(&self.aggregates)
+                        .map(|(v, a)| restored_value(v, &a.output))
+                        .collect::<Result<Vec<_>>>()
+                })
+                .transpose()?;
+            self.groups.insert(
+                g.key.into_boxed_slice(),
+                Group {
+                    rows: g.rows,
+                    states,
+                    emitted,
+                    changed,
+                },
+            );
+        }
+        Ok(())
+    }
+}
+
+/// A result value as text for a checkpoint (`None` for NULL).
+fn saved_value(v: &ScalarValue) -> String {
+    if v.is_null() {
+        "\u{0}null".to_string()
+    } else {
+        v.to_string()
+    }
+}
+
+fn restored_value(text: &str, t: &datafusion::arrow::datatypes::DataType) -> Result<ScalarValue> {
+    if text == "\u{0}null" {
+        return Ok(ScalarValue::try_from(t)?);
+    }
+    Ok(ScalarValue::try_from_string(text.to_string(), t)?)
+}
+
+#[cfg(test)]
+#[path = "retracting_aggregate_tests.rs"]
+mod tests;
