@@ -3,14 +3,14 @@
 //! value (in Arrow's row format, whose byte order is the value order), so a retracted value
 //! leaves exactly when its last occurrence does.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Float64Type, Int64Type};
 use datafusion::arrow::row::{RowConverter, RowParser, SortField};
-use datafusion::common::ScalarValue;
+use datafusion::common::{HashMap, ScalarValue};
 use datafusion::physical_expr::PhysicalExpr;
 
 use crate::error::{EngineError, Result};
@@ -161,10 +161,17 @@ impl Retractable {
                 if nulls.as_ref().is_none_or(|n| n.is_valid(i)) =>
             {
                 let key = rows.row(i).data();
-                let c = map.entry(Box::from(key)).or_insert(0);
-                *c += sign;
-                if *c == 0 {
-                    map.remove(key);
+                // Look up before allocating: most values were seen before.
+                match map.get_mut(key) {
+                    Some(c) => {
+                        *c += sign;
+                        if *c == 0 {
+                            map.remove(key);
+                        }
+                    }
+                    None => {
+                        map.insert(Box::from(key), sign);
+                    }
                 }
             }
             _ => {}
@@ -219,10 +226,16 @@ impl Retractable {
 }
 
 fn count_value(map: &mut BTreeMap<Box<[u8]>, i64>, key: &[u8], sign: i64) {
-    let c = map.entry(Box::from(key)).or_insert(0);
-    *c += sign;
-    if *c == 0 {
-        map.remove(key);
+    match map.get_mut(key) {
+        Some(c) => {
+            *c += sign;
+            if *c == 0 {
+                map.remove(key);
+            }
+        }
+        None => {
+            map.insert(Box::from(key), sign);
+        }
     }
 }
 

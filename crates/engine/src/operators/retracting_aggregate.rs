@@ -28,8 +28,8 @@ struct Group {
     changed: bool,
 }
 
-/// Aggregates an updating stream per key: `+I`/`+U` rows are added to their group, `-U`/`-D`
-/// rows taken out (count, sum and avg subtract; min, max and count(DISTINCT) keep a count per
+/// Aggregates an updating stream per key (an append-only one too: its rows are all inserts):
+/// `+I`/`+U` rows are added to their group, `-U`/`-D` rows taken out (count, sum and avg subtract; min, max and count(DISTINCT) keep a count per
 /// value). Changed groups are emitted at most every `update_interval` and at the end, as a
 /// changelog: `+I` for a new group, `-U`/`+U` for a changed result, `-D` when a group's last
 /// row was retracted. State: per group its states (values for min, max, DISTINCT).
@@ -97,9 +97,13 @@ impl RetractingAggregate {
     }
 
     fn fold(&mut self, batch: &RecordBatch) -> Result<()> {
-        let kinds = change_kinds(batch)?.clone();
-        let data: Vec<usize> = (0..batch.num_columns() - 1).collect();
-        let data = batch.project(&data)?;
+        // Rows of an append-only input are all inserts.
+        let (kinds, data) = if has_change_column(batch.schema_ref()) {
+            let data: Vec<usize> = (0..batch.num_columns() - 1).collect();
+            (Some(change_kinds(batch)?.clone()), batch.project(&data)?)
+        } else {
+            (None, batch.clone())
+        };
         let n = data.num_rows();
         let keys = if self.group_exprs.is_empty() {
             None
@@ -131,11 +135,11 @@ impl RetractingAggregate {
             );
         }
         for i in 0..n {
-            let sign = if kind_at(&kinds, i)?.is_retraction() {
-                -1
-            } else {
-                1
+            let retract = match &kinds {
+                Some(k) => kind_at(k, i)?.is_retraction(),
+                None => false,
             };
+            let sign = if retract { -1 } else { 1 };
             let key: &[u8] = keys.as_ref().map_or(&[], |k| k.row(i).data());
             if !self.groups.contains_key(key) {
                 let states = self.aggregates.iter().map(Retractable::empty).collect();
@@ -257,8 +261,8 @@ impl Operator for RetractingAggregate {
     }
 
     fn output_mode(&self, inputs: &[StreamMode]) -> std::result::Result<StreamMode, String> {
-        if !inputs.iter().all(StreamMode::is_updating) {
-            return Err("a retracting aggregate takes an updating input".into());
+        if inputs.len() != 1 {
+            return Err("an aggregate has one input".into());
         }
         Ok(StreamMode::Updating {
             key: (0..self.group_exprs.len()).collect(),

@@ -234,3 +234,29 @@ fn random_changelogs_with_restores_leave_the_aggregate_of_the_final_table() {
         assert_eq!(table, expected, "seed {seed}");
     }
 }
+
+#[test]
+fn an_append_only_input_is_all_inserts() {
+    let mut op = aggregate();
+    let mut out = Output::default();
+    let plain = RecordBatch::try_new(
+        Arc::new(input()),
+        vec![
+            Arc::new(StringArray::from(vec!["a", "a", "b"])),
+            Arc::new(Int64Array::from(vec![Some(2), Some(4), None])),
+        ],
+    )
+    .unwrap();
+    op.process_batch(0, plain, &mut out).unwrap();
+    op.finish(&mut out).unwrap();
+    let mut table = BTreeMap::new();
+    apply(&mut out, &mut table);
+    assert_eq!(
+        table["a"],
+        (2, Some(6), Some("3.000000".into()), Some(2), Some(4), 2)
+    );
+    assert_eq!(
+        op.output_mode(&[StreamMode::AppendOnly]),
+        Ok(StreamMode::Updating { key: vec![0] })
+    );
+}
