@@ -69,6 +69,11 @@ impl DeltaSinkConfig {
             .take("primary_key")
             .map(|v| split_list(&v))
             .unwrap_or_default();
+        if !primary_key.is_empty() && (compact_file_count.is_some() || target_file_size.is_some()) {
+            return Err(ConnectorError::InvalidOption(
+                "options `compact_file_count` and `target_file_size` apply to appended tables, not to one kept by `primary_key` (MERGE writes its own files)".into(),
+            ));
+        }
         let storage = StorageConfig::from_options(&mut options)?;
         options.finish("delta", DELTA_SINK_OPTIONS)?;
         Ok(DeltaSinkConfig {
@@ -91,4 +96,29 @@ pub(crate) fn split_list(value: &str) -> Vec<String> {
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(pairs: &[(&str, &str)]) -> Result<DeltaSinkConfig> {
+        DeltaSinkConfig::from_options(Options::new(
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )?)
+    }
+
+    #[test]
+    fn a_primary_key_is_a_list_and_excludes_the_append_only_file_options() {
+        let c = config(&[("path", "t"), ("primary_key", "day, channel")]).unwrap();
+        assert_eq!(c.primary_key, vec!["day", "channel"]);
+        let err = config(&[
+            ("path", "t"),
+            ("primary_key", "k"),
+            ("compact_file_count", "10"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("apply to appended tables"), "{err}");
+    }
 }
