@@ -8,6 +8,7 @@ mod event_time;
 mod planner;
 mod script;
 mod session;
+mod settings;
 mod stream_table;
 mod translate;
 mod types;

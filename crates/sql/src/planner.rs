@@ -16,7 +16,7 @@ use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::ast::{Query, Statement as SqlStatement};
 
 use datafusion::physical_expr::expressions::Column as PhysicalColumn;
-use laketide_connectors::{Options, build_sink, build_source, parse_duration};
+use laketide_connectors::{Options, build_sink, build_source};
 use laketide_engine::operators::{DEFAULT_UPDATE_INTERVAL, ProjectionOperator, UnionOperator};
 use laketide_engine::{
     CHANGE_COLUMN, Dataflow, NodeId, Sink, StreamMode, WatermarkStrategy, schema_with_change,
@@ -27,6 +27,7 @@ use crate::error::{Location, Result, SqlError, from_datafusion};
 use crate::event_time::{EventTimeOptions, event_time_options};
 use crate::script::{Script, Statement};
 use crate::session::planning_context;
+pub use crate::settings::{PipelineSettings, PlanOptions};
 use crate::stream_table::StreamTable;
 use crate::translate::{Relations, Translator};
 use crate::window_functions::KnownRelations;
@@ -52,73 +53,6 @@ pub struct PlannedPipeline {
     pub lake_paths: Vec<String>,
     /// The script's `SET` statements.
     pub settings: PipelineSettings,
-}
-
-/// Settings a pipeline file makes with `SET name = 'value'`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PipelineSettings {
-    /// `SET checkpoint_interval = '5s'`: time between checkpoints (the command line's
-    /// `--checkpoint-interval` overrides it).
-    pub checkpoint_interval: Option<Duration>,
-    /// `SET update_interval = '1s'`: how often updating aggregates emit the results that
-    /// changed (`0s`: at every batch; the command line's `--update-interval` overrides it).
-    pub update_interval: Option<Duration>,
-    /// `SET state_ttl = '1d'`: keys of updating queries that have not changed for this long
-    /// (processing time) are dropped from their state.
-    pub state_ttl: Option<Duration>,
-}
-
-/// The names `SET` accepts.
-const SETTINGS: &[&str] = &["checkpoint_interval", "update_interval", "state_ttl"];
-
-impl PipelineSettings {
-    fn set(&mut self, name: &str, value: &str, location: Location) -> Result<()> {
-        match name {
-            "checkpoint_interval" => match parse_duration(value) {
-                Some(d) if !d.is_zero() => self.checkpoint_interval = Some(d),
-                _ => {
-                    return Err(SqlError::plan(
-                        location,
-                        format!(
-                            "checkpoint_interval must be a duration such as '10s' or '500ms', not '{value}'"
-                        ),
-                    ));
-                }
-            },
-            "update_interval" => match parse_duration(value) {
-                Some(d) => self.update_interval = Some(d),
-                None => {
-                    return Err(SqlError::plan(
-                        location,
-                        format!(
-                            "update_interval must be a duration such as '1s' or '0s', not '{value}'"
-                        ),
-                    ));
-                }
-            },
-            "state_ttl" => match parse_duration(value) {
-                Some(d) if !d.is_zero() => self.state_ttl = Some(d),
-                _ => {
-                    return Err(SqlError::plan(
-                        location,
-                        format!(
-                            "state_ttl must be a duration such as '1d' or '12h', not '{value}'"
-                        ),
-                    ));
-                }
-            },
-            other => {
-                return Err(SqlError::plan(
-                    location,
-                    format!(
-                        "unknown setting `{other}`; settings are: {}",
-                        SETTINGS.join(", ")
-                    ),
-                ));
-            }
-        }
-        Ok(())
-    }
 }
 
 /// Declares tables and views and plans queries against them.
@@ -661,14 +595,6 @@ fn updating_refused(sink: &str, connector: &str, why: &str) -> String {
     format!(
         "the query into `{sink}` produces an updating result (a row per key that changes as input arrives, as from a GROUP BY without a window), and the {connector} sink cannot take it: {why}. Ways out: aggregate over a window (TUMBLE, HOP or SESSION) so that every result is final, or write to a sink that applies changes (delta or dynamodb with `primary_key` equal to the query's GROUP BY columns) or writes them as a changelog (filesystem, kinesis, webhook, console)"
     )
-}
-
-/// Options of planning that come from outside the script (command-line flags); each one set
-/// overrides the script's `SET`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PlanOptions {
-    /// `--update-interval`: how often updating aggregates emit changed results.
-    pub update_interval: Option<Duration>,
 }
 
 /// Plans a whole script: every `INSERT INTO` becomes part of one dataflow sharing sources.

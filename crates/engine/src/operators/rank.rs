@@ -37,9 +37,9 @@ pub struct RankSpec {
 /// number (ties go to the earlier row), and the row itself (row format of all input columns).
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Kept {
-    sort: Box<[u8]>,
+    sort: Arc<[u8]>,
     seq: u64,
-    row: Box<[u8]>,
+    row: Arc<[u8]>,
 }
 
 /// Keeps the first `limit` rows of each partition by the ORDER BY and emits them with their
@@ -117,8 +117,10 @@ impl RankOperator {
             .map(|c| timestamp_values(batch.column(c)).map(|v| v.values().to_vec()))
             .transpose()?;
         let limit = self.spec.limit;
+        // Each changed partition with its rows before the batch (cheap clones: shared bytes),
+        // in the order they first changed.
         let mut changed: Vec<(Box<[u8]>, Vec<Kept>)> = Vec::new();
-        let mut seen: std::collections::HashSet<Box<[u8]>> = std::collections::HashSet::new();
+        let mut seen: HashMap<Box<[u8]>, ()> = HashMap::new();
         for i in 0..n {
             let sort = sorts.row(i);
             let key = keys.row(i).data();
@@ -134,9 +136,10 @@ impl RankOperator {
             if list.len() == limit && list.last().is_some_and(|l| *l.sort <= *sort.data()) {
                 continue;
             }
-            if !seen.contains(key) {
-                seen.insert(Box::from(key));
-                changed.push((Box::from(key), list.clone()));
+            if !seen.contains_key(key) {
+                let key: Box<[u8]> = Box::from(key);
+                seen.insert(key.clone(), ());
+                changed.push((key, list.clone()));
             }
             let seq = match seqs {
                 Some(s) => s.value(i),
@@ -149,9 +152,9 @@ impl RankOperator {
             list.insert(
                 at,
                 Kept {
-                    sort: Box::from(sort.data()),
+                    sort: Arc::from(sort.data()),
                     seq,
-                    row: Box::from(rows.row(i).data()),
+                    row: Arc::from(rows.row(i).data()),
                 },
             );
             list.truncate(limit);
