@@ -421,3 +421,40 @@ async fn top_n_and_deduplication_into_delta_equal_the_batch_row_numbers() {
         common::assert_same_rows(&format!("{table} (ROW_NUMBER)"), &stored, &expected);
     }
 }
+
+#[test]
+fn query_reads_a_nexmark_table_as_every_event_it_generates() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("nx.sql"),
+        "CREATE TABLE bid (auction BIGINT, price BIGINT, date_time TIMESTAMP(3))
+           WITH (connector = 'nexmark', table = 'bid', events = '1000');
+         CREATE TABLE out WITH (connector = 'blackhole');
+         INSERT INTO out SELECT auction, count(*) FROM bid GROUP BY auction;",
+    )
+    .unwrap();
+    let out = laketide(
+        dir.path(),
+        &[
+            "query",
+            "-f",
+            "nx.sql",
+            "--format",
+            "csv",
+            "SELECT count(*), count(DISTINCT auction) > 1 FROM bid",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("920,true"),
+        "46 of every 50 events are bids: {}",
+        text(&out.stdout)
+    );
+    let run = laketide(dir.path(), &["run", "nx.sql", "--quiet"]);
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    assert!(
+        text(&run.stderr).contains("920 records in"),
+        "{}",
+        text(&run.stderr)
+    );
+}

@@ -155,7 +155,7 @@ pub fn build_source(
 
 /// Reads everything a source holds right now (a bounded read), for ad-hoc queries over a
 /// pipeline's inputs. Bad records are skipped and counted rather than dead-lettered again.
-/// Only file sources can be read this way.
+/// File sources can be read this way, and Nexmark sources (every event they generate).
 pub async fn snapshot_source(
     table: &str,
     schema: SchemaRef,
@@ -172,21 +172,31 @@ pub async fn snapshot_source(
                 config.on_error = OnError::Skip;
             }
             let bad = Arc::new(BadRecords::new(table, config.on_error.clone()));
-            let mut source = FileSource::new(config, schema, bad);
-            source.open().await?;
-            let mut batches = Vec::new();
-            loop {
-                match source.poll_next().await? {
-                    SourcePoll::Batch { batch, .. } => batches.push(batch),
-                    SourcePoll::Finished => return Ok(batches),
-                    _ => {}
-                }
-            }
+            read_all(Box::new(FileSource::new(config, schema, bad))).await
+        }
+        // Deterministic: its snapshot is every event it generates.
+        "nexmark" => {
+            split_schema("nexmark", &schema, metadata, &[])?;
+            let config = NexmarkSourceConfig::from_options(options)?;
+            read_all(Box::new(NexmarkSource::new(config, schema)?)).await
         }
         "kinesis" => Err(ConnectorError::InvalidOption(format!(
             "table `{table}` reads a Kinesis stream, which has no snapshot to query; query the tables it feeds"
         ))),
         other => Err(unknown(other, "source", SOURCE_CONNECTORS)),
+    }
+}
+
+/// Every batch of a bounded source.
+async fn read_all(mut source: Box<dyn Source>) -> Result<Vec<RecordBatch>> {
+    source.open().await?;
+    let mut batches = Vec::new();
+    loop {
+        match source.poll_next().await? {
+            SourcePoll::Batch { batch, .. } => batches.push(batch),
+            SourcePoll::Finished => return Ok(batches),
+            _ => {}
+        }
     }
 }
 
