@@ -290,8 +290,18 @@ async fn main() -> ExitCode {
         Command::Bench {
             suite: BenchSuite::Nexmark,
             events,
-            ..
-        } => bench_nexmark::bench_nexmark(events).await,
+            dir,
+            s3_lake,
+            dynamodb,
+        } => {
+            if dir.is_some() || s3_lake.is_some() || dynamodb.is_some() {
+                Err(laketide::CliError::Usage(
+                    "--dir, --s3-lake and --dynamodb belong to the clickstream benchmark, not to --suite nexmark".into(),
+                ))
+            } else {
+                bench_nexmark::bench_nexmark(events).await
+            }
+        }
         Command::Bench {
             suite: BenchSuite::Clickstream,
             events,
