@@ -37,6 +37,41 @@ pub fn with_op_column(batch: &RecordBatch, short: bool) -> Result<RecordBatch> {
     )?)
 }
 
+/// For sinks keyed by `primary_key` (DynamoDB, Delta with `primary_key`): an updating result
+/// must be keyed by exactly those columns, so that each key's row is `one` (an item, a table
+/// row). Append-only rows are always accepted.
+pub fn check_primary_key(
+    schema: &Schema,
+    mode: &StreamMode,
+    primary_key: &[String],
+    one: &str,
+) -> std::result::Result<(), String> {
+    let StreamMode::Updating { key } = mode else {
+        return Ok(());
+    };
+    let mut names: Vec<&str> = key
+        .iter()
+        .map(|k| schema.field(*k).name().as_str())
+        .collect();
+    let mut primary: Vec<&str> = primary_key.iter().map(String::as_str).collect();
+    names.sort_unstable();
+    primary.sort_unstable();
+    if names.is_empty() {
+        return Err(
+            "the query's result has no key that identifies its rows (select the GROUP BY columns)"
+                .into(),
+        );
+    }
+    if names != primary {
+        return Err(format!(
+            "its `primary_key` ({}) must be the query's key, the GROUP BY columns ({}), so that each key's row is {one}",
+            primary.join(", "),
+            names.join(", ")
+        ));
+    }
+    Ok(())
+}
+
 /// The schema [`with_op_column`] gives batches of `schema` (an updating stream's).
 pub fn op_schema(schema: &Schema) -> SchemaRef {
     let data = schema.fields().len().saturating_sub(1);

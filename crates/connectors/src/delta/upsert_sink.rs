@@ -19,6 +19,7 @@ use super::config::DeltaSinkConfig;
 use super::merge::{changes_schema, merge, net_changes, to_changes};
 use super::staging::ChangeFiles;
 use super::table::{delta_error, open_table};
+use crate::changelog::check_primary_key;
 
 /// How often a MERGE is attempted when other writers take the next table version.
 const MERGE_ATTEMPTS: usize = 50;
@@ -174,27 +175,7 @@ impl Sink for DeltaUpsertSink {
     /// Takes an updating result keyed by exactly the `primary_key` columns, or append-only rows
     /// (each the new row of its key).
     fn accepts(&self, schema: &Schema, mode: &StreamMode) -> std::result::Result<(), String> {
-        let StreamMode::Updating { key } = mode else {
-            return Ok(());
-        };
-        let mut names: Vec<&str> = key
-            .iter()
-            .map(|k| schema.field(*k).name().as_str())
-            .collect();
-        let mut primary: Vec<&str> = self.config.primary_key.iter().map(String::as_str).collect();
-        names.sort_unstable();
-        primary.sort_unstable();
-        if names.is_empty() {
-            return Err("the query's result has no key that identifies its rows (select the GROUP BY columns)".into());
-        }
-        if names != primary {
-            return Err(format!(
-                "its `primary_key` ({}) must be the query's key, the GROUP BY columns ({}), so that the table holds one row per key",
-                primary.join(", "),
-                names.join(", ")
-            ));
-        }
-        Ok(())
+        check_primary_key(schema, mode, &self.config.primary_key, "one table row")
     }
 
     fn status(&self) -> Option<Arc<ServiceStatus>> {

@@ -24,6 +24,7 @@ use super::config::{DynamoDbSinkConfig, WriteMode};
 use super::item::{Item, MAX_ITEM_BYTES, batch_items, item_size};
 use super::table::{ensure_table, key_attributes};
 use crate::aws::{Backoff, RetryPolicy, call_with_retries};
+use crate::changelog::check_primary_key;
 use crate::error::ConnectorError;
 use crate::format::RowEncoder;
 
@@ -366,25 +367,9 @@ impl Sink for DynamoDbSink {
     /// Takes an updating result keyed by exactly the `primary_key` columns, written as whole
     /// items (not with `mode = 'update'` or `version_column`).
     fn accepts(&self, schema: &Schema, mode: &StreamMode) -> std::result::Result<(), String> {
-        let StreamMode::Updating { key } = mode else {
+        check_primary_key(schema, mode, &self.config.primary_key, "one item")?;
+        if !mode.is_updating() {
             return Ok(());
-        };
-        let mut names: Vec<&str> = key
-            .iter()
-            .map(|k| schema.field(*k).name().as_str())
-            .collect();
-        let mut primary: Vec<&str> = self.config.primary_key.iter().map(String::as_str).collect();
-        names.sort_unstable();
-        primary.sort_unstable();
-        if names.is_empty() {
-            return Err("the query's result has no key that identifies its rows (select the GROUP BY columns)".into());
-        }
-        if names != primary {
-            return Err(format!(
-                "its `primary_key` ({}) must be the query's key, the GROUP BY columns ({}), so that each key's row is one item",
-                primary.join(", "),
-                names.join(", ")
-            ));
         }
         if self.config.mode != WriteMode::Upsert || self.config.version_column.is_some() {
             return Err("`mode = 'update'` and `version_column` apply to append-only results; an updating result replaces and deletes whole items".into());
