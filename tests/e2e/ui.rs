@@ -769,3 +769,57 @@ fn the_token_variable_is_ignored_without_ui_and_checked_with_it() {
     assert!(stderr.contains("the dashboard token must be"), "{stderr}");
     assert!(!stderr.contains("two words"), "{stderr}");
 }
+
+#[test]
+fn an_updating_sink_shows_its_current_rows_by_key_in_the_served_status() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("in")).unwrap();
+    std::fs::write(
+        dir.path().join("p.sql"),
+        "SET update_interval = '0s';
+         CREATE TABLE page_views (
+           event_id BIGINT, user_id TEXT, page TEXT, action TEXT, amount DOUBLE, ts TIMESTAMP)
+         WITH (connector = 'file', path = 'in/', format = 'json', mode = 'continuous',
+               poll_interval = '100ms', batch_size = '10');
+         CREATE TABLE per_page WITH (connector = 'console');
+         INSERT INTO per_page SELECT page, count(*) AS views FROM page_views GROUP BY page;",
+    )
+    .unwrap();
+    // 200 events over 4 pages: every page's count changes many times.
+    write_events(&dir.path().join("in"), 0, 200);
+    let run = Running::start(dir.path(), "p.sql", "127.0.0.1:0", &[], &[]);
+    let base = run.base();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let rows = loop {
+        let body = http(&format!("{base}/api/status"), &[], None).body;
+        let status: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        let sink = &status["results"]["per_page"];
+        let total: u64 = sink["rows"]
+            .as_array()
+            .map(|rows| rows.iter().map(|r| r[1].as_u64().unwrap_or(0)).sum())
+            .unwrap_or(0);
+        if total == 200 {
+            assert_eq!(sink["current"], true, "{sink}");
+            assert_eq!(
+                sink["columns"].as_array().unwrap().len(),
+                2,
+                "no change column: {sink}"
+            );
+            break sink["rows"].as_array().unwrap().clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the current rows never added up: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    // One row per page (not a tail of changes), their counts those of the input.
+    let mut pages: Vec<String> = rows
+        .iter()
+        .map(|r| r[0].as_str().unwrap().to_string())
+        .collect();
+    pages.sort();
+    assert_eq!(pages, ["/cart", "/checkout", "/home", "/products"]);
+    let (_, err) = run.stop();
+    assert!(err.contains("finished"), "{err}");
+}
