@@ -105,6 +105,7 @@ pub fn settings(
             crc32fast::hash(planned.dataflow.explain().as_bytes())
         ),
         recovery,
+        incremental: true,
     }))
 }
 

@@ -41,6 +41,7 @@ fn bench_checkpoints(dir: &Path) -> Result<CheckpointSettings> {
         pipeline_name: "bench".into(),
         fingerprint: "bench".into(),
         recovery: Recovery::FromScratch,
+        incremental: true,
     })
 }
 

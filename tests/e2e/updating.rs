@@ -253,7 +253,17 @@ fn the_nexmark_benchmark_checks_every_query_against_the_batch_query() {
     );
     let printed = text(&out.stdout);
     assert!(out.status.success(), "{printed}{}", text(&out.stderr));
-    for q in ["q0", "q1", "q2", "q15", "q16", "q17", "q18", "q19"] {
+    for q in [
+        "q0",
+        "q1",
+        "q2",
+        "q15",
+        "q16",
+        "q17",
+        "q18",
+        "q19",
+        "auction totals",
+    ] {
         assert!(
             printed.contains(&format!("bench nexmark {q} (")) && printed.contains("% of q0"),
             "{printed}"
@@ -263,9 +273,15 @@ fn the_nexmark_benchmark_checks_every_query_against_the_batch_query() {
         printed
             .matches("the result equals the DataFusion batch query")
             .count(),
-        8,
+        9,
         "{printed}"
     );
+    for kind in ["an incremental", "a full"] {
+        assert!(
+            printed.contains(&format!("with {kind} checkpoint every second")),
+            "{printed}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -44,5 +44,5 @@ pub use operator::{Operator, Output};
 pub use runner::{RunOptions, RunSummary, run};
 pub use sink::{Sink, SinkSummary};
 pub use source::{Source, SourcePoll, SplitId};
-pub use state::NodeState;
+pub use state::{KeyedTable, NodeState, TableChanges};
 pub use watermark::{InputWatermarks, SplitWatermarks, WatermarkStrategy};

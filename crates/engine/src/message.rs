@@ -29,6 +29,10 @@ pub struct CheckpointBarrier {
     pub id: u64,
     /// Wall-clock time the checkpoint was started, in milliseconds since the epoch.
     pub started_at_ms: i64,
+    /// The newest checkpoint stored before this one was started (in this run, or the one the
+    /// run recovered from): an operator may save only what changed since its snapshot for
+    /// that checkpoint (a [`crate::KeyedTable::Delta`]). `None`: save everything.
+    pub base: Option<u64>,
 }
 
 /// One item on a dataflow edge. Order on an edge is preserved end to end.

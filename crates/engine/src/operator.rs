@@ -79,10 +79,11 @@ pub const TICK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(
 ///   that hold nothing use the default, which forwards it.
 /// - `finish` is called once, after every input has ended; the operator emits everything it
 ///   still holds. No method is called after it.
-/// - Checkpoints: `snapshot` is called when a checkpoint barrier has arrived on every input,
-///   between two messages; it returns everything the operator holds (open windows, sessions,
-///   its watermark) and leaves the operator able to go on. `restore` is called once, before
-///   the first message, when the run recovers from a checkpoint.
+/// - Checkpoints: `snapshot_at` is called when a checkpoint barrier has arrived on every
+///   input, between two messages; it returns everything the operator holds (open windows,
+///   sessions, its watermark), or for keyed tables what changed since the barrier's base, and
+///   leaves the operator able to go on. `restore` is called once, before the first message,
+///   when the run recovers from a checkpoint.
 /// - `on_tick` is called about every [`TICK_INTERVAL`] of wall time between messages, also
 ///   when none arrive, for work an operator deferred (emitting closed sessions in batches).
 ///   What it emits follows the rules above; it must not depend on being called at any given
@@ -139,6 +140,16 @@ pub trait Operator: Send + 'static {
     /// Everything the operator holds, for a checkpoint. Stateless operators keep the default.
     fn snapshot(&mut self) -> Result<NodeState> {
         Ok(NodeState::empty())
+    }
+
+    /// The state for checkpoint `barrier.id`. An operator with large keyed state may return,
+    /// for a keyed table, only what changed since its snapshot for `barrier.base` (a
+    /// [`crate::KeyedTable::Delta`] naming that base); it must then keep track of changes
+    /// since every snapshot that may still become a base (a checkpoint can fail to be
+    /// stored, and the next barrier then names an older base). The default is `snapshot`.
+    fn snapshot_at(&mut self, barrier: &crate::CheckpointBarrier) -> Result<NodeState> {
+        let _ = barrier;
+        self.snapshot()
     }
 
     /// Takes back what `snapshot` saved; called before the first message on recovery.

@@ -14,10 +14,64 @@ use serde::de::DeserializeOwned;
 
 use crate::error::{EngineError, Result};
 
-/// The saved state of one node: named tables. An empty state means "nothing to restore".
+/// The saved state of one node: named tables, written whole, and named keyed tables, which
+/// may be written incrementally. An empty state means "nothing to restore".
 #[derive(Debug, Clone, Default)]
 pub struct NodeState {
     tables: Vec<(String, RecordBatch)>,
+    keyed: Vec<(String, KeyedTable)>,
+}
+
+/// What changed in a keyed table (one current row per key): the current rows of the keys
+/// that changed, and the keys that were removed. Applying changes means removing the
+/// `removed` keys, then putting the `rows` (a key both removed and changed again is in both).
+#[derive(Debug, Clone)]
+pub struct TableChanges {
+    /// Current rows of the changed keys: the key columns first, then the operator's values.
+    pub rows: RecordBatch,
+    /// The key columns of the removed keys, if any were removed.
+    pub removed: Option<RecordBatch>,
+}
+
+/// A keyed table in a snapshot or as restored. Large keyed state is saved incrementally: a
+/// checkpoint writes the keys changed since the checkpoint its snapshot was based on
+/// ([`crate::CheckpointBarrier::base`]), and its manifest refers to that checkpoint's files
+/// for the rest, so the cost of a checkpoint follows what changed, not what is kept.
+#[derive(Debug, Clone)]
+pub enum KeyedTable {
+    /// Every current row.
+    Full(RecordBatch),
+    /// What changed since the stored checkpoint `base` (which must be the barrier's base):
+    /// the table of this checkpoint is `base`'s table with these changes applied.
+    Delta {
+        /// The checkpoint whose table this extends.
+        base: u64,
+        /// The changes since it.
+        changes: TableChanges,
+    },
+    /// As restored from checkpoint `checkpoint`: the full table as the first part (with no
+    /// removals), then the changes of later checkpoints, oldest first. Applying them in order
+    /// gives the saved table. The next snapshot may be a delta against `checkpoint`.
+    Restored {
+        /// The checkpoint restored from.
+        checkpoint: u64,
+        /// The parts, oldest first.
+        parts: Vec<TableChanges>,
+    },
+}
+
+impl KeyedTable {
+    /// The parts to apply in order, for a restore: a full table or a delta is one part.
+    pub fn parts(&self) -> Vec<TableChanges> {
+        match self {
+            KeyedTable::Restored { parts, .. } => parts.clone(),
+            KeyedTable::Delta { changes, .. } => vec![changes.clone()],
+            KeyedTable::Full(rows) => vec![TableChanges {
+                rows: rows.clone(),
+                removed: None,
+            }],
+        }
+    }
 }
 
 /// Name of the table that [`NodeState::json`] writes.
@@ -31,7 +85,26 @@ impl NodeState {
 
     /// True when the node saved nothing.
     pub fn is_empty(&self) -> bool {
-        self.tables.is_empty()
+        self.tables.is_empty() && self.keyed.is_empty()
+    }
+
+    /// Adds a keyed table. Names are unique within a node's keyed tables; adding a name twice
+    /// replaces it.
+    pub fn with_keyed_table(mut self, name: impl Into<String>, table: KeyedTable) -> Self {
+        let name = name.into();
+        self.keyed.retain(|(n, _)| *n != name);
+        self.keyed.push((name, table));
+        self
+    }
+
+    /// The keyed table called `name`, if saved.
+    pub fn keyed_table(&self, name: &str) -> Option<&KeyedTable> {
+        self.keyed.iter().find(|(n, _)| n == name).map(|(_, t)| t)
+    }
+
+    /// All keyed tables, in the order they were added.
+    pub fn keyed_tables(&self) -> &[(String, KeyedTable)] {
+        &self.keyed
     }
 
     /// Adds a table. Names are unique within a node; adding a name twice replaces it.

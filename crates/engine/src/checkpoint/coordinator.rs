@@ -47,6 +47,11 @@ pub(crate) struct Coordinator {
     pub interval: std::time::Duration,
     pub fingerprint: String,
     pub next_id: u64,
+    /// The newest stored checkpoint (in this run, or the one it recovered from): the base
+    /// of the next one's incremental snapshots.
+    pub base: Option<u64>,
+    /// Whether snapshots may be incremental; without, barriers name no base.
+    pub incremental: bool,
     pub nodes: usize,
     pub sources: Vec<mpsc::UnboundedSender<Trigger>>,
     pub reports: mpsc::UnboundedReceiver<Report>,
@@ -131,7 +136,11 @@ impl Coordinator {
         for source in &self.sources {
             // A source that is gone has failed or been aborted; the run ends with its error.
             let _ = source.send(Trigger {
-                barrier: CheckpointBarrier { id, started_at_ms },
+                barrier: CheckpointBarrier {
+                    id,
+                    started_at_ms,
+                    base: self.base.filter(|_| self.incremental),
+                },
                 last,
             });
         }
@@ -153,9 +162,11 @@ impl Coordinator {
                     status.id = id;
                     status.completed_at_ms = checkpoint.completed_at_ms;
                     status.bytes = bytes;
+                    status.written_bytes += bytes;
                     status.duration_ms = duration_ms;
                 }
                 tracing::info!(checkpoint = id, bytes, duration_ms, "checkpoint stored");
+                self.base = Some(id);
                 let _ = self.committed.send(id);
                 self.store.clean_up(id).await;
                 Ok(())

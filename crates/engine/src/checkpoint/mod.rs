@@ -41,6 +41,9 @@ pub struct CheckpointSettings {
     pub fingerprint: String,
     /// What to do with existing checkpoints.
     pub recovery: Recovery,
+    /// Whether operators may save only what changed since the previous checkpoint (see
+    /// [`crate::KeyedTable`]); `false` writes every table in full each time.
+    pub incremental: bool,
 }
 
 /// The last completed checkpoint, for the status line, the dashboard and metrics.
@@ -52,6 +55,8 @@ pub struct CheckpointInfo {
     pub completed_at_ms: i64,
     /// Bytes written to the store.
     pub bytes: u64,
+    /// Bytes written by all checkpoints of this run.
+    pub written_bytes: u64,
     /// From the trigger to the stored manifest.
     pub duration_ms: u64,
     /// Checkpoints that could not be stored (the next one covers their data).

@@ -9,20 +9,34 @@
 //!
 //! The manifest names every table file with its size and CRC-32, so a partly written or
 //! damaged checkpoint is detected when it is loaded, and the previous one is used instead.
+//!
+//! A keyed table ([`KeyedTable`]) is saved as a chain of parts: a full table, then the
+//! changes of later checkpoints. A checkpoint whose snapshot is a delta writes only its
+//! changes and lists the earlier parts of its base's chain, which stay in their folders:
+//!
+//! ```text
+//! chk-…43/0003-results.arrow          the changed rows of checkpoint 43
+//! chk-…43/0003-results.removed.arrow  the keys it removed
+//! chk-…43/_manifest.json              results = [chk-…40 full, chk-…42 changes, chk-…43 changes]
+//! ```
+//!
+//! Clean-up keeps every folder that a retained manifest refers to.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use datafusion::arrow::record_batch::RecordBatch;
 use futures::TryStreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{EngineError, Result};
-use crate::state::{NodeState, decode_ipc, encode_ipc};
+use crate::state::{KeyedTable, NodeState, TableChanges, decode_ipc, encode_ipc};
 
-/// Version of the checkpoint layout; a checkpoint of another version is not loaded.
-pub const FORMAT_VERSION: u32 = 1;
+/// Version of the checkpoint layout written; checkpoints of this and earlier versions (1:
+/// without keyed tables) are loaded, others are refused.
+pub const FORMAT_VERSION: u32 = 2;
 const MANIFEST: &str = "_manifest.json";
 const FOLDER_PREFIX: &str = "chk-";
 
@@ -65,14 +79,39 @@ struct ManifestNode {
     id: usize,
     name: String,
     tables: Vec<ManifestTable>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    keyed: Vec<ManifestChain>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 struct ManifestTable {
     name: String,
+    #[serde(flatten)]
+    data: ManifestFile,
+}
+
+/// One file: its name inside the folder of the checkpoint that wrote it, size and CRC-32.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ManifestFile {
     file: String,
     bytes: u64,
     crc32: u32,
+}
+
+/// A keyed table: its parts, oldest (the full table) first.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ManifestChain {
+    name: String,
+    parts: Vec<ManifestPart>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ManifestPart {
+    /// The checkpoint whose folder holds the files.
+    checkpoint: u64,
+    rows: ManifestFile,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    removed: Option<ManifestFile>,
 }
 
 /// Reads and writes checkpoints under one prefix of an object store.
@@ -131,34 +170,73 @@ impl CheckpointStore {
         EngineError::external(format!("{what} in {}", self.location), e.to_string())
     }
 
-    /// Writes a checkpoint: every table, then the manifest. Returns the bytes written.
+    /// Writes a checkpoint: every table, then the manifest. Returns the bytes written. A
+    /// keyed table that is a delta extends the chain of the same node's table in its base
+    /// checkpoint, which must be stored here.
     pub async fn write(&self, checkpoint: &Checkpoint) -> Result<u64> {
-        let folder = self.folder(checkpoint.id);
+        let mut files = FileWriter {
+            store: self,
+            folder: self.folder(checkpoint.id),
+            checkpoint: checkpoint.id,
+            bytes: 0,
+        };
+        let mut bases: BTreeMap<u64, Manifest> = BTreeMap::new();
         let mut nodes = Vec::with_capacity(checkpoint.nodes.len());
-        let mut total = 0u64;
         for (key, state) in &checkpoint.nodes {
             let mut tables = Vec::new();
             for (name, batch) in state.tables() {
-                let bytes = encode_ipc(batch)?;
-                let file = format!("{:04}-{}.arrow", key.id, sanitize(name));
-                let crc32 = crc32fast::hash(&bytes);
-                let len = bytes.len() as u64;
-                self.store
-                    .put(&folder.clone().join(file.as_str()), PutPayload::from(bytes))
-                    .await
-                    .map_err(|e| self.failed(format!("writing checkpoint {}", checkpoint.id), e))?;
-                total += len;
+                let data = files
+                    .put(&format!("{:04}-{}", key.id, sanitize(name)), batch)
+                    .await?;
                 tables.push(ManifestTable {
                     name: name.clone(),
-                    file,
-                    bytes: len,
-                    crc32,
+                    data,
+                });
+            }
+            let mut keyed = Vec::new();
+            for (name, table) in state.keyed_tables() {
+                let stem = format!("{:04}-{}", key.id, sanitize(name));
+                let (mut parts, changes) = match table {
+                    KeyedTable::Full(rows) => (
+                        Vec::new(),
+                        TableChanges {
+                            rows: rows.clone(),
+                            removed: None,
+                        },
+                    ),
+                    KeyedTable::Delta { base, changes } => {
+                        if !bases.contains_key(base) {
+                            bases.insert(*base, self.manifest_of_base(*base, checkpoint.id).await?);
+                        }
+                        (base_chain(&bases[base], key, name)?, changes.clone())
+                    }
+                    KeyedTable::Restored { .. } => {
+                        return Err(EngineError::Internal(format!(
+                            "{} snapshotted a restored table {name}",
+                            key.name
+                        )));
+                    }
+                };
+                let rows = files.put(&stem, &changes.rows).await?;
+                let removed = match &changes.removed {
+                    Some(r) => Some(files.put(&format!("{stem}.removed"), r).await?),
+                    None => None,
+                };
+                parts.push(ManifestPart {
+                    checkpoint: checkpoint.id,
+                    rows,
+                    removed,
+                });
+                keyed.push(ManifestChain {
+                    name: name.clone(),
+                    parts,
                 });
             }
             nodes.push(ManifestNode {
                 id: key.id,
                 name: key.name.clone(),
                 tables,
+                keyed,
             });
         }
         let manifest = Manifest {
@@ -171,12 +249,73 @@ impl CheckpointStore {
         };
         let text = serde_json::to_vec_pretty(&manifest)
             .map_err(|e| EngineError::Internal(format!("serializing a manifest: {e}")))?;
-        total += text.len() as u64;
+        let total = files.bytes + text.len() as u64;
         self.store
-            .put(&folder.clone().join(MANIFEST), PutPayload::from(text))
+            .put(&files.folder.clone().join(MANIFEST), PutPayload::from(text))
             .await
             .map_err(|e| self.failed(format!("writing checkpoint {}", checkpoint.id), e))?;
         Ok(total)
+    }
+
+    /// The manifest of `base`, which checkpoint `id` extends.
+    async fn manifest_of_base(&self, base: u64, id: u64) -> Result<Manifest> {
+        self.manifest(base).await?.ok_or_else(|| {
+            EngineError::Internal(format!(
+                "checkpoint {id} extends checkpoint {base}, which is not stored in {}",
+                self.location
+            ))
+        })
+    }
+
+    /// Reads the manifest of checkpoint `id`: `None` when it has none (incomplete).
+    async fn manifest(&self, id: u64) -> Result<Option<Manifest>> {
+        let path = self.folder(id).join(MANIFEST);
+        let bytes = match self.store.get(&path).await {
+            Ok(r) => r
+                .bytes()
+                .await
+                .map_err(|e| self.failed(format!("reading checkpoint {id}"), e))?,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(self.failed(format!("reading checkpoint {id}"), e)),
+        };
+        let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| {
+            EngineError::User(format!(
+                "checkpoint {id} in {} has an unreadable manifest: {e}",
+                self.location
+            ))
+        })?;
+        if manifest.format == 0 || manifest.format > FORMAT_VERSION {
+            return Err(EngineError::User(format!(
+                "checkpoint {id} in {} has format {} but this laketide reads formats up to {FORMAT_VERSION}",
+                self.location, manifest.format
+            )));
+        }
+        Ok(Some(manifest))
+    }
+
+    /// Reads one file a manifest lists, checking its size and CRC-32.
+    async fn read_file(
+        &self,
+        checkpoint: u64,
+        id: u64,
+        file: &ManifestFile,
+    ) -> Result<RecordBatch> {
+        let path = self.folder(checkpoint).join(file.file.as_str());
+        let bytes = self
+            .store
+            .get(&path)
+            .await
+            .map_err(|e| self.failed(format!("reading {path}"), e))?
+            .bytes()
+            .await
+            .map_err(|e| self.failed(format!("reading {path}"), e))?;
+        if bytes.len() as u64 != file.bytes || crc32fast::hash(&bytes) != file.crc32 {
+            return Err(EngineError::User(format!(
+                "checkpoint {id} in {}: {path} is damaged (size or CRC-32 differs from the manifest)",
+                self.location
+            )));
+        }
+        decode_ipc(bytes.to_vec())
     }
 
     /// Checkpoint folders found, newest first, with whether each has a manifest.
@@ -221,49 +360,36 @@ impl CheckpointStore {
         Ok(None)
     }
 
-    /// Loads checkpoint `id`: `None` without a manifest, an error when damaged.
+    /// Loads checkpoint `id`: `None` without a manifest, an error when damaged (also when a
+    /// part of a keyed table in an earlier folder is missing or damaged).
     pub async fn load(&self, id: u64) -> Result<Option<Checkpoint>> {
-        let folder = self.folder(id);
-        let manifest = match self.store.get(&folder.clone().join(MANIFEST)).await {
-            Ok(r) => r
-                .bytes()
-                .await
-                .map_err(|e| self.failed(format!("reading checkpoint {id}"), e))?,
-            Err(object_store::Error::NotFound { .. }) => return Ok(None),
-            Err(e) => return Err(self.failed(format!("reading checkpoint {id}"), e)),
+        let Some(manifest) = self.manifest(id).await? else {
+            return Ok(None);
         };
-        let manifest: Manifest = serde_json::from_slice(&manifest).map_err(|e| {
-            EngineError::User(format!(
-                "checkpoint {id} in {} has an unreadable manifest: {e}",
-                self.location
-            ))
-        })?;
-        if manifest.format != FORMAT_VERSION {
-            return Err(EngineError::User(format!(
-                "checkpoint {id} in {} has format {} but this laketide reads format {FORMAT_VERSION}",
-                self.location, manifest.format
-            )));
-        }
         let mut nodes = BTreeMap::new();
         for node in manifest.nodes {
             let mut state = NodeState::empty();
             for table in node.tables {
-                let path = folder.clone().join(table.file.as_str());
-                let bytes = self
-                    .store
-                    .get(&path)
-                    .await
-                    .map_err(|e| self.failed(format!("reading {path}"), e))?
-                    .bytes()
-                    .await
-                    .map_err(|e| self.failed(format!("reading {path}"), e))?;
-                if bytes.len() as u64 != table.bytes || crc32fast::hash(&bytes) != table.crc32 {
-                    return Err(EngineError::User(format!(
-                        "checkpoint {id} in {}: {} is damaged (size or CRC-32 differs from the manifest)",
-                        self.location, table.file
-                    )));
+                let batch = self.read_file(id, id, &table.data).await?;
+                state = state.with_table(table.name, batch);
+            }
+            for chain in node.keyed {
+                let mut parts = Vec::with_capacity(chain.parts.len());
+                for part in &chain.parts {
+                    let rows = self.read_file(part.checkpoint, id, &part.rows).await?;
+                    let removed = match &part.removed {
+                        Some(f) => Some(self.read_file(part.checkpoint, id, f).await?),
+                        None => None,
+                    };
+                    parts.push(TableChanges { rows, removed });
                 }
-                state = state.with_table(table.name, decode_ipc(bytes.to_vec())?);
+                state = state.with_keyed_table(
+                    chain.name,
+                    KeyedTable::Restored {
+                        checkpoint: id,
+                        parts,
+                    },
+                );
             }
             nodes.insert(
                 NodeKey {
@@ -292,8 +418,25 @@ impl CheckpointStore {
                 return;
             }
         };
-        // Newest first: keep `latest` and the `keep - 1` folders before it.
-        let older = ids.into_iter().filter(|id| *id <= latest).skip(self.keep);
+        // Newest first: keep `latest` and the `keep - 1` folders before it, and the folders
+        // their keyed tables refer to.
+        let candidates: Vec<u64> = ids.into_iter().filter(|id| *id <= latest).collect();
+        let mut referenced = std::collections::BTreeSet::new();
+        for id in candidates.iter().take(self.keep) {
+            match self.manifest(*id).await {
+                Ok(Some(m)) => referenced.extend(referenced_folders(&m)),
+                Ok(None) => {}
+                Err(e) => {
+                    // Without knowing what it refers to, nothing older may go.
+                    tracing::warn!(checkpoint = id, "reading a kept checkpoint's manifest: {e}");
+                    return;
+                }
+            }
+        }
+        let older = candidates
+            .into_iter()
+            .skip(self.keep)
+            .filter(|id| !referenced.contains(id));
         for id in older {
             let folder = self.folder(id);
             let files: Vec<_> = match self.store.list(Some(&folder)).try_collect().await {
@@ -313,6 +456,66 @@ impl CheckpointStore {
             }
         }
     }
+}
+
+/// Writes the files of one checkpoint into its folder, counting the bytes.
+struct FileWriter<'a> {
+    store: &'a CheckpointStore,
+    folder: Path,
+    checkpoint: u64,
+    bytes: u64,
+}
+
+impl FileWriter<'_> {
+    /// Writes `batch` as `<stem>.arrow`.
+    async fn put(&mut self, stem: &str, batch: &RecordBatch) -> Result<ManifestFile> {
+        let bytes = encode_ipc(batch)?;
+        let file = format!("{stem}.arrow");
+        let crc32 = crc32fast::hash(&bytes);
+        let len = bytes.len() as u64;
+        self.store
+            .store
+            .put(
+                &self.folder.clone().join(file.as_str()),
+                PutPayload::from(bytes),
+            )
+            .await
+            .map_err(|e| {
+                self.store
+                    .failed(format!("writing checkpoint {}", self.checkpoint), e)
+            })?;
+        self.bytes += len;
+        Ok(ManifestFile {
+            file,
+            bytes: len,
+            crc32,
+        })
+    }
+}
+
+/// The parts of `node`'s keyed table `name` in the manifest of a base checkpoint.
+fn base_chain(base: &Manifest, node: &NodeKey, name: &str) -> Result<Vec<ManifestPart>> {
+    base.nodes
+        .iter()
+        .find(|n| n.id == node.id && n.name == node.name)
+        .and_then(|n| n.keyed.iter().find(|c| c.name == name))
+        .map(|c| c.parts.clone())
+        .ok_or_else(|| {
+            EngineError::Internal(format!(
+                "{} saved a delta of {name} against checkpoint {}, which has no such table",
+                node.name, base.checkpoint
+            ))
+        })
+}
+
+/// The checkpoint folders a manifest's keyed tables read from.
+fn referenced_folders(manifest: &Manifest) -> impl Iterator<Item = u64> + '_ {
+    manifest
+        .nodes
+        .iter()
+        .flat_map(|n| &n.keyed)
+        .flat_map(|c| &c.parts)
+        .map(|p| p.checkpoint)
 }
 
 /// Keeps file names portable.
@@ -401,6 +604,108 @@ mod tests {
         std::fs::write(folder(dir.path(), 4).join(MANIFEST), b"{\"format\":1,").unwrap();
         assert_eq!(store.latest().await.unwrap().unwrap().id, 1);
         assert_eq!(store.highest_id().await.unwrap(), 4);
+    }
+
+    fn int_batch(values: &[i64]) -> RecordBatch {
+        use datafusion::arrow::array::{ArrayRef, Int64Array};
+        RecordBatch::try_from_iter([("k", Arc::new(Int64Array::from(values.to_vec())) as ArrayRef)])
+            .unwrap()
+    }
+
+    fn keyed(id: u64, table: KeyedTable) -> Checkpoint {
+        let mut c = checkpoint(id, id);
+        let key = NodeKey {
+            id: 1,
+            name: "sink".into(),
+        };
+        c.nodes
+            .insert(key, NodeState::empty().with_keyed_table("rows", table));
+        c
+    }
+
+    fn folders_with_files(dir: &std::path::Path) -> Vec<u64> {
+        let mut ids: Vec<u64> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| std::fs::read_dir(p).unwrap().next().is_some())
+            .map(|p| {
+                p.file_name().unwrap().to_str().unwrap()[4..]
+                    .parse()
+                    .unwrap()
+            })
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    #[tokio::test]
+    async fn a_keyed_table_is_a_chain_of_a_full_table_and_deltas_kept_while_referenced() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::local(dir.path()).unwrap().keeping(1);
+        let delta = |base: u64, rows: &[i64], removed: Option<&[i64]>| KeyedTable::Delta {
+            base,
+            changes: TableChanges {
+                rows: int_batch(rows),
+                removed: removed.map(int_batch),
+            },
+        };
+        let everything: Vec<i64> = (0..100_000).collect();
+        let full = store
+            .write(&keyed(1, KeyedTable::Full(int_batch(&everything))))
+            .await
+            .unwrap();
+        store.clean_up(1).await;
+        let small = store
+            .write(&keyed(2, delta(1, &[4], Some(&[2]))))
+            .await
+            .unwrap();
+        store.clean_up(2).await;
+        store.write(&keyed(3, delta(2, &[5], None))).await.unwrap();
+        store.clean_up(3).await;
+        assert_eq!(
+            folders_with_files(dir.path()),
+            vec![1, 2, 3],
+            "3 refers to 1 and 2"
+        );
+
+        let latest = store.latest().await.unwrap().unwrap();
+        let state = &latest.nodes[&NodeKey {
+            id: 1,
+            name: "sink".into(),
+        }];
+        let Some(KeyedTable::Restored { checkpoint, parts }) = state.keyed_table("rows") else {
+            panic!("a restored keyed table");
+        };
+        assert_eq!(*checkpoint, 3);
+        assert_eq!(parts.len(), 3);
+        assert_eq!(parts[0].rows, int_batch(&everything));
+        assert_eq!(parts[1].rows, int_batch(&[4]));
+        assert_eq!(parts[1].removed, Some(int_batch(&[2])));
+        assert_eq!(
+            (parts[2].rows.clone(), parts[2].removed.clone()),
+            (int_batch(&[5]), None)
+        );
+        assert!(
+            small * 50 < full,
+            "a delta writes only its changes ({small} bytes, the full table {full})"
+        );
+
+        // A damaged part in an earlier folder makes the checkpoint unusable.
+        let file = folder(dir.path(), 1).join("0001-rows.arrow");
+        let good = std::fs::read(&file).unwrap();
+        std::fs::write(&file, &good[..good.len() - 3]).unwrap();
+        assert!(store.load(3).await.is_err());
+        std::fs::write(&file, &good).unwrap();
+
+        // A delta against a checkpoint that is not stored is refused.
+        assert!(store.write(&keyed(4, delta(9, &[6], None))).await.is_err());
+        // A full table ends the chain: the old folders go.
+        store
+            .write(&keyed(5, KeyedTable::Full(int_batch(&[7]))))
+            .await
+            .unwrap();
+        store.clean_up(5).await;
+        assert_eq!(folders_with_files(dir.path()), vec![5]);
     }
 
     #[tokio::test]

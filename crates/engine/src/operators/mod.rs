@@ -1,5 +1,6 @@
 //! The built-in operators.
 
+mod change_tracker;
 mod filter;
 mod grouped_state;
 mod keep_first;

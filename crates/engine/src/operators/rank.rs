@@ -4,18 +4,20 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{AsArray, UInt64Array};
+use datafusion::arrow::array::{ArrayRef, AsArray, UInt64Array};
 use datafusion::arrow::datatypes::{Field, SchemaRef, UInt64Type};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::HashMap;
 use datafusion::physical_expr::{PhysicalExpr, PhysicalSortExpr};
 
+use super::change_tracker::ChangeTracker;
 use super::rank_rows::{EncodedRows, RankRows};
+use super::window_aggregate::generic_batch;
 use crate::changelog::{ChangeKind, StreamMode};
 use crate::error::{EngineError, Result};
-use crate::message::Watermark;
+use crate::message::{CheckpointBarrier, Watermark};
 use crate::operator::{Operator, Output};
-use crate::state::NodeState;
+use crate::state::{KeyedTable, NodeState, TableChanges};
 use crate::time::{from_event_time, timestamp_unit, timestamp_values};
 
 /// What a rank operator computes.
@@ -42,6 +44,14 @@ struct Kept {
     row: Arc<[u8]>,
 }
 
+/// One partition: its kept rows, best first, and when they last changed (for incremental
+/// checkpoints: the epoch of [`ChangeTracker`]).
+#[derive(Debug, Default)]
+struct Partition {
+    rows: Vec<Kept>,
+    changed: u64,
+}
+
 /// Keeps the first `limit` rows of each partition by the ORDER BY and emits them with their
 /// row number. Updating form: per batch, each changed partition's new top rows are compared
 /// with its old ones position by position: a new position is `+I`, a changed one `-U`/`+U`
@@ -52,7 +62,11 @@ pub struct RankOperator {
     spec: RankSpec,
     input: SchemaRef,
     codec: RankRows,
-    top: HashMap<Box<[u8]>, Vec<Kept>>,
+    top: HashMap<Box<[u8]>, Partition>,
+    /// Rows kept in all partitions.
+    kept_rows: usize,
+    /// Which partitions changed since each snapshot (updating form).
+    changes: ChangeTracker,
     /// Windowed form: partitions per window end, for the watermark to close.
     ends: BTreeMap<i64, Vec<Box<[u8]>>>,
     watermark: Option<i64>,
@@ -92,6 +106,8 @@ impl RankOperator {
             spec,
             input,
             top: HashMap::new(),
+            kept_rows: 0,
+            changes: ChangeTracker::default(),
             ends: BTreeMap::new(),
             watermark: None,
             next_seq: 0,
@@ -117,6 +133,7 @@ impl RankOperator {
             .map(|c| timestamp_values(batch.column(c)).map(|v| v.values().to_vec()))
             .transpose()?;
         let limit = self.spec.limit;
+        let epoch = self.changes.epoch();
         // Each changed partition with its rows before the batch (cheap clones: shared bytes),
         // in the order they first changed.
         let mut changed: Vec<(Box<[u8]>, Vec<Kept>)> = Vec::new();
@@ -129,10 +146,12 @@ impl RankOperator {
                 if let Some(ends) = &ends {
                     self.ends.entry(ends[i]).or_default().push(Box::from(key));
                 }
+                let rows = Vec::with_capacity(limit.min(16));
                 self.top
-                    .insert(Box::from(key), Vec::with_capacity(limit.min(16)));
+                    .insert(Box::from(key), Partition { rows, changed: 0 });
             }
-            let list = self.top.get_mut(key).expect("inserted above");
+            let partition = self.top.get_mut(key).expect("inserted above");
+            let list = &mut partition.rows;
             if list.len() == limit && list.last().is_some_and(|l| *l.sort <= *sort.data()) {
                 continue;
             }
@@ -140,6 +159,7 @@ impl RankOperator {
                 let key: Box<[u8]> = Box::from(key);
                 seen.insert(key.clone(), ());
                 changed.push((key, list.clone()));
+                partition.changed = epoch;
             }
             let seq = match seqs {
                 Some(s) => s.value(i),
@@ -157,7 +177,11 @@ impl RankOperator {
                     row: Arc::from(rows.row(i).data()),
                 },
             );
-            list.truncate(limit);
+            if list.len() > limit {
+                list.truncate(limit);
+            } else {
+                self.kept_rows += 1;
+            }
         }
         Ok(changed)
     }
@@ -166,7 +190,7 @@ impl RankOperator {
     fn changelog(&self, changed: &[(Box<[u8]>, Vec<Kept>)]) -> Result<RecordBatch> {
         let mut out: Vec<(&[u8], u64, ChangeKind)> = Vec::new();
         for (key, before) in changed {
-            let after = &self.top[key];
+            let after = &self.top[key].rows;
             for (pos, new) in after.iter().enumerate() {
                 let rank = pos as u64 + 1;
                 match before.get(pos) {
@@ -192,8 +216,9 @@ impl RankOperator {
         let mut lists = Vec::new();
         for end in closing {
             for key in self.ends.remove(&end).unwrap_or_default() {
-                if let Some(list) = self.top.remove(&key) {
-                    lists.push(list);
+                if let Some(p) = self.top.remove(&key) {
+                    self.kept_rows -= p.rows.len();
+                    lists.push(p.rows);
                 }
             }
         }
@@ -298,22 +323,53 @@ impl Operator for RankOperator {
         Ok(())
     }
 
-    /// Table `kept`: the kept rows (the input's columns) and their arrival numbers; the
-    /// windowed form's watermark as JSON.
+    /// Keyed table `kept`: the kept rows (the input's columns) and their arrival numbers;
+    /// the windowed form's watermark and the next arrival number as JSON.
     fn snapshot(&mut self) -> Result<NodeState> {
-        let mut state = NodeState::json(&(self.watermark, self.next_seq))?;
-        let mut kept: Vec<&Kept> = self.top.values().flatten().collect();
-        // In arrival order, so that a restore folds them back with ties as they were.
-        kept.sort_unstable_by_key(|k| k.seq);
-        if !kept.is_empty() {
-            let rows: Vec<&[u8]> = kept.iter().map(|k| &*k.row).collect();
-            let mut columns = self.codec.decode(&rows)?;
-            columns.push(Arc::new(UInt64Array::from_iter_values(
-                kept.iter().map(|k| k.seq),
-            )));
-            state = state.with_table(KEPT_TABLE, super::window_aggregate::generic_batch(columns)?);
-        }
-        Ok(state)
+        let all: Vec<&Partition> = self.top.values().collect();
+        let rows = self.kept_batch(&all)?;
+        self.state_with(rows.map(KeyedTable::Full))
+    }
+
+    /// As `snapshot`; in the updating form `kept` holds only the partitions changed since
+    /// the snapshot at the barrier's base when that is worth it (a changed partition's rows
+    /// replace its earlier ones on restore). The windowed form's state is its open windows,
+    /// saved in full.
+    fn snapshot_at(&mut self, barrier: &CheckpointBarrier) -> Result<NodeState> {
+        let base = match self.spec.window_end {
+            None => self.changes.delta_base(barrier),
+            Some(_) => None,
+        };
+        let delta = base.and_then(|base| {
+            let changed: Vec<&Partition> = self
+                .top
+                .values()
+                .filter(|p| p.changed > base.since)
+                .collect();
+            let rows: usize = changed.iter().map(|p| p.rows.len()).sum();
+            self.changes
+                .worth_a_delta(&base, rows, self.kept_rows)
+                .then_some((base.base, changed, rows))
+        });
+        let (table, base, rows) = match delta {
+            Some((base, changed, rows)) => {
+                let batch = match self.kept_batch(&changed)? {
+                    Some(b) => b,
+                    None => self.empty_kept_batch()?,
+                };
+                let changes = TableChanges {
+                    rows: batch,
+                    removed: None,
+                };
+                (Some(KeyedTable::Delta { base, changes }), Some(base), rows)
+            }
+            None => {
+                let all: Vec<&Partition> = self.top.values().collect();
+                (self.kept_batch(&all)?.map(KeyedTable::Full), None, 0)
+            }
+        };
+        self.changes.taken(barrier.id, base, rows);
+        self.state_with(table)
     }
 
     fn restore(&mut self, state: NodeState) -> Result<()> {
@@ -322,21 +378,86 @@ impl Operator for RankOperator {
         self.next_seq = next_seq;
         self.top.clear();
         self.ends.clear();
-        if let Some(table) = state.table(KEPT_TABLE) {
-            let width = self.input.fields().len();
-            if table.num_columns() != width + 1 {
-                return Err(EngineError::User(format!(
-                    "the saved rows of a ROW_NUMBER query have {} columns where this query keeps {}; the query changed (start with --from-scratch)",
-                    table.num_columns() - 1,
-                    width
-                )));
+        self.kept_rows = 0;
+        let parts = match (state.keyed_table(KEPT_TABLE), state.table(KEPT_TABLE)) {
+            (Some(table), _) => table.parts(),
+            // A checkpoint of format 1 saved the rows as one plain table.
+            (None, Some(rows)) => KeyedTable::Full(rows.clone()).parts(),
+            (None, None) => Vec::new(),
+        };
+        for (i, part) in parts.iter().enumerate() {
+            let (batch, seqs) = self.saved_rows(&part.rows)?;
+            if i > 0 {
+                // A later part holds a changed partition's rows in full: they replace it.
+                let EncodedRows { keys, .. } = self.codec.encode(&batch)?;
+                for row in 0..batch.num_rows() {
+                    if let Some(p) = self.top.remove(keys.row(row).data()) {
+                        self.kept_rows -= p.rows.len();
+                    }
+                }
             }
-            let batch =
-                RecordBatch::try_new(self.input.clone(), table.columns()[..width].to_vec())?;
-            let seqs = table.column(width).as_primitive::<UInt64Type>().clone();
             self.fold(&batch, Some(&seqs))?;
         }
+        if let Some(KeyedTable::Restored { checkpoint, parts }) = state.keyed_table(KEPT_TABLE) {
+            let delta_rows = parts[1..].iter().map(|p| p.rows.num_rows()).sum();
+            self.changes.restored(*checkpoint, parts.len(), delta_rows);
+        }
         Ok(())
+    }
+}
+
+impl RankOperator {
+    /// The kept rows of `partitions` in arrival order, with their arrival numbers; `None`
+    /// when there are none.
+    fn kept_batch(&self, partitions: &[&Partition]) -> Result<Option<RecordBatch>> {
+        let mut kept: Vec<&Kept> = partitions.iter().flat_map(|p| &p.rows).collect();
+        if kept.is_empty() {
+            return Ok(None);
+        }
+        // In arrival order, so that a restore folds them back with ties as they were.
+        kept.sort_unstable_by_key(|k| k.seq);
+        let rows: Vec<&[u8]> = kept.iter().map(|k| &*k.row).collect();
+        let mut columns = self.codec.decode(&rows)?;
+        columns.push(Arc::new(UInt64Array::from_iter_values(
+            kept.iter().map(|k| k.seq),
+        )));
+        generic_batch(columns).map(Some)
+    }
+
+    /// A kept-rows table with no rows (a delta in which nothing changed).
+    fn empty_kept_batch(&self) -> Result<RecordBatch> {
+        let mut columns: Vec<ArrayRef> = self
+            .input
+            .fields()
+            .iter()
+            .map(|f| datafusion::arrow::array::new_empty_array(f.data_type()))
+            .collect();
+        columns.push(Arc::new(UInt64Array::from(Vec::<u64>::new())));
+        generic_batch(columns)
+    }
+
+    /// The node state: the kept rows, if any, and the watermark and next arrival number.
+    fn state_with(&self, kept: Option<KeyedTable>) -> Result<NodeState> {
+        let mut state = NodeState::json(&(self.watermark, self.next_seq))?;
+        if let Some(table) = kept {
+            state = state.with_keyed_table(KEPT_TABLE, table);
+        }
+        Ok(state)
+    }
+
+    /// A saved table of kept rows as input rows and their arrival numbers.
+    fn saved_rows(&self, table: &RecordBatch) -> Result<(RecordBatch, UInt64Array)> {
+        let width = self.input.fields().len();
+        if table.num_columns() != width + 1 {
+            return Err(EngineError::User(format!(
+                "the saved rows of a ROW_NUMBER query have {} columns where this query keeps {}; the query changed (start with --from-scratch)",
+                table.num_columns().saturating_sub(1),
+                width
+            )));
+        }
+        let batch = RecordBatch::try_new(self.input.clone(), table.columns()[..width].to_vec())?;
+        let seqs = table.column(width).as_primitive::<UInt64Type>().clone();
+        Ok((batch, seqs))
     }
 }
 

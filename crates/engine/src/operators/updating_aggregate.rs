@@ -17,6 +17,7 @@ use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::aggregates::group_values::{GroupValues, new_group_values};
 use datafusion::physical_plan::aggregates::order::GroupOrdering;
 
+use super::change_tracker::{ChangeTracker, SnapshotPlan};
 use super::grouped_state::{GroupRows, GroupedState};
 use super::key_expiry::KeyExpiry;
 use super::result_store::ResultStore;
@@ -26,8 +27,9 @@ use super::window_aggregate::{
 };
 use crate::changelog::{ChangeKind, StreamMode, has_change_column};
 use crate::error::{EngineError, Result};
+use crate::message::CheckpointBarrier;
 use crate::operator::{Operator, Output};
-use crate::state::NodeState;
+use crate::state::{KeyedTable, NodeState, TableChanges};
 
 /// The default time between two emissions of changed results.
 pub const DEFAULT_UPDATE_INTERVAL: Duration = Duration::from_secs(1);
@@ -55,8 +57,10 @@ pub struct UpdatingAggregate {
     pending: GroupedState,
     /// Every key seen, interned: its index is the key's id in `results`.
     keys: Box<dyn GroupValues>,
-    /// Per key id: the intermediate states, then the results last emitted.
+    /// Per key id: the key columns, the intermediate states, then the results last emitted.
     results: ResultStore,
+    /// Which keys changed since each snapshot, for incremental checkpoints.
+    changes: ChangeTracker,
     update_interval: Duration,
     last_emission: Instant,
     scratch: Vec<usize>,
@@ -117,6 +121,7 @@ impl UpdatingAggregate {
             aggregates,
             output_schema,
             results: ResultStore::default(),
+            changes: ChangeTracker::default(),
             update_interval,
             last_emission: Instant::now(),
             scratch: Vec::new(),
@@ -170,13 +175,14 @@ impl UpdatingAggregate {
         let known_ids: Vec<usize> = known.iter().map(|i| ids[*i]).collect();
         let before = self.results.get(&known_ids)?;
         let widths = self.state_widths()?;
-        let states_width: usize = widths.iter().sum();
+        let key_width = self.key_schema.fields().len();
+        let states_end = key_width + widths.iter().sum::<usize>();
         let (before_states, before_values) = if before.is_empty() {
             (vec![Vec::new(); widths.len()], Vec::new())
         } else {
             (
-                split_columns(&before[..states_width], &widths),
-                before[states_width..].to_vec(),
+                split_columns(&before[key_width..states_end], &widths),
+                before[states_end..].to_vec(),
             )
         };
 
@@ -200,10 +206,12 @@ impl UpdatingAggregate {
             acc.merge_batch(s, &all, n)?;
             values.push(acc.evaluate(EmitTo::All)?);
         }
-        let mut stored: Vec<ArrayRef> = states.into_iter().flatten().collect();
+        let mut stored: Vec<ArrayRef> = arrived.keys.clone();
+        stored.extend(states.into_iter().flatten());
         stored.extend(values.iter().cloned());
         self.results.put(&ids, stored)?;
         self.expiry.touch(&ids, now);
+        self.changes.changed(&ids);
         self.scratch = ids;
 
         let batch = self.changelog(&arrived, &values, &known, &before_values)?;
@@ -282,9 +290,16 @@ impl UpdatingAggregate {
             return Ok(0);
         }
         let gone = self.expiry.expire(now);
+        if gone.is_empty() {
+            return Ok(0);
+        }
+        let keys = self.results.get(&gone)?;
+        let key_width = self.key_schema.fields().len();
         for id in &gone {
             self.results.remove(*id);
         }
+        let removed = generic_batch(keys[..key_width].to_vec())?;
+        self.changes.removed(removed, self.results.len());
         self.expired += gone.len();
         if self.expired > 1024 && self.expired > self.keys.len() / 2 {
             self.reintern_live_keys()?;
@@ -297,18 +312,14 @@ impl UpdatingAggregate {
     fn reintern_live_keys(&mut self) -> Result<()> {
         let (ids, stored) = self.results.all()?;
         let times: Vec<u64> = ids.iter().map(|id| self.expiry.last_changed(*id)).collect();
-        let keys = self.keys.emit(EmitTo::All)?;
-        let indices = UInt32Array::from_iter_values(ids.iter().map(|i| *i as u32));
-        let live: Vec<ArrayRef> = keys
-            .iter()
-            .map(|k| take(k.as_ref(), &indices, None))
-            .collect::<std::result::Result<_, _>>()?;
+        let key_width = self.key_schema.fields().len();
         self.keys = new_group_values(self.key_schema.clone(), &GroupOrdering::None)?;
         let mut new_ids = Vec::new();
-        self.keys.intern(&live, &mut new_ids)?;
+        self.keys.intern(&stored[..key_width], &mut new_ids)?;
         self.results = ResultStore::default();
         self.results.put(&new_ids, stored)?;
         self.expiry.reset(&new_ids, &times);
+        self.changes.renumber(&ids, &new_ids);
         self.expired = 0;
         Ok(())
     }
@@ -353,6 +364,61 @@ fn now_ms() -> u64 {
 /// The state tables: every key's stored row, and what arrived since the last emission.
 const RESULTS_TABLE: &str = "results";
 const PENDING_TABLE: &str = "pending";
+
+/// Fails unless a saved table has `width` columns.
+fn expect_width(table: &RecordBatch, width: usize, name: &str) -> Result<()> {
+    if table.num_columns() == width {
+        Ok(())
+    } else {
+        Err(EngineError::User(format!(
+            "the saved {name} of an aggregate has {} columns where this query keeps {width}; the query changed (start with --from-scratch)",
+            table.num_columns()
+        )))
+    }
+}
+
+/// Rows (changed and removed) in the deltas of a restored chain.
+fn delta_rows(deltas: &[TableChanges]) -> usize {
+    deltas
+        .iter()
+        .map(|p| p.rows.num_rows() + p.removed.as_ref().map_or(0, |r| r.num_rows()))
+        .sum()
+}
+
+impl UpdatingAggregate {
+    /// Every key's stored row and last-change time, or `None` without keys.
+    fn full_results(&self) -> Result<Option<RecordBatch>> {
+        let (ids, _) = self.results.all()?;
+        if ids.is_empty() {
+            return Ok(None);
+        }
+        self.results_of(&ids).map(Some)
+    }
+
+    /// The stored rows of `ids` (each has one) with their last-change times.
+    fn results_of(&self, ids: &[usize]) -> Result<RecordBatch> {
+        let mut columns = self.results.get(ids)?;
+        let times = ids.iter().map(|id| self.expiry.last_changed(*id) as i64);
+        columns.push(Arc::new(Int64Array::from_iter_values(times)));
+        generic_batch(columns)
+    }
+
+    /// The node state: the results table, if any, and what is pending (kept, not emitted).
+    fn state_with(&mut self, results: Option<KeyedTable>) -> Result<NodeState> {
+        let mut state = NodeState::empty();
+        if let Some(table) = results {
+            state = state.with_keyed_table(RESULTS_TABLE, table);
+        }
+        let pending = self.pending.take()?;
+        self.pending.merge(&pending)?;
+        if pending.len() > 0 {
+            let mut columns = pending.keys;
+            columns.extend(pending.states.into_iter().flatten());
+            state = state.with_table(PENDING_TABLE, generic_batch(columns)?);
+        }
+        Ok(state)
+    }
+}
 
 impl Operator for UpdatingAggregate {
     fn output_schema(&self) -> SchemaRef {
@@ -400,70 +466,94 @@ impl Operator for UpdatingAggregate {
         self.emit_changes(out)
     }
 
-    /// Table `results`: every key's columns, intermediate states, last emitted results and
-    /// last-change time (ms); table `pending`: keys and intermediate states of what arrived
-    /// since the last emission.
+    /// Keyed table `results`: per key its columns, intermediate states, last emitted results
+    /// and last-change time (ms); table `pending`: keys and intermediate states of what
+    /// arrived since the last emission.
     fn snapshot(&mut self) -> Result<NodeState> {
-        let mut state = NodeState::empty();
-        let (ids, stored) = self.results.all()?;
-        if !ids.is_empty() {
-            // Take the keys out and intern them again, in the same order (same ids), into a
-            // fresh table: what `emit(All)` leaves behind is not meant for reuse.
-            let keys = self.keys.emit(EmitTo::All)?;
-            self.keys = new_group_values(self.key_schema.clone(), &GroupOrdering::None)?;
-            let mut back = Vec::new();
-            self.keys.intern(&keys, &mut back)?;
-            let indices = UInt32Array::from_iter_values(ids.iter().map(|i| *i as u32));
-            let mut columns: Vec<ArrayRef> = keys
-                .iter()
-                .map(|k| take(k.as_ref(), &indices, None))
-                .collect::<std::result::Result<_, _>>()?;
-            columns.extend(stored);
-            let times = ids.iter().map(|id| self.expiry.last_changed(*id) as i64);
-            columns.push(Arc::new(Int64Array::from_iter_values(times)));
-            state = state.with_table(RESULTS_TABLE, generic_batch(columns)?);
-        }
-        let pending = self.pending.take()?;
-        self.pending.merge(&pending)?;
-        if pending.len() > 0 {
-            let mut columns = pending.keys;
-            columns.extend(pending.states.into_iter().flatten());
-            state = state.with_table(PENDING_TABLE, generic_batch(columns)?);
-        }
-        Ok(state)
+        let rows = self.full_results()?;
+        self.state_with(rows.map(KeyedTable::Full))
+    }
+
+    /// As `snapshot`, but `results` holds only the keys changed since the snapshot at the
+    /// barrier's base when that is worth it (see [`ChangeTracker`]).
+    fn snapshot_at(&mut self, barrier: &CheckpointBarrier) -> Result<NodeState> {
+        let results = &self.results;
+        let plan = self
+            .changes
+            .plan(barrier, results.len(), |id| results.contains(id));
+        let (table, rows) = match &plan {
+            SnapshotPlan::Full => (self.full_results()?.map(KeyedTable::Full), 0),
+            SnapshotPlan::Delta {
+                base,
+                changed,
+                removed,
+            } => {
+                let rows = self.results_of(changed)?;
+                let removed = match removed.first() {
+                    Some(first) => Some(datafusion::arrow::compute::concat_batches(
+                        &first.schema(),
+                        removed,
+                    )?),
+                    None => None,
+                };
+                let written = changed.len() + removed.as_ref().map_or(0, |r| r.num_rows());
+                let changes = TableChanges { rows, removed };
+                let table = KeyedTable::Delta {
+                    base: *base,
+                    changes,
+                };
+                (Some(table), written)
+            }
+        };
+        self.changes.taken(barrier.id, plan.base(), rows);
+        self.state_with(table)
     }
 
     fn restore(&mut self, state: NodeState) -> Result<()> {
         let key_width = self.key_schema.fields().len();
         let widths = self.state_widths()?;
         let states_width: usize = widths.iter().sum();
-        let expect = |table: &RecordBatch, width: usize, name: &str| {
-            if table.num_columns() == width {
-                Ok(())
-            } else {
-                Err(EngineError::User(format!(
-                    "the saved {name} of an aggregate has {} columns where this query keeps {width}; the query changed (start with --from-scratch)",
-                    table.num_columns()
-                )))
-            }
+        let parts = match (state.keyed_table(RESULTS_TABLE), state.table(RESULTS_TABLE)) {
+            (Some(table), _) => table.parts(),
+            // A checkpoint of format 1 saved the results as one plain table.
+            (None, Some(rows)) => KeyedTable::Full(rows.clone()).parts(),
+            (None, None) => Vec::new(),
         };
-        if let Some(table) = state.table(RESULTS_TABLE) {
-            let width = key_width + states_width + self.aggregates.len();
-            expect(table, width + 1, "results")?;
-            let columns = table.columns();
-            let mut ids = Vec::new();
+        let width = key_width + states_width + self.aggregates.len();
+        let mut ids = Vec::new();
+        let mut times: Vec<u64> = Vec::new();
+        for part in &parts {
+            if let Some(removed) = &part.removed {
+                expect_width(removed, key_width, "removed keys")?;
+                self.keys.intern(removed.columns(), &mut ids)?;
+                for id in &ids {
+                    self.results.remove(*id);
+                }
+                self.expired += ids.len();
+            }
+            expect_width(&part.rows, width + 1, "results")?;
+            let columns = part.rows.columns();
             self.keys.intern(&columns[..key_width], &mut ids)?;
-            self.results.put(&ids, columns[key_width..width].to_vec())?;
-            let times: Vec<u64> = columns[width]
-                .as_primitive::<Int64Type>()
-                .values()
+            self.results.put(&ids, columns[..width].to_vec())?;
+            for (id, time) in ids
                 .iter()
-                .map(|t| *t as u64)
-                .collect();
-            self.expiry.reset(&ids, &times);
+                .zip(columns[width].as_primitive::<Int64Type>().values())
+            {
+                if *id >= times.len() {
+                    times.resize(id + 1, 0);
+                }
+                times[*id] = *time as u64;
+            }
+        }
+        let (live, _) = self.results.all()?;
+        let live_times: Vec<u64> = live.iter().map(|id| times[*id]).collect();
+        self.expiry.reset(&live, &live_times);
+        if let Some(KeyedTable::Restored { checkpoint, parts }) = state.keyed_table(RESULTS_TABLE) {
+            self.changes
+                .restored(*checkpoint, parts.len(), delta_rows(&parts[1..]));
         }
         if let Some(table) = state.table(PENDING_TABLE) {
-            expect(table, key_width + states_width, "pending changes")?;
+            expect_width(table, key_width + states_width, "pending changes")?;
             let columns = table.columns();
             self.pending.merge(&GroupRows {
                 keys: columns[..key_width].to_vec(),

@@ -398,3 +398,83 @@ fn many_expired_keys_are_interned_anew_and_the_rest_go_on() {
         ]
     );
 }
+
+/// The stored rows of every key, in key order, for comparing two operators' state.
+fn sorted_results(op: &UpdatingAggregate) -> Option<RecordBatch> {
+    let rows = op.full_results().unwrap()?;
+    let order = datafusion::arrow::compute::sort_to_indices(rows.column(0), None, None).unwrap();
+    Some(datafusion::arrow::compute::take_record_batch(&rows, &order).unwrap())
+}
+
+#[tokio::test]
+async fn incremental_checkpoints_restore_what_a_full_one_would() {
+    use crate::checkpoint::{Checkpoint, CheckpointStore, NodeKey};
+    let key = NodeKey {
+        id: 0,
+        name: "aggregate".into(),
+    };
+    let ttl = Some(Duration::from_millis(300));
+    let (mut deltas, mut removals) = (0, 0);
+    for seed in 0..8u64 {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::local(dir.path()).unwrap().keeping(2);
+        let mut rng = XorShift::new(seed);
+        let mut op = aggregate(true, Duration::from_secs(3600)).with_state_ttl(ttl);
+        let mut out = Output::default();
+        let (mut base, mut now) = (None, 1000u64);
+        for step in 1..=60u64 {
+            let n = rng.below(60);
+            let names: Vec<String> = (0..n).map(|_| format!("k{}", rng.below(3000))).collect();
+            let data: Vec<(Option<&str>, i64)> = names
+                .iter()
+                .map(|k| (Some(k.as_str()), rng.below(5) as i64))
+                .collect();
+            op.process_batch(0, rows(&data), &mut out).unwrap();
+            now += rng.below(20);
+            op.emit_changes_at(now, &mut out).unwrap();
+            op.expire_idle_keys(now).unwrap();
+            out.drain();
+            if step % 3 != 0 {
+                continue;
+            }
+            let barrier = CheckpointBarrier {
+                id: step,
+                started_at_ms: 0,
+                base,
+            };
+            let state = op.snapshot_at(&barrier).unwrap();
+            if let Some(KeyedTable::Delta { changes, .. }) = state.keyed_table(RESULTS_TABLE) {
+                deltas += 1;
+                removals += changes.removed.as_ref().map_or(0, |r| r.num_rows());
+            }
+            if rng.below(5) == 0 {
+                continue; // this checkpoint could not be stored: the next one's base is older
+            }
+            let checkpoint = Checkpoint {
+                id: step,
+                pipeline: "p".into(),
+                started_at_ms: 0,
+                completed_at_ms: 0,
+                nodes: [(key.clone(), state)].into_iter().collect(),
+            };
+            store.write(&checkpoint).await.unwrap();
+            store.clean_up(step).await;
+            base = Some(step);
+            let mut loaded = store.latest().await.unwrap().unwrap();
+            let mut restored = aggregate(true, Duration::from_secs(3600)).with_state_ttl(ttl);
+            restored
+                .restore(loaded.nodes.remove(&key).unwrap())
+                .unwrap();
+            assert_eq!(
+                sorted_results(&restored),
+                sorted_results(&op),
+                "seed {seed}, checkpoint {step}"
+            );
+            if rng.below(2) == 0 {
+                op = restored;
+            }
+        }
+    }
+    assert!(deltas > 20, "{deltas} deltas");
+    assert!(removals > 0, "no delta removed keys");
+}

@@ -142,8 +142,9 @@ pub async fn run(dataflow: Dataflow, options: RunOptions) -> Result<RunSummary> 
                 .restored_from = Some(r.id);
             tracing::info!(checkpoint = r.id, store = %settings.store.location(), "recovering from checkpoint");
         }
+        let restored_id = restored.as_ref().map(|r| r.id);
         let (reports_tx, reports_rx) = mpsc::unbounded_channel();
-        let (committed_tx, committed_rx) = watch::channel(restored.as_ref().map_or(0, |r| r.id));
+        let (committed_tx, committed_rx) = watch::channel(restored_id.unwrap_or(0));
         let mut sources = Vec::new();
         for (id, node) in nodes.iter_mut().enumerate() {
             let key = NodeKey {
@@ -183,6 +184,8 @@ pub async fn run(dataflow: Dataflow, options: RunOptions) -> Result<RunSummary> 
             interval: settings.interval,
             fingerprint: settings.fingerprint.clone(),
             next_id,
+            base: restored_id,
+            incremental: settings.incremental,
             nodes: n,
             sources,
             reports: reports_rx,

@@ -215,7 +215,7 @@ pub(super) async fn run_operator(
                         return Ok(TaskEnd::Aborted);
                     }
                     if let Some(c) = &checkpointing {
-                        let state = op.snapshot().map_err(|e| in_node(&name, e))?;
+                        let state = op.snapshot_at(&barrier).map_err(|e| in_node(&name, e))?;
                         c.report(barrier.id, state)?;
                     }
                     if !broadcast(&emitter.outputs, Message::Barrier(barrier)).await {
