@@ -409,7 +409,7 @@ fn wait_for_events(dir: &Path, events: u64) {
 
 #[cfg(unix)]
 #[test]
-fn a_graceful_stop_keeps_open_windows_for_the_next_run_and_a_changed_pipeline_is_refused() {
+fn graceful_stops_keep_open_windows_across_an_added_statement_and_refuse_a_changed_query() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("in");
     std::fs::create_dir(&input).unwrap();
@@ -452,6 +452,31 @@ fn a_graceful_stop_keeps_open_windows_for_the_next_run_and_a_changed_pipeline_is
         "five windows of ten events, none twice"
     );
 
+    // A statement added before the others: the first query's nodes keep their stable ids,
+    // so its open window is restored; the new query reads only what is new.
+    let added = "CREATE TABLE all_events WITH (connector = 'delta', path = 'lake/all_events');
+                 INSERT INTO all_events SELECT id, ts FROM e;";
+    let with_added = sql(10).replacen(
+        "INSERT INTO counts",
+        &format!("{added}\nINSERT INTO counts"),
+        1,
+    );
+    std::fs::write(dir.path().join("p.sql"), with_added).unwrap();
+    write_seconds(&input, "b2.json", 60, 10);
+    let child = start(dir.path(), &args);
+    wait_for_events(dir.path(), 60);
+    let err = stop(child);
+    assert!(err.contains("resumed from"), "{err}");
+    assert_eq!(
+        committed_events(dir.path()),
+        60,
+        "[50,60) closed with its 10 events"
+    );
+    assert_eq!(
+        lake_rows(dir.path(), "SELECT count(*) FROM all_events"),
+        vec!["10"]
+    );
+
     // A changed query cannot take the old windows: refused, with the ways out.
     std::fs::write(dir.path().join("p.sql"), sql(5)).unwrap();
     let refused = output(dir.path(), &args);
@@ -464,7 +489,7 @@ fn a_graceful_stop_keeps_open_windows_for_the_next_run_and_a_changed_pipeline_is
         "{err}"
     );
     // Keeping the positions only: nothing already read is read again.
-    write_seconds(&input, "c.json", 60, 30);
+    write_seconds(&input, "c.json", 70, 30);
     let child = start(
         dir.path(),
         &[
@@ -476,10 +501,10 @@ fn a_graceful_stop_keeps_open_windows_for_the_next_run_and_a_changed_pipeline_is
             "200ms",
         ],
     );
-    // c.json closes the 5-second windows up to 88 s: [60,65) .. [80,85) (25 events).
-    wait_for_events(dir.path(), 75);
+    // c.json closes the 5-second windows up to 98 s: [70,75) .. [90,95) (25 events).
+    wait_for_events(dir.path(), 85);
     stop(child);
-    assert_eq!(committed_events(dir.path()), 75);
+    assert_eq!(committed_events(dir.path()), 85);
 }
 
 /// Rows of a query over the lake on S3 (through the real server).

@@ -23,6 +23,7 @@ pub mod operators;
 mod runner;
 mod sink;
 mod source;
+mod stable_ids;
 mod state;
 pub mod time;
 mod watermark;

@@ -183,6 +183,18 @@ impl Sink for TwoPhaseSink {
 }
 
 fn pipeline(table: &Table, failed: &Arc<AtomicBool>, fail_after: Option<i64>) -> Dataflow {
+    pipeline_with(table, failed, fail_after, None, "running count")
+}
+
+/// The union pipeline, with `count` describing its running count, and with `extra`, another
+/// statement first: a running count of source `a` into its own sink.
+fn pipeline_with(
+    table: &Table,
+    failed: &Arc<AtomicBool>,
+    fail_after: Option<i64>,
+    extra: Option<&Table>,
+    count: &str,
+) -> Dataflow {
     let mut flow = Dataflow::new();
     let a = flow.add_source(
         "a",
@@ -197,6 +209,18 @@ fn pipeline(table: &Table, failed: &Arc<AtomicBool>, fail_after: Option<i64>) ->
         WatermarkStrategy::ProcessingTime,
         None,
     );
+    if let Some(extra) = extra {
+        let c = flow
+            .add_operator(
+                "count",
+                "running count of a",
+                Box::new(RunningCount { count: 0 }),
+                vec![a],
+            )
+            .unwrap();
+        flow.add_sink("extra", "two-phase", Box::new(two_phase(extra)), c)
+            .unwrap();
+    }
     let b = flow.add_source(
         "b",
         "numbers",
@@ -219,26 +243,20 @@ fn pipeline(table: &Table, failed: &Arc<AtomicBool>, fail_after: Option<i64>) ->
         )
         .unwrap();
     let c = flow
-        .add_operator(
-            "count",
-            "running count",
-            Box::new(RunningCount { count: 0 }),
-            vec![u],
-        )
+        .add_operator("count", count, Box::new(RunningCount { count: 0 }), vec![u])
         .unwrap();
-    flow.add_sink(
-        "out",
-        "two-phase",
-        Box::new(TwoPhaseSink {
-            table: table.clone(),
-            pending: Vec::new(),
-            prepared: Vec::new(),
-            enabled: false,
-        }),
-        c,
-    )
-    .unwrap();
+    flow.add_sink("out", "two-phase", Box::new(two_phase(table)), c)
+        .unwrap();
     flow
+}
+
+fn two_phase(table: &Table) -> TwoPhaseSink {
+    TwoPhaseSink {
+        table: table.clone(),
+        pending: Vec::new(),
+        prepared: Vec::new(),
+        enabled: false,
+    }
 }
 
 fn options(store: &CheckpointStore, recovery: Recovery) -> RunOptions {
@@ -278,8 +296,11 @@ async fn a_failed_run_resumes_from_its_last_checkpoint_and_commits_every_row_onc
         "checkpoints were committed before the failure"
     );
 
+    // Another statement was added before the others: the nodes of the first keep their
+    // stable ids and fingerprints, so their state is restored although their positions moved.
+    let extra = Table::default();
     let second = laketide_engine::run(
-        pipeline(&table, &failed, Some(400)),
+        pipeline_with(&table, &failed, Some(400), Some(&extra), "running count"),
         options(&store, Recovery::Resume),
     )
     .await
@@ -297,19 +318,26 @@ async fn a_failed_run_resumes_from_its_last_checkpoint_and_commits_every_row_onc
     expected.push(-1200);
     expected.sort();
     assert_eq!(table.ids(), expected);
+    // The new statement started empty and read source `a` from where it was.
+    let seen = extra.ids();
+    let rows = seen.iter().filter(|id| **id >= 0).count() as i64;
+    assert!(rows < 700, "only the rows after the checkpoint: {rows}");
+    assert!(seen.contains(&-rows), "its own count: {seen:?}");
 
-    // A changed pipeline is refused unless told what to do with the state.
-    let mut changed = options(&store, Recovery::Resume);
-    changed.checkpoints.as_mut().unwrap().fingerprint = "shape-2".into();
-    let refused = laketide_engine::run(pipeline(&Table::default(), &failed, None), changed)
+    // A changed query is refused unless told what to do with its state, naming the node.
+    let changed = pipeline_with(&Table::default(), &failed, None, None, "running count v2");
+    let refused = laketide_engine::run(changed, options(&store, Recovery::Resume))
         .await
-        .unwrap_err();
-    assert!(refused.to_string().contains("--from-scratch"), "{refused}");
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("--from-scratch") && refused.contains("out[0]/count"),
+        "{refused}"
+    );
     // Keeping positions only: every source is at its end, the count starts empty.
-    let mut keep = options(&store, Recovery::KeepSourcePositions);
-    keep.checkpoints.as_mut().unwrap().fingerprint = "shape-2".into();
     let kept = Table::default();
-    laketide_engine::run(pipeline(&kept, &failed, None), keep)
+    let changed = pipeline_with(&kept, &failed, None, None, "running count v2");
+    laketide_engine::run(changed, options(&store, Recovery::KeepSourcePositions))
         .await
         .unwrap();
     assert_eq!(kept.ids(), vec![0]);

@@ -150,6 +150,7 @@ impl Coordinator {
         let checkpoint = Checkpoint {
             id,
             pipeline: self.fingerprint.clone(),
+            format: super::FORMAT_VERSION,
             started_at_ms: p.started_at_ms,
             completed_at_ms: crate::time::now() / 1_000_000,
             nodes: p.states,

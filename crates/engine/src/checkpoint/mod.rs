@@ -37,7 +37,9 @@ pub struct CheckpointSettings {
     pub interval: Duration,
     /// Names the pipeline durably; sinks derive their transaction ids from it.
     pub pipeline_name: String,
-    /// Fingerprint of the pipeline's shape; state is only restored into the same shape.
+    /// Fingerprint of the pipeline's shape, saved in every checkpoint. Checkpoints of format
+    /// 1 are restored only into the same shape; later ones are matched per node by stable id
+    /// and node fingerprint, so that other statements can be added or removed.
     pub fingerprint: String,
     /// What to do with existing checkpoints.
     pub recovery: Recovery,

@@ -40,13 +40,17 @@ pub const FORMAT_VERSION: u32 = 2;
 const MANIFEST: &str = "_manifest.json";
 const FOLDER_PREFIX: &str = "chk-";
 
-/// Identifies a node's state inside a checkpoint: its id in the dataflow and its name.
+/// Identifies a node's state inside a checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct NodeKey {
-    /// The node's id in the dataflow.
-    pub id: usize,
-    /// The node's name.
+    /// The node's stable id (see `stable_ids.rs`: `source:clicks`, `totals[0]/aggregate`).
+    /// In a checkpoint of format 1, `#<position>`: such state is restored by position.
+    pub id: String,
+    /// The node's name, for messages.
     pub name: String,
+    /// What the node and its inputs compute: state is restored only into a node with the
+    /// same (empty in a checkpoint of format 1).
+    pub fingerprint: String,
 }
 
 /// A complete checkpoint: the state of every node at one consistent cut.
@@ -56,6 +60,8 @@ pub struct Checkpoint {
     pub id: u64,
     /// Fingerprint of the pipeline that wrote it.
     pub pipeline: String,
+    /// Its layout version ([`FORMAT_VERSION`] when written by this laketide).
+    pub format: u32,
     /// When the checkpoint started and completed (ms since the epoch).
     pub started_at_ms: i64,
     /// When the manifest was written.
@@ -76,11 +82,30 @@ struct Manifest {
 
 #[derive(Debug, Serialize, Deserialize)]
 struct ManifestNode {
-    id: usize,
+    id: ManifestNodeId,
     name: String,
+    #[serde(default)]
+    fingerprint: String,
     tables: Vec<ManifestTable>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     keyed: Vec<ManifestChain>,
+}
+
+/// A node's stable id (format 2), or its position in the graph (format 1).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+enum ManifestNodeId {
+    Stable(String),
+    Position(usize),
+}
+
+impl ManifestNodeId {
+    fn key_id(&self) -> String {
+        match self {
+            ManifestNodeId::Stable(id) => id.clone(),
+            ManifestNodeId::Position(p) => format!("#{p}"),
+        }
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -182,11 +207,11 @@ impl CheckpointStore {
         };
         let mut bases: BTreeMap<u64, Manifest> = BTreeMap::new();
         let mut nodes = Vec::with_capacity(checkpoint.nodes.len());
-        for (key, state) in &checkpoint.nodes {
+        for (number, (key, state)) in checkpoint.nodes.iter().enumerate() {
             let mut tables = Vec::new();
             for (name, batch) in state.tables() {
                 let data = files
-                    .put(&format!("{:04}-{}", key.id, sanitize(name)), batch)
+                    .put(&format!("{number:04}-{}", sanitize(name)), batch)
                     .await?;
                 tables.push(ManifestTable {
                     name: name.clone(),
@@ -195,7 +220,7 @@ impl CheckpointStore {
             }
             let mut keyed = Vec::new();
             for (name, table) in state.keyed_tables() {
-                let stem = format!("{:04}-{}", key.id, sanitize(name));
+                let stem = format!("{number:04}-{}", sanitize(name));
                 let (mut parts, changes) = match table {
                     KeyedTable::Full(rows) => (
                         Vec::new(),
@@ -233,8 +258,9 @@ impl CheckpointStore {
                 });
             }
             nodes.push(ManifestNode {
-                id: key.id,
+                id: ManifestNodeId::Stable(key.id.clone()),
                 name: key.name.clone(),
+                fingerprint: key.fingerprint.clone(),
                 tables,
                 keyed,
             });
@@ -393,8 +419,9 @@ impl CheckpointStore {
             }
             nodes.insert(
                 NodeKey {
-                    id: node.id,
+                    id: node.id.key_id(),
                     name: node.name,
+                    fingerprint: node.fingerprint,
                 },
                 state,
             );
@@ -402,6 +429,7 @@ impl CheckpointStore {
         Ok(Some(Checkpoint {
             id,
             pipeline: manifest.pipeline,
+            format: manifest.format,
             started_at_ms: manifest.started_at_ms,
             completed_at_ms: manifest.completed_at_ms,
             nodes,
@@ -497,7 +525,7 @@ impl FileWriter<'_> {
 fn base_chain(base: &Manifest, node: &NodeKey, name: &str) -> Result<Vec<ManifestPart>> {
     base.nodes
         .iter()
-        .find(|n| n.id == node.id && n.name == node.name)
+        .find(|n| n.id.key_id() == node.id && n.fingerprint == node.fingerprint)
         .and_then(|n| n.keyed.iter().find(|c| c.name == name))
         .map(|c| c.parts.clone())
         .ok_or_else(|| {
@@ -539,21 +567,24 @@ mod tests {
         let mut nodes = BTreeMap::new();
         nodes.insert(
             NodeKey {
-                id: 0,
+                id: "source:src".into(),
                 name: "src".into(),
+                fingerprint: "f0".into(),
             },
             NodeState::json(&value).unwrap(),
         );
         nodes.insert(
             NodeKey {
-                id: 1,
+                id: "sink[0]".into(),
                 name: "sink".into(),
+                fingerprint: "f1".into(),
             },
             NodeState::empty(),
         );
         Checkpoint {
             id,
             pipeline: "p".into(),
+            format: FORMAT_VERSION,
             started_at_ms: 0,
             completed_at_ms: 1,
             nodes,
@@ -562,8 +593,9 @@ mod tests {
 
     fn value(c: &Checkpoint) -> u64 {
         c.nodes[&NodeKey {
-            id: 0,
+            id: "source:src".into(),
             name: "src".into(),
+            fingerprint: "f0".into(),
         }]
             .to_json()
             .unwrap()
@@ -587,7 +619,7 @@ mod tests {
         assert_eq!(latest.nodes.len(), 2);
 
         // A flipped byte in a state file: its CRC differs, checkpoint 2 is used.
-        let file = folder(dir.path(), 3).join("0000-json.arrow");
+        let file = folder(dir.path(), 3).join("0001-json.arrow");
         let mut bytes = std::fs::read(&file).unwrap();
         let last = bytes.len() - 9;
         bytes[last] ^= 0xff;
@@ -615,8 +647,9 @@ mod tests {
     fn keyed(id: u64, table: KeyedTable) -> Checkpoint {
         let mut c = checkpoint(id, id);
         let key = NodeKey {
-            id: 1,
+            id: "sink[0]".into(),
             name: "sink".into(),
+            fingerprint: "f1".into(),
         };
         c.nodes
             .insert(key, NodeState::empty().with_keyed_table("rows", table));
@@ -670,8 +703,9 @@ mod tests {
 
         let latest = store.latest().await.unwrap().unwrap();
         let state = &latest.nodes[&NodeKey {
-            id: 1,
+            id: "sink[0]".into(),
             name: "sink".into(),
+            fingerprint: "f1".into(),
         }];
         let Some(KeyedTable::Restored { checkpoint, parts }) = state.keyed_table("rows") else {
             panic!("a restored keyed table");
@@ -691,7 +725,7 @@ mod tests {
         );
 
         // A damaged part in an earlier folder makes the checkpoint unusable.
-        let file = folder(dir.path(), 1).join("0001-rows.arrow");
+        let file = folder(dir.path(), 1).join("0000-rows.arrow");
         let good = std::fs::read(&file).unwrap();
         std::fs::write(&file, &good[..good.len() - 3]).unwrap();
         assert!(store.load(3).await.is_err());
@@ -706,6 +740,42 @@ mod tests {
             .unwrap();
         store.clean_up(5).await;
         assert_eq!(folders_with_files(dir.path()), vec![5]);
+    }
+
+    #[tokio::test]
+    async fn a_checkpoint_of_format_1_is_read_with_its_nodes_by_position() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::local(dir.path()).unwrap();
+        store.write(&checkpoint(7, 70)).await.unwrap();
+        // Rewrite the manifest as format 1 wrote it: nodes by position, no fingerprints.
+        let path = folder(dir.path(), 7).join(MANIFEST);
+        let mut manifest: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        manifest["format"] = 1.into();
+        for (position, node) in manifest["nodes"]
+            .as_array_mut()
+            .unwrap()
+            .iter_mut()
+            .enumerate()
+        {
+            node["id"] = position.into();
+            node.as_object_mut().unwrap().remove("fingerprint");
+        }
+        std::fs::write(&path, serde_json::to_vec(&manifest).unwrap()).unwrap();
+        let loaded = store.latest().await.unwrap().unwrap();
+        assert_eq!(loaded.format, 1);
+        let keys: Vec<(String, String, String)> = loaded
+            .nodes
+            .keys()
+            .map(|k| (k.id.clone(), k.name.clone(), k.fingerprint.clone()))
+            .collect();
+        assert_eq!(
+            keys,
+            vec![
+                ("#0".into(), "sink".into(), String::new()),
+                ("#1".into(), "src".into(), String::new()),
+            ]
+        );
     }
 
     #[tokio::test]

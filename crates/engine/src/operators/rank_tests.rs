@@ -228,8 +228,9 @@ fn kept(op: &RankOperator) -> Option<RecordBatch> {
 async fn incremental_checkpoints_restore_what_a_full_one_would() {
     use crate::checkpoint::{Checkpoint, CheckpointStore, NodeKey};
     let key = NodeKey {
-        id: 0,
+        id: "out[0]/rank".into(),
         name: "rank".into(),
+        fingerprint: "f".into(),
     };
     let mut deltas = 0;
     for seed in 0..8u64 {
@@ -268,6 +269,7 @@ async fn incremental_checkpoints_restore_what_a_full_one_would() {
             let checkpoint = Checkpoint {
                 id: step,
                 pipeline: "p".into(),
+                format: crate::checkpoint::FORMAT_VERSION,
                 started_at_ms: 0,
                 completed_at_ms: 0,
                 nodes: [(key.clone(), state)].into_iter().collect(),

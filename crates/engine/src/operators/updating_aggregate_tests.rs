@@ -410,8 +410,9 @@ fn sorted_results(op: &UpdatingAggregate) -> Option<RecordBatch> {
 async fn incremental_checkpoints_restore_what_a_full_one_would() {
     use crate::checkpoint::{Checkpoint, CheckpointStore, NodeKey};
     let key = NodeKey {
-        id: 0,
+        id: "out[0]/aggregate".into(),
         name: "aggregate".into(),
+        fingerprint: "f".into(),
     };
     let ttl = Some(Duration::from_millis(300));
     let (mut deltas, mut removals) = (0, 0);
@@ -453,6 +454,7 @@ async fn incremental_checkpoints_restore_what_a_full_one_would() {
             let checkpoint = Checkpoint {
                 id: step,
                 pipeline: "p".into(),
+                format: crate::checkpoint::FORMAT_VERSION,
                 started_at_ms: 0,
                 completed_at_ms: 0,
                 nodes: [(key.clone(), state)].into_iter().collect(),

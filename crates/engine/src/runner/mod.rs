@@ -114,6 +114,7 @@ pub async fn run(dataflow: Dataflow, options: RunOptions) -> Result<RunSummary> 
         }
     }
 
+    let keys = crate::stable_ids::node_keys(&nodes);
     let mut tasks = JoinSet::new();
     // Checkpointing: restore state, then start the coordinator.
     let mut triggers: Vec<Option<mpsc::UnboundedReceiver<Trigger>>> =
@@ -121,18 +122,12 @@ pub async fn run(dataflow: Dataflow, options: RunOptions) -> Result<RunSummary> 
     let mut sink_recovery: Vec<Option<(u64, NodeState)>> = (0..n).map(|_| None).collect();
     let mut handle = None;
     if let Some(settings) = &options.checkpoints {
-        let keys: Vec<(NodeKey, bool)> = nodes
+        let sources: Vec<bool> = nodes
             .iter()
-            .enumerate()
-            .map(|(id, n)| {
-                let key = NodeKey {
-                    id,
-                    name: n.name.clone(),
-                };
-                (key, matches!(n.kind, NodeKind::Source { .. }))
-            })
+            .map(|n| matches!(n.kind, NodeKind::Source { .. }))
             .collect();
-        let mut restored = find_restore(settings, &keys).await?;
+        let keyed: Vec<(NodeKey, bool)> = keys.iter().cloned().zip(sources).collect();
+        let mut restored = find_restore(settings, &keyed).await?;
         let status = metrics.checkpoint_cell();
         let next_id = settings.store.highest_id().await? + 1;
         if let Some(r) = &restored {
@@ -147,11 +142,7 @@ pub async fn run(dataflow: Dataflow, options: RunOptions) -> Result<RunSummary> 
         let (committed_tx, committed_rx) = watch::channel(restored_id.unwrap_or(0));
         let mut sources = Vec::new();
         for (id, node) in nodes.iter_mut().enumerate() {
-            let key = NodeKey {
-                id,
-                name: node.name.clone(),
-            };
-            let state = restored.as_mut().and_then(|r| r.nodes.remove(&key));
+            let state = restored.as_mut().and_then(|r| r.nodes.remove(&keys[id]));
             match &mut node.kind {
                 NodeKind::Source { source, .. } => {
                     let (tx, rx) = mpsc::unbounded_channel();
@@ -211,10 +202,7 @@ pub async fn run(dataflow: Dataflow, options: RunOptions) -> Result<RunSummary> 
             ..
         } = node;
         let checkpointing = handle.clone().map(|handle| Checkpointing {
-            node: NodeKey {
-                id,
-                name: name.clone(),
-            },
+            node: keys[id].clone(),
             handle,
         });
         match kind {
