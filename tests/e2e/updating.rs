@@ -338,17 +338,36 @@ async fn a_filesystem_sink_writes_the_changelog_whose_replay_is_the_batch_result
 }
 
 #[test]
-fn state_ttl_reaches_the_plan_and_a_bad_value_is_located() {
+fn state_ttl_reaches_the_plans_of_aggregates_ranks_and_deduplication_and_a_bad_value_is_located() {
     let dir = tempfile::tempdir().unwrap();
     let pipeline = |ttl: &str| {
         format!(
             "SET state_ttl = '{ttl}';\n{CLICKS}CREATE TABLE out WITH (connector = 'console');\nINSERT INTO out SELECT user_id, count(*) FROM clicks GROUP BY user_id;\n"
         )
     };
+    // Top-N and deduplication take the TTL too (`ROW_NUMBER` over the source rows).
+    let ranked = |ttl: &str| {
+        format!(
+            "SET state_ttl = '{ttl}';\n{}CREATE TABLE top WITH (connector = 'console');
+             CREATE TABLE firsts WITH (connector = 'console');
+             INSERT INTO top SELECT * FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY page ORDER BY amount DESC) AS rn FROM clicks) WHERE rn <= 3;
+             INSERT INTO firsts SELECT * FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY event_id ORDER BY ts) AS rn FROM clicks) WHERE rn = 1;\n",
+            CLICKS.replace("ts TIMESTAMP)", "ts TIMESTAMP, WATERMARK FOR ts AS ts)")
+        )
+    };
     std::fs::write(dir.path().join("p.sql"), pipeline("12h")).unwrap();
     let explain = laketide(dir.path(), &["explain", "p.sql"]);
     let plan = text(&explain.stdout);
     assert!(plan.contains("keys idle for 43200s dropped"), "{plan}");
+    std::fs::write(dir.path().join("r.sql"), ranked("1h")).unwrap();
+    let explain = laketide(dir.path(), &["explain", "r.sql"]);
+    let plan = text(&explain.stdout);
+    assert!(
+        plan.contains("partitions idle for 3600s dropped")
+            && plan.contains("keys emitted 3600s ago forgotten"),
+        "{plan}{}",
+        text(&explain.stderr)
+    );
     std::fs::write(dir.path().join("bad.sql"), pipeline("forever")).unwrap();
     let bad = laketide(dir.path(), &["check", "bad.sql"]);
     assert!(!bad.status.success());

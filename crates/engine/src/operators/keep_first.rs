@@ -1,15 +1,16 @@
 //! Keep-first deduplication by event time as an append-only result: `ROW_NUMBER() OVER
 //! (PARTITION BY … ORDER BY <event time>) = 1`, each key's first row emitted once, final.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, BinaryArray, BinaryBuilder};
-use datafusion::arrow::datatypes::{Field, SchemaRef, TimeUnit};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, BinaryArray, BinaryBuilder, Int64Array};
+use datafusion::arrow::datatypes::{Field, Int64Type, SchemaRef, TimeUnit};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::HashMap;
 use datafusion::physical_expr::PhysicalSortExpr;
 
+use super::idle_sweep::{IdleSweep, processing_time_ms};
 use super::rank::RankSpec;
 use super::rank_rows::{EncodedRows, RankRows};
 use super::window_aggregate::generic_batch;
@@ -32,7 +33,9 @@ struct Candidate {
 /// passes that time: then no row with an earlier time can arrive on time, and the row is
 /// emitted (row number 1) as a final, append-only row. Later rows of an emitted key are
 /// dropped. Equal times keep the row that arrived first. State: one candidate per key not yet
-/// emitted, and the set of emitted keys (it grows with the keys, as deduplication's does).
+/// emitted, and the emitted keys (they grow with the keys, as deduplication's do, unless a
+/// state TTL forgets the keys emitted longer ago than that: a later row of such a key is
+/// emitted again).
 pub struct KeepFirstOperator {
     codec: RankRows,
     time_column: usize,
@@ -40,7 +43,9 @@ pub struct KeepFirstOperator {
     candidates: HashMap<Box<[u8]>, Candidate>,
     /// (time, key) of every candidate, for the watermark to release in time order.
     by_time: BTreeSet<(i64, Box<[u8]>)>,
-    emitted: HashSet<Box<[u8]>>,
+    /// Emitted keys, with when they were emitted (processing time, ms).
+    emitted: HashMap<Box<[u8]>, u64>,
+    ttl: Option<IdleSweep>,
 }
 
 impl std::fmt::Debug for KeepFirstOperator {
@@ -77,8 +82,26 @@ impl KeepFirstOperator {
             time_unit,
             candidates: HashMap::new(),
             by_time: BTreeSet::new(),
-            emitted: HashSet::new(),
+            emitted: HashMap::new(),
+            ttl: None,
         })
+    }
+
+    /// Forgets the keys emitted longer than `ttl` ago (processing time, checked on ticks).
+    pub fn with_state_ttl(mut self, ttl: Option<std::time::Duration>) -> Self {
+        self.ttl = ttl.map(IdleSweep::new);
+        self
+    }
+
+    /// Forgets the emitted keys older than the TTL at processing time `now` (ms), if a sweep
+    /// is due; returns how many.
+    pub fn expire_emitted_keys(&mut self, now: u64) -> usize {
+        let Some(cutoff) = self.ttl.as_mut().and_then(|t| t.due(now)) else {
+            return 0;
+        };
+        let before = self.emitted.len();
+        self.emitted.retain(|_, at| *at >= cutoff);
+        before - self.emitted.len()
     }
 
     /// Folds rows in: a key's candidate is replaced by a row that sorts before it.
@@ -91,7 +114,7 @@ impl KeepFirstOperator {
                 continue;
             }
             let key = keys.row(i).data();
-            if self.emitted.contains(key) {
+            if self.emitted.contains_key(key) {
                 continue;
             }
             let sort = sorts.row(i).data();
@@ -118,6 +141,7 @@ impl KeepFirstOperator {
     /// Emits the candidates whose time is at or before `watermark` (all for `None`).
     fn release(&mut self, watermark: Option<i64>, out: &mut Output) -> Result<()> {
         let mut released = Vec::new();
+        let now = processing_time_ms();
         while let Some((time, _)) = self.by_time.first() {
             if watermark.is_some_and(|w| *time > w) {
                 break;
@@ -126,7 +150,7 @@ impl KeepFirstOperator {
             if let Some(c) = self.candidates.remove(&key) {
                 released.push(c);
             }
-            self.emitted.insert(key);
+            self.emitted.insert(key, now);
         }
         if released.is_empty() {
             return Ok(());
@@ -184,12 +208,17 @@ impl Operator for KeepFirstOperator {
         Ok(())
     }
 
+    fn on_tick(&mut self, _out: &mut Output) -> Result<()> {
+        self.expire_emitted_keys(processing_time_ms());
+        Ok(())
+    }
+
     fn finish(&mut self, out: &mut Output) -> Result<()> {
         self.release(None, out)
     }
 
     /// Table `candidates`: the input rows waiting for the watermark; table `emitted`: the keys
-    /// already emitted (Arrow row format of the partition keys).
+    /// already emitted (Arrow row format of the partition keys) and when (ms).
     fn snapshot(&mut self) -> Result<NodeState> {
         let mut state = NodeState::empty();
         if !self.candidates.is_empty() {
@@ -198,10 +227,12 @@ impl Operator for KeepFirstOperator {
         }
         if !self.emitted.is_empty() {
             let mut keys = BinaryBuilder::new();
-            for k in &self.emitted {
+            for k in self.emitted.keys() {
                 keys.append_value(k);
             }
-            state = state.with_table(EMITTED_TABLE, generic_batch(vec![Arc::new(keys.finish())])?);
+            let times = Int64Array::from_iter_values(self.emitted.values().map(|t| *t as i64));
+            let columns: Vec<ArrayRef> = vec![Arc::new(keys.finish()), Arc::new(times)];
+            state = state.with_table(EMITTED_TABLE, generic_batch(columns)?);
         }
         Ok(state)
     }
@@ -216,7 +247,18 @@ impl Operator for KeepFirstOperator {
                 .as_any()
                 .downcast_ref::<BinaryArray>()
                 .ok_or_else(|| EngineError::User("the saved keys of a deduplication cannot be read; the query changed (start with --from-scratch)".into()))?;
-            self.emitted.extend(keys.iter().flatten().map(Box::from));
+            // Checkpoints before the TTL saved no times: the keys count as emitted now.
+            let now = processing_time_ms();
+            let times = table
+                .columns()
+                .get(1)
+                .and_then(|c| c.as_primitive_opt::<Int64Type>());
+            for (i, key) in keys.iter().enumerate() {
+                let at = times.map_or(now, |t| t.value(i) as u64);
+                if let Some(key) = key {
+                    self.emitted.insert(Box::from(key), at);
+                }
+            }
         }
         if let Some(table) = state.table(CANDIDATES_TABLE) {
             let schema = self.codec.input();

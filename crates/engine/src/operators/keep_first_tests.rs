@@ -155,3 +155,49 @@ fn with_in_time_watermarks_the_result_is_the_batch_first_row_per_key() {
         assert_eq!(got, expected, "seed {seed}");
     }
 }
+
+#[test]
+fn with_a_state_ttl_keys_emitted_long_ago_are_forgotten_and_emitted_again() {
+    let ttl = Some(std::time::Duration::from_secs(10));
+    let mut op = keep_first().with_state_ttl(ttl);
+    let mut out = Output::default();
+    op.process_batch(0, rows(&[("a", 1, 10)]), &mut out)
+        .unwrap();
+    op.process_watermark(Watermark::EventTime(15 * MS), &mut out)
+        .unwrap();
+    assert_eq!(emitted(&mut out), vec![("a".into(), 1)]);
+    // `a` was emitted at 1 s (processing time); `b` now.
+    for at in op.emitted.values_mut() {
+        *at = 1_000;
+    }
+    op.process_batch(0, rows(&[("b", 2, 20)]), &mut out)
+        .unwrap();
+    op.process_watermark(Watermark::EventTime(30 * MS), &mut out)
+        .unwrap();
+    assert_eq!(emitted(&mut out), vec![("b".into(), 2)]);
+    // Times survive a checkpoint.
+    let mut restored = keep_first().with_state_ttl(ttl);
+    restored.restore(op.snapshot().unwrap()).unwrap();
+    let mut times: Vec<u64> = restored.emitted.values().copied().collect();
+    times.sort();
+    assert_eq!(times[0], 1_000);
+    assert!(times[1] > 1_000_000, "b's time is now");
+    assert_eq!(
+        restored.expire_emitted_keys(11_001),
+        1,
+        "a was emitted 10.001 s before"
+    );
+    assert_eq!(restored.expire_emitted_keys(11_002), 0, "no sweep due yet");
+    // Forgotten: a later row of `a` is emitted again; `b`'s are not.
+    restored
+        .process_batch(0, rows(&[("a", 3, 40), ("b", 4, 40)]), &mut out)
+        .unwrap();
+    restored.finish(&mut out).unwrap();
+    assert_eq!(emitted(&mut out), vec![("a".into(), 3)]);
+    let mut plain = keep_first();
+    assert_eq!(
+        plain.expire_emitted_keys(u64::MAX),
+        0,
+        "no TTL: kept for ever"
+    );
+}

@@ -3,6 +3,7 @@
 mod change_tracker;
 mod filter;
 mod grouped_state;
+mod idle_sweep;
 mod keep_first;
 mod key_expiry;
 mod projection;

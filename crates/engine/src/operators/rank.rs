@@ -4,13 +4,14 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, AsArray, UInt64Array};
-use datafusion::arrow::datatypes::{Field, SchemaRef, UInt64Type};
+use datafusion::arrow::array::{ArrayRef, AsArray, Int64Array, UInt64Array};
+use datafusion::arrow::datatypes::{Field, Int64Type, SchemaRef, UInt64Type};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::HashMap;
 use datafusion::physical_expr::{PhysicalExpr, PhysicalSortExpr};
 
 use super::change_tracker::ChangeTracker;
+use super::idle_sweep::{IdleSweep, processing_time_ms};
 use super::rank_rows::{EncodedRows, RankRows};
 use super::window_aggregate::generic_batch;
 use crate::changelog::{ChangeKind, StreamMode};
@@ -44,12 +45,13 @@ struct Kept {
     row: Arc<[u8]>,
 }
 
-/// One partition: its kept rows, best first, and when they last changed (for incremental
-/// checkpoints: the epoch of [`ChangeTracker`]).
+/// One partition: its kept rows, best first, and when they last changed: the epoch of
+/// [`ChangeTracker`] (for incremental checkpoints) and the processing time (for the TTL).
 #[derive(Debug, Default)]
 struct Partition {
     rows: Vec<Kept>,
     changed: u64,
+    touched_ms: u64,
 }
 
 /// Keeps the first `limit` rows of each partition by the ORDER BY and emits them with their
@@ -67,6 +69,10 @@ pub struct RankOperator {
     kept_rows: usize,
     /// Which partitions changed since each snapshot (updating form).
     changes: ChangeTracker,
+    /// Updating form: partitions unchanged for this long are dropped (`SET state_ttl`).
+    ttl: Option<IdleSweep>,
+    /// The processing time that changes are stamped with (ms since the epoch).
+    now_ms: u64,
     /// Windowed form: partitions per window end, for the watermark to close.
     ends: BTreeMap<i64, Vec<Box<[u8]>>>,
     watermark: Option<i64>,
@@ -108,6 +114,8 @@ impl RankOperator {
             top: HashMap::new(),
             kept_rows: 0,
             changes: ChangeTracker::default(),
+            ttl: None,
+            now_ms: processing_time_ms(),
             ends: BTreeMap::new(),
             watermark: None,
             next_seq: 0,
@@ -117,6 +125,43 @@ impl RankOperator {
     /// Partitions currently kept.
     pub fn partitions(&self) -> usize {
         self.top.len()
+    }
+
+    /// In the updating form, drops the partitions whose rows have not changed for `ttl`
+    /// (processing time, checked on ticks): their last rows stay where they were written, and
+    /// a later row of such a partition starts it afresh (`+I` at row number 1). The windowed
+    /// form forgets each window when it closes and ignores this.
+    pub fn with_state_ttl(mut self, ttl: Option<std::time::Duration>) -> Self {
+        self.ttl = ttl
+            .filter(|_| self.spec.window_end.is_none())
+            .map(IdleSweep::new);
+        self
+    }
+
+    /// Drops the partitions unchanged for longer than the TTL at processing time `now` (ms),
+    /// if a sweep is due; returns how many.
+    pub fn expire_idle_partitions(&mut self, now: u64) -> Result<usize> {
+        let Some(cutoff) = self.ttl.as_mut().and_then(|t| t.due(now)) else {
+            return Ok(0);
+        };
+        let idle: Vec<Box<[u8]>> = self
+            .top
+            .iter()
+            .filter(|(_, p)| p.touched_ms < cutoff)
+            .map(|(k, _)| k.clone())
+            .collect();
+        if idle.is_empty() {
+            return Ok(0);
+        }
+        for key in &idle {
+            if let Some(p) = self.top.remove(key) {
+                self.kept_rows -= p.rows.len();
+            }
+        }
+        let keys = datafusion::arrow::array::BinaryArray::from_iter_values(idle.iter());
+        let removed = generic_batch(vec![Arc::new(keys)])?;
+        self.changes.removed(removed, self.kept_rows);
+        Ok(idle.len())
     }
 
     /// Folds `batch` in; returns each changed partition with its kept rows before the batch.
@@ -134,6 +179,7 @@ impl RankOperator {
             .transpose()?;
         let limit = self.spec.limit;
         let epoch = self.changes.epoch();
+        let now = self.now_ms;
         // Each changed partition with its rows before the batch (cheap clones: shared bytes),
         // in the order they first changed.
         let mut changed: Vec<(Box<[u8]>, Vec<Kept>)> = Vec::new();
@@ -147,8 +193,12 @@ impl RankOperator {
                     self.ends.entry(ends[i]).or_default().push(Box::from(key));
                 }
                 let rows = Vec::with_capacity(limit.min(16));
-                self.top
-                    .insert(Box::from(key), Partition { rows, changed: 0 });
+                let partition = Partition {
+                    rows,
+                    changed: 0,
+                    touched_ms: now,
+                };
+                self.top.insert(Box::from(key), partition);
             }
             let partition = self.top.get_mut(key).expect("inserted above");
             let list = &mut partition.rows;
@@ -160,6 +210,7 @@ impl RankOperator {
                 seen.insert(key.clone(), ());
                 changed.push((key, list.clone()));
                 partition.changed = epoch;
+                partition.touched_ms = now;
             }
             let seq = match seqs {
                 Some(s) => s.value(i),
@@ -298,6 +349,7 @@ impl Operator for RankOperator {
             }
             _ => batch,
         };
+        self.now_ms = processing_time_ms();
         let changed = self.fold(&batch, None)?;
         if self.spec.window_end.is_none() && !changed.is_empty() {
             out.batch(self.changelog(&changed)?);
@@ -313,6 +365,11 @@ impl Operator for RankOperator {
             self.close_until(self.watermark, out)?;
         }
         out.watermark(watermark);
+        Ok(())
+    }
+
+    fn on_tick(&mut self, _out: &mut Output) -> Result<()> {
+        self.expire_idle_partitions(processing_time_ms())?;
         Ok(())
     }
 
@@ -346,20 +403,29 @@ impl Operator for RankOperator {
                 .values()
                 .filter(|p| p.changed > base.since)
                 .collect();
-            let rows: usize = changed.iter().map(|p| p.rows.len()).sum();
+            let removed = self.changes.removals();
+            let rows: usize = changed.iter().map(|p| p.rows.len()).sum::<usize>()
+                + removed.iter().map(RecordBatch::num_rows).sum::<usize>();
             self.changes
                 .worth_a_delta(&base, rows, self.kept_rows)
-                .then_some((base.base, changed, rows))
+                .then_some((base.base, changed, removed, rows))
         });
         let (table, base, rows) = match delta {
-            Some((base, changed, rows)) => {
+            Some((base, changed, removed, rows)) => {
                 let batch = match self.kept_batch(&changed)? {
                     Some(b) => b,
                     None => self.empty_kept_batch()?,
                 };
+                let removed = match removed.first() {
+                    Some(first) => Some(datafusion::arrow::compute::concat_batches(
+                        &first.schema(),
+                        &removed,
+                    )?),
+                    None => None,
+                };
                 let changes = TableChanges {
                     rows: batch,
-                    removed: None,
+                    removed,
                 };
                 (Some(KeyedTable::Delta { base, changes }), Some(base), rows)
             }
@@ -386,10 +452,21 @@ impl Operator for RankOperator {
             (None, None) => Vec::new(),
         };
         for (i, part) in parts.iter().enumerate() {
-            let (batch, seqs) = self.saved_rows(&part.rows)?;
+            if let Some(removed) = &part.removed {
+                let keys = removed
+                    .column(0)
+                    .as_binary_opt::<i32>()
+                    .ok_or_else(|| EngineError::User("the saved keys of a ROW_NUMBER query cannot be read; the query changed (start with --from-scratch)".into()))?;
+                for key in keys.iter().flatten() {
+                    if let Some(p) = self.top.remove(key) {
+                        self.kept_rows -= p.rows.len();
+                    }
+                }
+            }
+            let (batch, seqs, touched) = self.saved_rows(&part.rows)?;
+            let EncodedRows { keys, .. } = self.codec.encode(&batch)?;
             if i > 0 {
                 // A later part holds a changed partition's rows in full: they replace it.
-                let EncodedRows { keys, .. } = self.codec.encode(&batch)?;
                 for row in 0..batch.num_rows() {
                     if let Some(p) = self.top.remove(keys.row(row).data()) {
                         self.kept_rows -= p.rows.len();
@@ -397,6 +474,13 @@ impl Operator for RankOperator {
                 }
             }
             self.fold(&batch, Some(&seqs))?;
+            if let Some(touched) = touched {
+                for (row, time) in touched.values().iter().enumerate() {
+                    if let Some(p) = self.top.get_mut(keys.row(row).data()) {
+                        p.touched_ms = *time as u64;
+                    }
+                }
+            }
         }
         if let Some(KeyedTable::Restored { checkpoint, parts }) = state.keyed_table(KEPT_TABLE) {
             let delta_rows = parts[1..].iter().map(|p| p.rows.num_rows()).sum();
@@ -407,19 +491,25 @@ impl Operator for RankOperator {
 }
 
 impl RankOperator {
-    /// The kept rows of `partitions` in arrival order, with their arrival numbers; `None`
-    /// when there are none.
+    /// The kept rows of `partitions` in arrival order, with their arrival numbers and their
+    /// partitions' last-change times (ms); `None` when there are none.
     fn kept_batch(&self, partitions: &[&Partition]) -> Result<Option<RecordBatch>> {
-        let mut kept: Vec<&Kept> = partitions.iter().flat_map(|p| &p.rows).collect();
+        let mut kept: Vec<(&Kept, u64)> = partitions
+            .iter()
+            .flat_map(|p| p.rows.iter().map(|k| (k, p.touched_ms)))
+            .collect();
         if kept.is_empty() {
             return Ok(None);
         }
         // In arrival order, so that a restore folds them back with ties as they were.
-        kept.sort_unstable_by_key(|k| k.seq);
-        let rows: Vec<&[u8]> = kept.iter().map(|k| &*k.row).collect();
+        kept.sort_unstable_by_key(|(k, _)| k.seq);
+        let rows: Vec<&[u8]> = kept.iter().map(|(k, _)| &*k.row).collect();
         let mut columns = self.codec.decode(&rows)?;
         columns.push(Arc::new(UInt64Array::from_iter_values(
-            kept.iter().map(|k| k.seq),
+            kept.iter().map(|(k, _)| k.seq),
+        )));
+        columns.push(Arc::new(Int64Array::from_iter_values(
+            kept.iter().map(|(_, t)| *t as i64),
         )));
         generic_batch(columns).map(Some)
     }
@@ -433,6 +523,7 @@ impl RankOperator {
             .map(|f| datafusion::arrow::array::new_empty_array(f.data_type()))
             .collect();
         columns.push(Arc::new(UInt64Array::from(Vec::<u64>::new())));
+        columns.push(Arc::new(Int64Array::from(Vec::<i64>::new())));
         generic_batch(columns)
     }
 
@@ -445,10 +536,14 @@ impl RankOperator {
         Ok(state)
     }
 
-    /// A saved table of kept rows as input rows and their arrival numbers.
-    fn saved_rows(&self, table: &RecordBatch) -> Result<(RecordBatch, UInt64Array)> {
+    /// A saved table of kept rows as input rows, their arrival numbers and, when saved
+    /// (not in format-1 checkpoints), their partitions' last-change times.
+    fn saved_rows(
+        &self,
+        table: &RecordBatch,
+    ) -> Result<(RecordBatch, UInt64Array, Option<Int64Array>)> {
         let width = self.input.fields().len();
-        if table.num_columns() != width + 1 {
+        if table.num_columns() != width + 1 && table.num_columns() != width + 2 {
             return Err(EngineError::User(format!(
                 "the saved rows of a ROW_NUMBER query have {} columns where this query keeps {}; the query changed (start with --from-scratch)",
                 table.num_columns().saturating_sub(1),
@@ -457,7 +552,9 @@ impl RankOperator {
         }
         let batch = RecordBatch::try_new(self.input.clone(), table.columns()[..width].to_vec())?;
         let seqs = table.column(width).as_primitive::<UInt64Type>().clone();
-        Ok((batch, seqs))
+        let touched = (table.num_columns() == width + 2)
+            .then(|| table.column(width + 1).as_primitive::<Int64Type>().clone());
+        Ok((batch, seqs, touched))
     }
 }
 

@@ -291,3 +291,76 @@ async fn incremental_checkpoints_restore_what_a_full_one_would() {
     }
     assert!(deltas > 20, "{deltas} deltas");
 }
+
+#[test]
+fn with_a_state_ttl_idle_partitions_are_dropped_also_in_incremental_checkpoints() {
+    let ttl = Some(std::time::Duration::from_secs(2));
+    let mut op = rank(2, false).with_state_ttl(ttl);
+    let mut out = Output::default();
+    op.process_batch(0, rows(&[("a", 5, 0), ("b", 7, 0), ("c", 1, 0)]), &mut out)
+        .unwrap();
+    out.drain();
+    // `a` last changed at 1 s, the others at 5 s; a sweep at 6.5 s drops `a` only.
+    for p in op.top.values_mut() {
+        p.touched_ms = 5_000;
+    }
+    let a_key = {
+        let EncodedRows { keys, .. } = op.codec.encode(&rows(&[("a", 5, 0)])).unwrap();
+        Box::<[u8]>::from(keys.row(0).data())
+    };
+    op.top.get_mut(&a_key).unwrap().touched_ms = 1_000;
+    let first = CheckpointBarrier {
+        id: 1,
+        started_at_ms: 0,
+        base: None,
+    };
+    let full = op.snapshot_at(&first).unwrap();
+    let Some(KeyedTable::Full(full_rows)) = full.keyed_table(KEPT_TABLE).cloned() else {
+        panic!("the first snapshot is full");
+    };
+    assert_eq!(op.expire_idle_partitions(6_500).unwrap(), 1);
+    assert_eq!((op.partitions(), op.kept_rows), (2, 2));
+    // The delta on checkpoint 1 removes `a`; restoring full + delta gives the same rows.
+    let second = CheckpointBarrier {
+        id: 2,
+        started_at_ms: 0,
+        base: Some(1),
+    };
+    let delta = op.snapshot_at(&second).unwrap();
+    let Some(KeyedTable::Delta { changes, .. }) = delta.keyed_table(KEPT_TABLE).cloned() else {
+        panic!("a delta");
+    };
+    assert_eq!(changes.removed.as_ref().map(|r| r.num_rows()), Some(1));
+    let chain = KeyedTable::Restored {
+        checkpoint: 2,
+        parts: vec![
+            TableChanges {
+                rows: full_rows,
+                removed: None,
+            },
+            changes,
+        ],
+    };
+    let mut restored = rank(2, false).with_state_ttl(ttl);
+    restored
+        .restore(delta.with_keyed_table(KEPT_TABLE, chain))
+        .unwrap();
+    assert_eq!(kept(&restored), kept(&op));
+    let mut touched: Vec<u64> = restored.top.values().map(|p| p.touched_ms).collect();
+    touched.sort();
+    assert_eq!(
+        touched,
+        vec![5_000, 5_000],
+        "last-change times are restored"
+    );
+    // A later row of the dropped partition starts it afresh.
+    restored
+        .process_batch(0, rows(&[("a", 2, 0)]), &mut out)
+        .unwrap();
+    assert_eq!(
+        emitted(&mut out),
+        vec![(Some(ChangeKind::Insert), "a".into(), 2, 0, 1)]
+    );
+    // The windowed form closes its windows and takes no TTL.
+    assert!(rank(1, true).with_state_ttl(ttl).ttl.is_none());
+}

@@ -19,6 +19,7 @@ use datafusion::physical_plan::aggregates::order::GroupOrdering;
 
 use super::change_tracker::{ChangeTracker, SnapshotPlan};
 use super::grouped_state::{GroupRows, GroupedState};
+use super::idle_sweep::processing_time_ms;
 use super::key_expiry::KeyExpiry;
 use super::result_store::ResultStore;
 use super::window_aggregate::{
@@ -158,7 +159,7 @@ impl UpdatingAggregate {
 
     /// Emits the results of the keys changed since the last emission.
     pub fn emit_changes(&mut self, out: &mut Output) -> Result<()> {
-        self.emit_changes_at(now_ms(), out)
+        self.emit_changes_at(processing_time_ms(), out)
     }
 
     /// [`Self::emit_changes`] at processing time `now` (milliseconds since the epoch).
@@ -354,13 +355,6 @@ fn differs(a: &[ArrayRef], b: &[ArrayRef], rows: usize) -> Result<BooleanArray> 
     Ok(any)
 }
 
-/// Processing time: milliseconds since the epoch.
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 /// The state tables: every key's stored row, and what arrived since the last emission.
 const RESULTS_TABLE: &str = "results";
 const PENDING_TABLE: &str = "pending";
@@ -454,7 +448,7 @@ impl Operator for UpdatingAggregate {
     }
 
     fn on_tick(&mut self, out: &mut Output) -> Result<()> {
-        let now = now_ms();
+        let now = processing_time_ms();
         if self.last_emission.elapsed() >= self.update_interval {
             self.emit_changes_at(now, out)?;
         }

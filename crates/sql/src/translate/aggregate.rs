@@ -180,7 +180,7 @@ pub(crate) fn non_window_groups(agg: &Aggregate) -> Vec<Expr> {
 }
 
 /// `1s`, `250ms`: an interval for `explain`.
-fn humantime_short(d: std::time::Duration) -> String {
+pub(super) fn humantime_short(d: std::time::Duration) -> String {
     if d.subsec_millis() == 0 {
         format!("{}s", d.as_secs())
     } else {

@@ -11,6 +11,7 @@ use datafusion::physical_expr::create_physical_sort_exprs;
 
 use laketide_engine::operators::{KeepFirstOperator, RankOperator, RankSpec};
 
+use super::aggregate::humantime_short;
 use super::{Stream, Translator, arrow_schema};
 use crate::error::Result;
 
@@ -168,16 +169,19 @@ impl Translator<'_> {
                 &spec,
                 time,
                 rank_field.as_ref(),
-            )?;
-            let node = self.operator(
-                "deduplicate",
-                format!(
-                    "keep the first row of each partition by {}, emitted when the watermark passes it",
-                    params.order_by[0]
-                ),
-                Box::new(op),
-                vec![input.node],
-            )?;
+            )?
+            .with_state_ttl(self.state_ttl);
+            let mut description = format!(
+                "keep the first row of each partition by {}, emitted when the watermark passes it",
+                params.order_by[0]
+            );
+            if let Some(ttl) = self.state_ttl {
+                description.push_str(&format!(
+                    ", keys emitted {} ago forgotten",
+                    humantime_short(ttl)
+                ));
+            }
+            let node = self.operator("deduplicate", description, Box::new(op), vec![input.node])?;
             return Ok(Some(Stream {
                 node,
                 schema: w.schema.clone(),
@@ -185,8 +189,9 @@ impl Translator<'_> {
                 event_time: input.event_time,
             }));
         }
-        let op = RankOperator::new(arrow_schema(&input.schema), spec, rank_field.as_ref())?;
-        let description = format!(
+        let op = RankOperator::new(arrow_schema(&input.schema), spec, rank_field.as_ref())?
+            .with_state_ttl(self.state_ttl);
+        let mut description = format!(
             "keep the first {} of each partition by [{}]{}",
             pending.limit,
             params
@@ -201,6 +206,12 @@ impl Translator<'_> {
                 ""
             }
         );
+        if let (Some(ttl), None) = (self.state_ttl, window_end) {
+            description.push_str(&format!(
+                ", partitions idle for {} dropped",
+                humantime_short(ttl)
+            ));
+        }
         let node = self.operator("rank", description, Box::new(op), vec![input.node])?;
         Ok(Some(Stream {
             node,
