@@ -12,6 +12,7 @@ mod rank_rows;
 mod result_store;
 mod retractable;
 mod retracting_aggregate;
+mod retracting_state;
 mod session_aggregate;
 mod session_assign;
 mod session_generations;

@@ -4,28 +4,34 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Int8Array};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, BinaryArray, BooleanArray, Int8Array};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::row::{RowConverter, RowParser, SortField};
 use datafusion::common::{HashMap, ScalarValue};
 use datafusion::physical_expr::PhysicalExpr;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
+use super::change_tracker::ChangeTracker;
 use super::retractable::{Retractable, RetractableSpec, State};
+use super::retracting_state::{SavedGroup, groups_batch, read_groups};
+use super::window_aggregate::generic_batch;
 use super::window_aggregate::{cast_if_needed, evaluate_all};
 use crate::changelog::{ChangeKind, StreamMode, change_kinds, has_change_column, kind_at};
 use crate::error::{EngineError, Result};
+use crate::message::CheckpointBarrier;
 use crate::operator::{Operator, Output};
-use crate::state::NodeState;
+use crate::state::{KeyedTable, NodeState, TableChanges};
 
-/// One group: its net row count, its aggregates' states, and the result last emitted.
+/// One group: its net row count, its aggregates' states, the result last emitted, whether it
+/// changed since, and the epoch of its last change (for incremental checkpoints).
 #[derive(Debug, Clone)]
 struct Group {
     rows: i64,
     states: Vec<State>,
     emitted: Option<Vec<ScalarValue>>,
     changed: bool,
+    stamp: u64,
 }
 
 /// Aggregates an updating stream per key (an append-only one too: its rows are all inserts):
@@ -40,6 +46,8 @@ pub struct RetractingAggregate {
     keys: RowConverter,
     parser: RowParser,
     groups: HashMap<Box<[u8]>, Group>,
+    /// Which groups changed since each snapshot.
+    changes: ChangeTracker,
     update_interval: Duration,
     last_emission: Instant,
 }
@@ -91,6 +99,7 @@ impl RetractingAggregate {
             aggregates,
             output,
             groups: HashMap::new(),
+            changes: ChangeTracker::default(),
             update_interval,
             last_emission: Instant::now(),
         })
@@ -134,6 +143,7 @@ impl RetractingAggregate {
                     .transpose()?,
             );
         }
+        let epoch = self.changes.epoch();
         for i in 0..n {
             let retract = match &kinds {
                 Some(k) => kind_at(k, i)?.is_retraction(),
@@ -150,12 +160,14 @@ impl RetractingAggregate {
                         states,
                         emitted: None,
                         changed: false,
+                        stamp: 0,
                     },
                 );
             }
             let group = self.groups.get_mut(key).expect("inserted above");
             group.rows += sign;
             group.changed = true;
+            group.stamp = epoch;
             for (a, ((agg, arg), filter)) in
                 self.aggregates.iter().zip(&args).zip(&filters).enumerate()
             {
@@ -176,8 +188,10 @@ impl RetractingAggregate {
         self.last_emission = Instant::now();
         let mut rows: Vec<(Box<[u8]>, Vec<ScalarValue>, ChangeKind)> = Vec::new();
         let mut gone = Vec::new();
+        let epoch = self.changes.epoch();
         for (key, group) in self.groups.iter_mut().filter(|(_, g)| g.changed) {
             group.changed = false;
+            group.stamp = epoch;
             if group.rows <= 0 {
                 if let Some(old) = group.emitted.take() {
                     rows.push((key.clone(), old, ChangeKind::Delete));
@@ -200,8 +214,13 @@ impl RetractingAggregate {
                 Some(_) => {}
             }
         }
-        for key in gone {
-            self.groups.remove(&key);
+        for key in &gone {
+            self.groups.remove(key);
+        }
+        if !gone.is_empty() {
+            let keys = BinaryArray::from_iter_values(gone.iter());
+            let removed = generic_batch(vec![Arc::new(keys)])?;
+            self.changes.removed(removed, self.groups.len());
         }
         if !rows.is_empty() {
             out.batch(self.changelog(&rows)?);
@@ -237,18 +256,18 @@ impl RetractingAggregate {
     }
 }
 
-/// A group in a checkpoint.
-#[derive(Debug, Serialize, Deserialize)]
-struct SavedGroup {
+/// A group in a checkpoint written before groups were saved as Arrow (read only).
+#[derive(Debug, Deserialize)]
+struct LegacyGroup {
     key: Vec<u8>,
     rows: i64,
-    states: Vec<SavedState>,
+    states: Vec<LegacyState>,
     emitted: Option<Vec<String>>,
 }
 
-/// An aggregate state in a checkpoint (value keys in the row format, as bytes).
-#[derive(Debug, Serialize, Deserialize)]
-enum SavedState {
+/// An aggregate state in such a checkpoint (value keys in the row format, as bytes).
+#[derive(Debug, Deserialize)]
+enum LegacyState {
     Count(i64),
     Sum { int: String, float: f64, n: i64 },
     Values(Vec<(Vec<u8>, i64)>),
@@ -295,49 +314,143 @@ impl Operator for RetractingAggregate {
         self.emit_changes(out)
     }
 
-    /// One JSON document: every group with its states and the result last emitted (values
-    /// as text), and whether it changed since.
+    /// Keyed table `groups` (see `retracting_state.rs`): every group with its states, the
+    /// result last emitted and whether it changed since.
     fn snapshot(&mut self) -> Result<NodeState> {
-        let groups: Vec<(SavedGroup, bool)> = self
-            .groups
-            .iter()
-            .map(|(key, g)| {
-                let states = g
-                    .states
-                    .iter()
-                    .map(|s| match s {
-                        State::Count(n) => SavedState::Count(*n),
-                        State::Sum { int, float, n } => SavedState::Sum {
-                            int: int.to_string(),
-                            float: *float,
-                            n: *n,
-                        },
-                        State::Values(m) => {
-                            SavedState::Values(m.iter().map(|(k, c)| (k.to_vec(), *c)).collect())
-                        }
-                        State::Distinct(m) => {
-                            SavedState::Distinct(m.iter().map(|(k, c)| (k.to_vec(), *c)).collect())
-                        }
-                    })
-                    .collect();
-                let saved = SavedGroup {
-                    key: key.to_vec(),
-                    rows: g.rows,
-                    states,
-                    emitted: g
-                        .emitted
-                        .as_ref()
-                        .map(|v| v.iter().map(saved_value).collect()),
+        let all: Vec<&Box<[u8]>> = self.groups.keys().collect();
+        let table = self.groups_batch(&all)?.map(KeyedTable::Full);
+        Ok(state_with(table))
+    }
+
+    /// As `snapshot`, with only the groups changed since the barrier's base when that is
+    /// worth it, and the groups deleted since.
+    fn snapshot_at(&mut self, barrier: &CheckpointBarrier) -> Result<NodeState> {
+        let delta = self.changes.delta_base(barrier).and_then(|base| {
+            let changed: Vec<&Box<[u8]>> = self
+                .groups
+                .iter()
+                .filter(|(_, g)| g.stamp > base.since)
+                .map(|(k, _)| k)
+                .collect();
+            let removed = self.changes.removals();
+            let rows = changed.len() + removed.iter().map(RecordBatch::num_rows).sum::<usize>();
+            self.changes
+                .worth_a_delta(&base, rows, self.groups.len())
+                .then_some((base.base, changed, removed, rows))
+        });
+        let (table, base, rows) = match delta {
+            Some((base, changed, removed, rows)) => {
+                let batch = match self.groups_batch(&changed)? {
+                    Some(b) => b,
+                    None => self.no_groups()?,
                 };
-                (saved, g.changed)
-            })
-            .collect();
-        NodeState::json(&groups)
+                let removed = match removed.first() {
+                    Some(first) => Some(datafusion::arrow::compute::concat_batches(
+                        &first.schema(),
+                        &removed,
+                    )?),
+                    None => None,
+                };
+                let changes = TableChanges {
+                    rows: batch,
+                    removed,
+                };
+                (Some(KeyedTable::Delta { base, changes }), Some(base), rows)
+            }
+            None => {
+                let all: Vec<&Box<[u8]>> = self.groups.keys().collect();
+                (self.groups_batch(&all)?.map(KeyedTable::Full), None, 0)
+            }
+        };
+        self.changes.taken(barrier.id, base, rows);
+        Ok(state_with(table))
     }
 
     fn restore(&mut self, state: NodeState) -> Result<()> {
         self.groups.clear();
-        let saved: Vec<(SavedGroup, bool)> = state.to_json()?.unwrap_or_default();
+        if let Some(legacy) = state.to_json::<Vec<(LegacyGroup, bool)>>()? {
+            return self.restore_legacy(legacy);
+        }
+        let Some(table) = state.keyed_table(GROUPS_TABLE) else {
+            return Ok(());
+        };
+        let parts = table.parts();
+        for part in &parts {
+            if let Some(removed) = &part.removed {
+                let keys = removed.column(0).as_binary_opt::<i32>().ok_or_else(|| {
+                    EngineError::User("the saved keys of an aggregate cannot be read; the query changed (start with --from-scratch)".into())
+                })?;
+                for key in keys.iter().flatten() {
+                    self.groups.remove(key);
+                }
+            }
+            for g in read_groups(&part.rows, &self.aggregates)? {
+                let group = Group {
+                    rows: g.rows,
+                    states: g.states,
+                    emitted: g.emitted,
+                    changed: g.changed,
+                    stamp: 0,
+                };
+                self.groups.insert(g.key, group);
+            }
+        }
+        if let KeyedTable::Restored { checkpoint, parts } = table {
+            let delta_rows = parts[1..]
+                .iter()
+                .map(|p| p.rows.num_rows() + p.removed.as_ref().map_or(0, |r| r.num_rows()))
+                .sum();
+            self.changes.restored(*checkpoint, parts.len(), delta_rows);
+        }
+        Ok(())
+    }
+}
+
+/// The keyed table of the groups.
+const GROUPS_TABLE: &str = "groups";
+
+/// A node state holding the groups table, if any.
+fn state_with(groups: Option<KeyedTable>) -> NodeState {
+    match groups {
+        Some(table) => NodeState::empty().with_keyed_table(GROUPS_TABLE, table),
+        None => NodeState::empty(),
+    }
+}
+
+impl RetractingAggregate {
+    /// The saved rows of the groups with these keys (`None` for none).
+    fn groups_batch(&self, keys: &[&Box<[u8]>]) -> Result<Option<RecordBatch>> {
+        let saved: Vec<SavedGroup> = keys
+            .iter()
+            .map(|k| {
+                let g = &self.groups[*k];
+                SavedGroup {
+                    key: (*k).clone(),
+                    rows: g.rows,
+                    changed: g.changed,
+                    states: g.states.clone(),
+                    emitted: g.emitted.clone(),
+                }
+            })
+            .collect();
+        groups_batch(&saved, &self.aggregates)
+    }
+
+    /// A groups table with no rows (a delta in which no group changed).
+    fn no_groups(&self) -> Result<RecordBatch> {
+        let empty = SavedGroup {
+            key: Box::from(&[][..]),
+            rows: 0,
+            changed: false,
+            states: self.aggregates.iter().map(Retractable::empty).collect(),
+            emitted: None,
+        };
+        let one = groups_batch(&[empty], &self.aggregates)?.expect("one group");
+        Ok(one.slice(0, 0))
+    }
+
+    /// Restores a checkpoint whose groups were saved as one JSON document.
+    fn restore_legacy(&mut self, saved: Vec<(LegacyGroup, bool)>) -> Result<()> {
         for (g, changed) in saved {
             if g.states.len() != self.aggregates.len() {
                 return Err(EngineError::User(
@@ -349,20 +462,20 @@ impl Operator for RetractingAggregate {
                 .into_iter()
                 .map(|s| {
                     Ok(match s {
-                        SavedState::Count(n) => State::Count(n),
-                        SavedState::Sum { int, float, n } => State::Sum {
+                        LegacyState::Count(n) => State::Count(n),
+                        LegacyState::Sum { int, float, n } => State::Sum {
                             int: int.parse().map_err(|_| {
                                 EngineError::User("a saved sum cannot be read".into())
                             })?,
                             float,
                             n,
                         },
-                        SavedState::Values(v) => State::Values(
+                        LegacyState::Values(v) => State::Values(
                             v.into_iter()
                                 .map(|(k, c)| (k.into_boxed_slice(), c))
                                 .collect(),
                         ),
-                        SavedState::Distinct(v) => State::Distinct(
+                        LegacyState::Distinct(v) => State::Distinct(
                             v.into_iter()
                                 .map(|(k, c)| (k.into_boxed_slice(), c))
                                 .collect(),
@@ -387,6 +500,7 @@ impl Operator for RetractingAggregate {
                     states,
                     emitted,
                     changed,
+                    stamp: 0,
                 },
             );
         }
@@ -394,15 +508,7 @@ impl Operator for RetractingAggregate {
     }
 }
 
-/// A result value as text for a checkpoint (`None` for NULL).
-fn saved_value(v: &ScalarValue) -> String {
-    if v.is_null() {
-        "\u{0}null".to_string()
-    } else {
-        v.to_string()
-    }
-}
-
+/// A result value of a JSON checkpoint ("\u{0}null" for NULL).
 fn restored_value(text: &str, t: &datafusion::arrow::datatypes::DataType) -> Result<ScalarValue> {
     if text == "\u{0}null" {
         return Ok(ScalarValue::try_from(t)?);
