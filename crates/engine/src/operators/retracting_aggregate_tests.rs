@@ -267,8 +267,9 @@ fn saved(op: &RetractingAggregate) -> Vec<crate::operators::retracting_state::Sa
     let mut keys: Vec<&Box<[u8]>> = op.groups.keys().collect();
     keys.sort();
     match op.groups_batch(&keys).unwrap() {
-        Some(batch) => crate::operators::retracting_state::read_groups(&batch, &op.aggregates)
-            .unwrap(),
+        Some(batch) => {
+            crate::operators::retracting_state::read_groups(&batch, &op.aggregates).unwrap()
+        }
         None => Vec::new(),
     }
 }
@@ -344,7 +345,11 @@ async fn incremental_checkpoints_restore_what_a_full_one_would() {
             restored
                 .restore(loaded.nodes.remove(&key).unwrap())
                 .unwrap();
-            assert_eq!(saved(&restored), saved(&op), "seed {seed}, checkpoint {step}");
+            assert_eq!(
+                saved(&restored),
+                saved(&op),
+                "seed {seed}, checkpoint {step}"
+            );
             if rng.below(2) == 0 {
                 op = restored;
             }
