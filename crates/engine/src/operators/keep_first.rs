@@ -10,15 +10,16 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::HashMap;
 use datafusion::physical_expr::PhysicalSortExpr;
 
+use super::change_tracker::ChangeTracker;
 use super::idle_sweep::{IdleSweep, processing_time_ms};
 use super::rank::RankSpec;
 use super::rank_rows::{EncodedRows, RankRows};
 use super::window_aggregate::generic_batch;
 use crate::changelog::{ChangeKind, StreamMode};
 use crate::error::{EngineError, Result};
-use crate::message::Watermark;
+use crate::message::{CheckpointBarrier, Watermark};
 use crate::operator::{Operator, Output};
-use crate::state::NodeState;
+use crate::state::{KeyedTable, NodeState, TableChanges};
 use crate::time::{from_event_time, timestamp_unit, timestamp_values};
 
 /// A key's best row so far: its time, sort key and row (row format).
@@ -43,9 +44,18 @@ pub struct KeepFirstOperator {
     candidates: HashMap<Box<[u8]>, Candidate>,
     /// (time, key) of every candidate, for the watermark to release in time order.
     by_time: BTreeSet<(i64, Box<[u8]>)>,
-    /// Emitted keys, with when they were emitted (processing time, ms).
-    emitted: HashMap<Box<[u8]>, u64>,
+    /// Emitted keys.
+    emitted: HashMap<Box<[u8]>, Emitted>,
+    /// Which keys were emitted or forgotten since each snapshot.
+    changes: ChangeTracker,
     ttl: Option<IdleSweep>,
+}
+
+/// An emitted key: when (processing time, ms), and the epoch of [`ChangeTracker`] then.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Emitted {
+    at_ms: u64,
+    stamp: u64,
 }
 
 impl std::fmt::Debug for KeepFirstOperator {
@@ -83,6 +93,7 @@ impl KeepFirstOperator {
             candidates: HashMap::new(),
             by_time: BTreeSet::new(),
             emitted: HashMap::new(),
+            changes: ChangeTracker::default(),
             ttl: None,
         })
     }
@@ -99,9 +110,22 @@ impl KeepFirstOperator {
         let Some(cutoff) = self.ttl.as_mut().and_then(|t| t.due(now)) else {
             return 0;
         };
-        let before = self.emitted.len();
-        self.emitted.retain(|_, at| *at >= cutoff);
-        before - self.emitted.len()
+        let forgotten: Vec<Box<[u8]>> = self
+            .emitted
+            .iter()
+            .filter(|(_, e)| e.at_ms < cutoff)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in &forgotten {
+            self.emitted.remove(key);
+        }
+        if !forgotten.is_empty() {
+            let keys = BinaryArray::from_iter_values(forgotten.iter());
+            if let Ok(removed) = generic_batch(vec![Arc::new(keys)]) {
+                self.changes.removed(removed, self.emitted.len());
+            }
+        }
+        forgotten.len()
     }
 
     /// Folds rows in: a key's candidate is replaced by a row that sorts before it.
@@ -141,7 +165,8 @@ impl KeepFirstOperator {
     /// Emits the candidates whose time is at or before `watermark` (all for `None`).
     fn release(&mut self, watermark: Option<i64>, out: &mut Output) -> Result<()> {
         let mut released = Vec::new();
-        let now = processing_time_ms();
+        let at_ms = processing_time_ms();
+        let stamp = self.changes.epoch();
         while let Some((time, _)) = self.by_time.first() {
             if watermark.is_some_and(|w| *time > w) {
                 break;
@@ -150,7 +175,7 @@ impl KeepFirstOperator {
             if let Some(c) = self.candidates.remove(&key) {
                 released.push(c);
             }
-            self.emitted.insert(key, now);
+            self.emitted.insert(key, Emitted { at_ms, stamp });
         }
         if released.is_empty() {
             return Ok(());
@@ -217,48 +242,95 @@ impl Operator for KeepFirstOperator {
         self.release(None, out)
     }
 
-    /// Table `candidates`: the input rows waiting for the watermark; table `emitted`: the keys
-    /// already emitted (Arrow row format of the partition keys) and when (ms).
+    /// Table `candidates`: the input rows waiting for the watermark; keyed table `emitted`:
+    /// the keys already emitted (Arrow row format of the partition keys) and when (ms).
     fn snapshot(&mut self) -> Result<NodeState> {
-        let mut state = NodeState::empty();
-        if !self.candidates.is_empty() {
-            let rows: Vec<&[u8]> = self.candidates.values().map(|c| &*c.row).collect();
-            state = state.with_table(CANDIDATES_TABLE, generic_batch(self.codec.decode(&rows)?)?);
-        }
-        if !self.emitted.is_empty() {
-            let mut keys = BinaryBuilder::new();
-            for k in self.emitted.keys() {
-                keys.append_value(k);
+        let all: Vec<(&Box<[u8]>, &Emitted)> = self.emitted.iter().collect();
+        let emitted = (!all.is_empty())
+            .then(|| emitted_batch(&all).map(KeyedTable::Full))
+            .transpose()?;
+        self.state_with(emitted)
+    }
+
+    /// As `snapshot`, with only the keys emitted or forgotten since the barrier's base when
+    /// that is worth it.
+    fn snapshot_at(&mut self, barrier: &CheckpointBarrier) -> Result<NodeState> {
+        let delta = self.changes.delta_base(barrier).and_then(|base| {
+            let changed: Vec<(&Box<[u8]>, &Emitted)> = self
+                .emitted
+                .iter()
+                .filter(|(_, e)| e.stamp > base.since)
+                .collect();
+            let removed = self.changes.removals();
+            let rows = changed.len() + removed.iter().map(RecordBatch::num_rows).sum::<usize>();
+            self.changes
+                .worth_a_delta(&base, rows, self.emitted.len())
+                .then_some((base.base, changed, removed, rows))
+        });
+        let (table, base, rows) = match delta {
+            Some((base, changed, removed, rows)) => {
+                let removed = match removed.first() {
+                    Some(first) => Some(datafusion::arrow::compute::concat_batches(
+                        &first.schema(),
+                        &removed,
+                    )?),
+                    None => None,
+                };
+                let changes = TableChanges {
+                    rows: emitted_batch(&changed)?,
+                    removed,
+                };
+                (Some(KeyedTable::Delta { base, changes }), Some(base), rows)
             }
-            let times = Int64Array::from_iter_values(self.emitted.values().map(|t| *t as i64));
-            let columns: Vec<ArrayRef> = vec![Arc::new(keys.finish()), Arc::new(times)];
-            state = state.with_table(EMITTED_TABLE, generic_batch(columns)?);
-        }
-        Ok(state)
+            None => {
+                let all: Vec<(&Box<[u8]>, &Emitted)> = self.emitted.iter().collect();
+                let table = (!all.is_empty())
+                    .then(|| emitted_batch(&all).map(KeyedTable::Full))
+                    .transpose()?;
+                (table, None, 0)
+            }
+        };
+        self.changes.taken(barrier.id, base, rows);
+        self.state_with(table)
     }
 
     fn restore(&mut self, state: NodeState) -> Result<()> {
         self.candidates.clear();
         self.by_time.clear();
         self.emitted.clear();
-        if let Some(table) = state.table(EMITTED_TABLE) {
-            let keys = table
-                .column(0)
-                .as_any()
-                .downcast_ref::<BinaryArray>()
-                .ok_or_else(|| EngineError::User("the saved keys of a deduplication cannot be read; the query changed (start with --from-scratch)".into()))?;
+        let parts = match (state.keyed_table(EMITTED_TABLE), state.table(EMITTED_TABLE)) {
+            (Some(table), _) => table.parts(),
+            // Checkpoints of format 1 saved the keys as one plain table.
+            (None, Some(keys)) => KeyedTable::Full(keys.clone()).parts(),
+            (None, None) => Vec::new(),
+        };
+        for part in &parts {
+            if let Some(removed) = &part.removed {
+                for key in saved_keys(removed)?.iter().flatten() {
+                    self.emitted.remove(key);
+                }
+            }
             // Checkpoints before the TTL saved no times: the keys count as emitted now.
             let now = processing_time_ms();
-            let times = table
+            let times = part
+                .rows
                 .columns()
                 .get(1)
                 .and_then(|c| c.as_primitive_opt::<Int64Type>());
-            for (i, key) in keys.iter().enumerate() {
-                let at = times.map_or(now, |t| t.value(i) as u64);
+            for (i, key) in saved_keys(&part.rows)?.iter().enumerate() {
+                let at_ms = times.map_or(now, |t| t.value(i) as u64);
                 if let Some(key) = key {
-                    self.emitted.insert(Box::from(key), at);
+                    self.emitted
+                        .insert(Box::from(key), Emitted { at_ms, stamp: 0 });
                 }
             }
+        }
+        if let Some(KeyedTable::Restored { checkpoint, parts }) = state.keyed_table(EMITTED_TABLE) {
+            let delta_rows = parts[1..]
+                .iter()
+                .map(|p| p.rows.num_rows() + p.removed.as_ref().map_or(0, |r| r.num_rows()))
+                .sum();
+            self.changes.restored(*checkpoint, parts.len(), delta_rows);
         }
         if let Some(table) = state.table(CANDIDATES_TABLE) {
             let schema = self.codec.input();
@@ -273,6 +345,41 @@ impl Operator for KeepFirstOperator {
         }
         Ok(())
     }
+}
+
+impl KeepFirstOperator {
+    /// The node state: the candidates, if any, and the emitted keys' table.
+    fn state_with(&self, emitted: Option<KeyedTable>) -> Result<NodeState> {
+        let mut state = NodeState::empty();
+        if !self.candidates.is_empty() {
+            let rows: Vec<&[u8]> = self.candidates.values().map(|c| &*c.row).collect();
+            state = state.with_table(CANDIDATES_TABLE, generic_batch(self.codec.decode(&rows)?)?);
+        }
+        if let Some(table) = emitted {
+            state = state.with_keyed_table(EMITTED_TABLE, table);
+        }
+        Ok(state)
+    }
+}
+
+/// Emitted keys and when, as saved: (key, ms).
+fn emitted_batch(keys: &[(&Box<[u8]>, &Emitted)]) -> Result<RecordBatch> {
+    let mut builder = BinaryBuilder::new();
+    for (k, _) in keys {
+        builder.append_value(k);
+    }
+    let times = Int64Array::from_iter_values(keys.iter().map(|(_, e)| e.at_ms as i64));
+    let columns: Vec<ArrayRef> = vec![Arc::new(builder.finish()), Arc::new(times)];
+    generic_batch(columns)
+}
+
+/// The key column of a saved table of emitted or forgotten keys.
+fn saved_keys(table: &RecordBatch) -> Result<&BinaryArray> {
+    table
+        .column(0)
+        .as_any()
+        .downcast_ref::<BinaryArray>()
+        .ok_or_else(|| EngineError::User("the saved keys of a deduplication cannot be read; the query changed (start with --from-scratch)".into()))
 }
 
 #[cfg(test)]

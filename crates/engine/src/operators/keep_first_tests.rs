@@ -167,8 +167,8 @@ fn with_a_state_ttl_keys_emitted_long_ago_are_forgotten_and_emitted_again() {
         .unwrap();
     assert_eq!(emitted(&mut out), vec![("a".into(), 1)]);
     // `a` was emitted at 1 s (processing time); `b` now.
-    for at in op.emitted.values_mut() {
-        *at = 1_000;
+    for e in op.emitted.values_mut() {
+        e.at_ms = 1_000;
     }
     op.process_batch(0, rows(&[("b", 2, 20)]), &mut out)
         .unwrap();
@@ -178,7 +178,7 @@ fn with_a_state_ttl_keys_emitted_long_ago_are_forgotten_and_emitted_again() {
     // Times survive a checkpoint.
     let mut restored = keep_first().with_state_ttl(ttl);
     restored.restore(op.snapshot().unwrap()).unwrap();
-    let mut times: Vec<u64> = restored.emitted.values().copied().collect();
+    let mut times: Vec<u64> = restored.emitted.values().map(|e| e.at_ms).collect();
     times.sort();
     assert_eq!(times[0], 1_000);
     assert!(times[1] > 1_000_000, "b's time is now");
@@ -200,4 +200,99 @@ fn with_a_state_ttl_keys_emitted_long_ago_are_forgotten_and_emitted_again() {
         0,
         "no TTL: kept for ever"
     );
+}
+
+/// The emitted keys and when, in key order, for comparing two operators' state.
+fn emitted_keys(op: &KeepFirstOperator) -> Vec<(Box<[u8]>, u64)> {
+    let mut keys: Vec<(Box<[u8]>, u64)> = op
+        .emitted
+        .iter()
+        .map(|(k, e)| (k.clone(), e.at_ms))
+        .collect();
+    keys.sort();
+    keys
+}
+
+#[tokio::test]
+async fn incremental_checkpoints_restore_what_a_full_one_would() {
+    use crate::checkpoint::{Checkpoint, CheckpointStore, NodeKey};
+    let key = NodeKey {
+        id: "out[0]/deduplicate".into(),
+        name: "deduplicate".into(),
+        fingerprint: "f".into(),
+    };
+    let ttl = Some(std::time::Duration::from_secs(1));
+    let (mut deltas, mut removals) = (0, 0);
+    for seed in 0..6u64 {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::local(dir.path()).unwrap().keeping(2);
+        let mut rng = XorShift::new(seed);
+        let mut op = keep_first().with_state_ttl(ttl);
+        let mut out = Output::default();
+        let (mut base, mut time) = (None, 0i64);
+        for step in 1..=45u64 {
+            let names: Vec<String> = (0..rng.below(40))
+                .map(|_| format!("k{}", rng.below(3000)))
+                .collect();
+            let data: Vec<(&str, i64, i64)> = names
+                .iter()
+                .map(|k| (k.as_str(), step as i64, time + rng.below(5) as i64))
+                .collect();
+            op.process_batch(0, rows(&data), &mut out).unwrap();
+            time += 5;
+            op.process_watermark(Watermark::EventTime(time * MS), &mut out)
+                .unwrap();
+            out.drain();
+            // Some keys were emitted long ago (processing time): the TTL forgets them.
+            if rng.below(6) == 0 {
+                for e in op.emitted.values_mut().filter(|e| e.at_ms % 7 == 0) {
+                    e.at_ms = 1;
+                }
+                op.ttl = Some(IdleSweep::new(std::time::Duration::from_secs(1)));
+                op.expire_emitted_keys(1_000_000);
+            }
+            if step % 3 != 0 {
+                continue;
+            }
+            let barrier = CheckpointBarrier {
+                id: step,
+                started_at_ms: 0,
+                base,
+            };
+            let state = op.snapshot_at(&barrier).unwrap();
+            if let Some(KeyedTable::Delta { changes, .. }) = state.keyed_table(EMITTED_TABLE) {
+                deltas += 1;
+                removals += changes.removed.as_ref().map_or(0, |r| r.num_rows());
+            }
+            if rng.below(5) == 0 {
+                continue; // not stored: the next checkpoint's base is older
+            }
+            let checkpoint = Checkpoint {
+                id: step,
+                pipeline: "p".into(),
+                format: crate::checkpoint::FORMAT_VERSION,
+                started_at_ms: 0,
+                completed_at_ms: 0,
+                nodes: [(key.clone(), state)].into_iter().collect(),
+            };
+            store.write(&checkpoint).await.unwrap();
+            store.clean_up(step).await;
+            base = Some(step);
+            let mut loaded = store.latest().await.unwrap().unwrap();
+            let mut restored = keep_first().with_state_ttl(ttl);
+            restored
+                .restore(loaded.nodes.remove(&key).unwrap())
+                .unwrap();
+            assert_eq!(
+                emitted_keys(&restored),
+                emitted_keys(&op),
+                "seed {seed}, checkpoint {step}"
+            );
+            if rng.below(2) == 0 {
+                op = restored;
+            }
+        }
+    }
+    assert!(deltas > 15, "{deltas} deltas");
+    assert!(removals > 0, "no delta forgot a key");
 }
