@@ -220,6 +220,12 @@ impl CheckpointStore {
             }
             let mut keyed = Vec::new();
             for (name, table) in state.keyed_tables() {
+                if state.table(name).is_some() {
+                    return Err(EngineError::Internal(format!(
+                        "{} saved a table and a keyed table both called {name}",
+                        key.name
+                    )));
+                }
                 let stem = format!("{number:04}-{}", sanitize(name));
                 let (mut parts, changes) = match table {
                     KeyedTable::Full(rows) => (
