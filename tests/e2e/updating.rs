@@ -493,3 +493,32 @@ fn query_reads_a_nexmark_table_as_every_event_it_generates() {
         text(&run.stderr)
     );
 }
+
+#[test]
+fn a_new_update_interval_or_state_ttl_keeps_the_state_and_a_changed_aggregate_does_not() {
+    let dir = tempfile::tempdir().unwrap();
+    write_data(dir.path());
+    let pipeline = |ttl: &str, aggregate: &str| {
+        format!(
+            "SET state_ttl = '{ttl}';\n{CLICKS}CREATE TABLE out WITH (connector = 'console');\nINSERT INTO out SELECT user_id, {aggregate} AS v FROM clicks GROUP BY user_id;\n"
+        )
+    };
+    let run = |args: &[&str]| {
+        let out = laketide(dir.path(), args);
+        (out.status.success(), text(&out.stderr))
+    };
+    std::fs::write(dir.path().join("p.sql"), pipeline("1h", "count(*)")).unwrap();
+    let (ok, err) = run(&["run", "p.sql"]);
+    assert!(ok, "{err}");
+    // Emitting more often and keeping keys longer do not change what the state means.
+    std::fs::write(dir.path().join("p.sql"), pipeline("2h", "count(*)")).unwrap();
+    let (ok, err) = run(&["run", "p.sql", "--update-interval", "250ms"]);
+    assert!(ok && err.contains("resumed from"), "{err}");
+    // Another aggregate cannot take the old state: refused, naming the node.
+    std::fs::write(dir.path().join("p.sql"), pipeline("2h", "sum(amount)")).unwrap();
+    let (ok, err) = run(&["run", "p.sql"]);
+    assert!(
+        !ok && err.contains("pipeline has changed") && err.contains("out[0]/"),
+        "{err}"
+    );
+}

@@ -50,6 +50,10 @@ pub struct Node {
     pub name: String,
     /// One line for `explain`.
     pub description: String,
+    /// What the node's state depends on, for its checkpoint fingerprint, when that is less
+    /// than the description (set with [`Dataflow::set_state_signature`]; e.g. an aggregate's
+    /// emission interval changes when results are emitted, not what its state means).
+    pub state_signature: Option<String>,
     /// The node's behaviour.
     pub kind: NodeKind,
     /// Upstream nodes; the position is the input number seen by the operator.
@@ -103,6 +107,7 @@ impl Dataflow {
         self.push(Node {
             name,
             description: description.into(),
+            state_signature: None,
             kind: NodeKind::Source { source, watermark },
             inputs: vec![],
             schema,
@@ -142,6 +147,7 @@ impl Dataflow {
         Ok(self.push(Node {
             name,
             description: description.into(),
+            state_signature: None,
             kind: NodeKind::Operator(operator),
             inputs,
             schema,
@@ -174,6 +180,7 @@ impl Dataflow {
         Ok(self.push(Node {
             name,
             description: description.into(),
+            state_signature: None,
             kind: NodeKind::Sink(sink),
             inputs: vec![input],
             schema,
@@ -243,6 +250,12 @@ impl Dataflow {
                 node
             })
             .collect();
+    }
+
+    /// Sets what `node`'s state depends on, for its checkpoint fingerprint, instead of its
+    /// description: a run whose node differs only outside the signature keeps the state.
+    pub fn set_state_signature(&mut self, node: NodeId, signature: impl Into<String>) {
+        self.nodes[node].state_signature = Some(signature.into());
     }
 
     /// The schema a node emits.

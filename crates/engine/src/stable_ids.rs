@@ -10,8 +10,9 @@
 //!   names of the nodes on the way down, each with its input number where a node has several
 //!   inputs: `customer_stats[0]/project/aggregate/project`, `totals[0]/union/1:project`.
 //!
-//! A node's fingerprint covers what it computes: its role, name, description, output schema
-//! and mode, and the fingerprints of its inputs. State is restored only into a node with the
+//! A node's fingerprint covers what it computes: its role, name, description (or the state
+//! signature it was given instead), output schema and mode, and the fingerprints of its
+//! inputs. State is restored only into a node with the
 //! same id and fingerprint; a node whose query changed keeps its id but not its fingerprint,
 //! so its old state is refused rather than misread.
 
@@ -103,7 +104,7 @@ fn fingerprints(nodes: &[Node]) -> Vec<String> {
             "{} {}: {}\n{:?}\n{:?}\n",
             node.kind.role().name(),
             node.name,
-            node.description,
+            node.state_signature.as_deref().unwrap_or(&node.description),
             node.schema.fields(),
             node.mode
         );

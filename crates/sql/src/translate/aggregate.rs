@@ -106,15 +106,18 @@ impl Translator<'_> {
             self.update_interval,
         )?
         .with_state_ttl(self.state_ttl);
+        let signature = Self::aggregate_description(agg);
         let mut description = format!(
-            "{}, updating every {}",
-            Self::aggregate_description(agg),
+            "{signature}, updating every {}",
             humantime_short(self.update_interval)
         );
         if let Some(ttl) = self.state_ttl {
             description.push_str(&format!(", keys idle for {} dropped", humantime_short(ttl)));
         }
         let node = self.operator("aggregate", description, Box::new(op), vec![input.node])?;
+        // The emission interval and the TTL change when results go out and how long keys
+        // stay, not what the saved state means: changing them keeps the state.
+        self.dataflow.set_state_signature(node, signature);
         Ok(Stream {
             node,
             schema: agg.schema.clone(),

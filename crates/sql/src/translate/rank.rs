@@ -171,10 +171,11 @@ impl Translator<'_> {
                 rank_field.as_ref(),
             )?
             .with_state_ttl(self.state_ttl);
-            let mut description = format!(
+            let signature = format!(
                 "keep the first row of each partition by {}, emitted when the watermark passes it",
                 params.order_by[0]
             );
+            let mut description = signature.clone();
             if let Some(ttl) = self.state_ttl {
                 description.push_str(&format!(
                     ", keys emitted {} ago forgotten",
@@ -182,6 +183,8 @@ impl Translator<'_> {
                 ));
             }
             let node = self.operator("deduplicate", description, Box::new(op), vec![input.node])?;
+            // A changed TTL keeps the state (it says how long keys stay, not what they mean).
+            self.dataflow.set_state_signature(node, signature);
             return Ok(Some(Stream {
                 node,
                 schema: w.schema.clone(),
@@ -206,6 +209,7 @@ impl Translator<'_> {
                 ""
             }
         );
+        let signature = description.clone();
         if let (Some(ttl), None) = (self.state_ttl, window_end) {
             description.push_str(&format!(
                 ", partitions idle for {} dropped",
@@ -213,6 +217,8 @@ impl Translator<'_> {
             ));
         }
         let node = self.operator("rank", description, Box::new(op), vec![input.node])?;
+        // A changed TTL keeps the state (it says how long partitions stay, not what they mean).
+        self.dataflow.set_state_signature(node, signature);
         Ok(Some(Stream {
             node,
             schema: w.schema.clone(),

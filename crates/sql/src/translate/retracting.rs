@@ -39,12 +39,17 @@ impl Translator<'_> {
             EngineError::User(message) => self.err(message),
             other => other.into(),
         })?;
+        let signature = format!(
+            "{} over an updating result (retractions subtract)",
+            Self::aggregate_description(agg)
+        );
         let description = format!(
-            "{} over an updating result (retractions subtract), updating every {}ms",
-            Self::aggregate_description(agg),
+            "{signature}, updating every {}ms",
             self.update_interval.as_millis()
         );
         let node = self.operator("aggregate", description, Box::new(op), vec![input.node])?;
+        // The emission interval changes when results go out, not what the state holds.
+        self.dataflow.set_state_signature(node, signature);
         Ok(Stream {
             node,
             schema: agg.schema.clone(),
