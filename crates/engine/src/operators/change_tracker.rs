@@ -14,9 +14,12 @@
 
 use std::collections::BTreeMap;
 
+use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::record_batch::RecordBatch;
 
+use crate::error::Result;
 use crate::message::CheckpointBarrier;
+use crate::state::{KeyedTable, TableChanges};
 
 /// Parts in a chain (the full table and its deltas) before a full table is written again.
 pub(crate) const MAX_PARTS: usize = 16;
@@ -33,36 +36,12 @@ struct Mark {
 
 /// A stored checkpoint that a snapshot may be a delta against.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct DeltaBase {
+struct DeltaBase {
     /// Its number.
-    pub(crate) base: u64,
+    base: u64,
     /// Changes stamped later than this epoch are not in it.
-    pub(crate) since: u64,
+    since: u64,
     delta_rows: usize,
-}
-
-/// The next snapshot of a keyed table.
-#[derive(Debug, PartialEq)]
-pub(crate) enum SnapshotPlan {
-    /// Save every current row.
-    Full,
-    /// Save the changes since checkpoint `base`: the current rows of `changed` (key ids in
-    /// ascending order; a changed key that is gone by now is in `removed`), and `removed`.
-    Delta {
-        base: u64,
-        changed: Vec<usize>,
-        removed: Vec<RecordBatch>,
-    },
-}
-
-impl SnapshotPlan {
-    /// The base of a delta; `None` for a full table.
-    pub(crate) fn base(&self) -> Option<u64> {
-        match self {
-            SnapshotPlan::Full => None,
-            SnapshotPlan::Delta { base, .. } => Some(*base),
-        }
-    }
 }
 
 /// Change stamps per key id, snapshot marks and removed keys of one keyed table.
@@ -144,7 +123,7 @@ impl ChangeTracker {
     /// The base a snapshot at `barrier` may be a delta against, or `None` when it must be
     /// full (no base, a base this operator has no snapshot of, a long chain, or forgotten
     /// removals). Drops the marks and removals that the base covers.
-    pub(crate) fn delta_base(&mut self, barrier: &CheckpointBarrier) -> Option<DeltaBase> {
+    fn delta_base(&mut self, barrier: &CheckpointBarrier) -> Option<DeltaBase> {
         let base = barrier.base?;
         let mark = *self.marks.get(&base)?;
         self.marks.retain(|id, _| *id >= base);
@@ -159,44 +138,61 @@ impl ChangeTracker {
 
     /// Whether a delta of `rows` rows (changed and removed) on `base` is worth writing for a
     /// table of `live` rows, rather than the full table.
-    pub(crate) fn worth_a_delta(&self, base: &DeltaBase, rows: usize, live: usize) -> bool {
+    fn worth_a_delta(&self, base: &DeltaBase, rows: usize, live: usize) -> bool {
         2 * (base.delta_rows + rows) <= live
     }
 
-    /// The removals since the base last given by [`Self::delta_base`].
-    pub(crate) fn removals(&self) -> Vec<RecordBatch> {
-        self.removed.iter().map(|(_, k)| k.clone()).collect()
+    /// The key ids stamped ([`Self::changed`]) after epoch `since` that `is_live` still
+    /// has, ascending.
+    pub(crate) fn changed_ids(&self, since: u64, is_live: impl Fn(usize) -> bool) -> Vec<usize> {
+        (0..self.stamps.len())
+            .filter(|id| self.stamps[*id] > since && is_live(*id))
+            .collect()
     }
 
-    /// Decides the snapshot at `barrier` of a table of `live` rows whose changes are stamped
-    /// per key id ([`Self::changed`]); `is_live(id)` says whether key id `id` has a current row.
-    pub(crate) fn plan(
+    /// The keyed table of the snapshot at `barrier` of a table of `live` rows, and records
+    /// the snapshot. `changed(self, since)` finds what changed after epoch `since` and how
+    /// many rows it saves to; `rows_of` builds those rows; `full` builds every row (`None`
+    /// when the table is empty). A delta, with the removals since the base, when it is worth
+    /// it (see the module's policy); otherwise the full table.
+    pub(crate) fn snapshot<C>(
         &mut self,
         barrier: &CheckpointBarrier,
         live: usize,
-        is_live: impl Fn(usize) -> bool,
-    ) -> SnapshotPlan {
-        let Some(base) = self.delta_base(barrier) else {
-            return SnapshotPlan::Full;
+        changed: impl FnOnce(&Self, u64) -> (C, usize),
+        rows_of: impl FnOnce(C) -> Result<RecordBatch>,
+        full: impl FnOnce() -> Result<Option<RecordBatch>>,
+    ) -> Result<Option<KeyedTable>> {
+        let delta = self.delta_base(barrier).and_then(|base| {
+            let (what, rows) = changed(self, base.since);
+            let rows = rows + self.removed_rows;
+            self.worth_a_delta(&base, rows, live)
+                .then_some((base.base, what, rows))
+        });
+        let Some((base, what, rows)) = delta else {
+            let table = full()?.map(KeyedTable::Full);
+            self.taken(barrier.id, None, 0);
+            return Ok(table);
         };
-        let changed: Vec<usize> = (0..self.stamps.len())
-            .filter(|id| self.stamps[*id] > base.since && is_live(*id))
-            .collect();
-        let removed = self.removals();
-        let rows = changed.len() + self.removed_rows;
-        if !self.worth_a_delta(&base, rows, live) {
-            return SnapshotPlan::Full;
-        }
-        SnapshotPlan::Delta {
-            base: base.base,
-            changed,
+        let removed = match self.removed.first() {
+            Some((_, first)) => {
+                let batches: Vec<RecordBatch> =
+                    self.removed.iter().map(|(_, k)| k.clone()).collect();
+                Some(concat_batches(&first.schema(), &batches)?)
+            }
+            None => None,
+        };
+        let changes = TableChanges {
+            rows: rows_of(what)?,
             removed,
-        }
+        };
+        self.taken(barrier.id, Some(base), rows);
+        Ok(Some(KeyedTable::Delta { base, changes }))
     }
 
     /// Records the snapshot at checkpoint `id`: full (`base` `None`) or a delta on `base` of
     /// `rows` rows (changed and removed); starts a new epoch.
-    pub(crate) fn taken(&mut self, id: u64, base: Option<u64>, rows: usize) {
+    fn taken(&mut self, id: u64, base: Option<u64>, rows: usize) {
         let mark = match base {
             None => Mark {
                 epoch: self.epoch,
@@ -216,9 +212,21 @@ impl ChangeTracker {
         self.epoch += 1;
     }
 
+    /// Records what a restored keyed table (`state.keyed_table(..)`) was: when it came from a
+    /// checkpoint's chain, the next snapshot may extend that chain.
+    pub(crate) fn restored_from(&mut self, table: Option<&KeyedTable>) {
+        if let Some(KeyedTable::Restored { checkpoint, parts }) = table {
+            let delta_rows = parts[1..]
+                .iter()
+                .map(|p| p.rows.num_rows() + p.removed.as_ref().map_or(0, |r| r.num_rows()))
+                .sum();
+            self.restored(*checkpoint, parts.len(), delta_rows);
+        }
+    }
+
     /// Records that the table was restored from checkpoint `id`, whose chain had `parts`
     /// parts with `delta_rows` rows in its deltas: the next snapshot may extend it.
-    pub(crate) fn restored(&mut self, id: u64, parts: usize, delta_rows: usize) {
+    fn restored(&mut self, id: u64, parts: usize, delta_rows: usize) {
         self.marks.insert(
             id,
             Mark {
@@ -234,7 +242,8 @@ impl ChangeTracker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use datafusion::arrow::array::Int64Array;
+    use datafusion::arrow::array::{AsArray, Int64Array};
+    use datafusion::arrow::datatypes::Int64Type;
     use std::sync::Arc;
 
     fn barrier(id: u64, base: Option<u64>) -> CheckpointBarrier {
@@ -253,14 +262,35 @@ mod tests {
         .unwrap()
     }
 
-    fn changed(plan: &SnapshotPlan) -> (u64, Vec<usize>, usize) {
-        match plan {
-            SnapshotPlan::Delta {
-                base,
-                changed,
-                removed,
-            } => (*base, changed.clone(), removed.len()),
-            SnapshotPlan::Full => panic!("a full snapshot"),
+    /// The snapshot at checkpoint `id` on `base` of a table of key ids: for a delta, its
+    /// base, the changed ids and how many keys it removes; `None` for a full table.
+    fn snap(
+        t: &mut ChangeTracker,
+        id: u64,
+        base: Option<u64>,
+        live: usize,
+        is_live: impl Fn(usize) -> bool,
+    ) -> Option<(u64, Vec<usize>, usize)> {
+        let table = t
+            .snapshot(
+                &barrier(id, base),
+                live,
+                |t, since| {
+                    let ids = t.changed_ids(since, &is_live);
+                    let n = ids.len();
+                    (ids, n)
+                },
+                |ids| Ok(keys(&ids.iter().map(|i| *i as i64).collect::<Vec<_>>())),
+                || Ok(Some(keys(&[]))),
+            )
+            .unwrap();
+        match table {
+            Some(KeyedTable::Delta { base, changes }) => {
+                let ids = changes.rows.column(0).as_primitive::<Int64Type>();
+                let ids = ids.values().iter().map(|i| *i as usize).collect();
+                Some((base, ids, changes.removed.map_or(0, |r| r.num_rows())))
+            }
+            _ => None,
         }
     }
 
@@ -268,26 +298,29 @@ mod tests {
     fn a_delta_holds_the_changes_since_the_stored_base_even_after_a_failed_checkpoint() {
         let mut t = ChangeTracker::default();
         t.changed(&(0..100).collect::<Vec<_>>());
-        let first = t.plan(&barrier(1, None), 100, |_| true);
-        assert_eq!(first, SnapshotPlan::Full);
-        t.taken(1, first.base(), 0);
+        assert_eq!(snap(&mut t, 1, None, 100, |_| true), None);
 
         t.changed(&[3, 5]);
-        let second = t.plan(&barrier(2, Some(1)), 100, |_| true);
-        assert_eq!(changed(&second), (1, vec![3, 5], 0));
-        t.taken(2, second.base(), 2);
+        assert_eq!(
+            snap(&mut t, 2, Some(1), 100, |_| true),
+            Some((1, vec![3, 5], 0))
+        );
 
         // Checkpoint 2 was not stored: checkpoint 3 is based on 1 and holds 3, 5 and 7.
         t.changed(&[7]);
         t.removed(keys(&[42]), 99);
-        let third = t.plan(&barrier(3, Some(1)), 100, |id| id != 5);
-        assert_eq!(changed(&third), (1, vec![3, 7], 1), "5 is gone, 42 removed");
-        t.taken(3, third.base(), 3);
+        assert_eq!(
+            snap(&mut t, 3, Some(1), 100, |id| id != 5),
+            Some((1, vec![3, 7], 1)),
+            "5 is gone, 42 removed"
+        );
 
         // Stored: 4 is based on 3 and holds only what changed since.
         t.changed(&[9]);
-        let fourth = t.plan(&barrier(4, Some(3)), 100, |_| true);
-        assert_eq!(changed(&fourth), (3, vec![9], 0));
+        assert_eq!(
+            snap(&mut t, 4, Some(3), 100, |_| true),
+            Some((3, vec![9], 0))
+        );
         assert!(
             !t.marks.contains_key(&1),
             "marks older than the base are dropped"
@@ -297,30 +330,19 @@ mod tests {
     #[test]
     fn a_full_table_is_written_when_the_deltas_grow_or_the_chain_is_long() {
         let mut t = ChangeTracker::default();
-        let full = t.plan(&barrier(1, None), 10, |_| true);
-        t.taken(1, full.base(), 0);
+        assert_eq!(snap(&mut t, 1, None, 10, |_| true), None);
         t.changed(&[0, 1, 2]);
-        let delta = t.plan(&barrier(2, Some(1)), 10, |_| true);
-        assert_eq!(changed(&delta).1.len(), 3);
-        t.taken(2, delta.base(), 3);
+        let delta = snap(&mut t, 2, Some(1), 10, |_| true);
+        assert_eq!(delta.map(|d| d.1.len()), Some(3));
         // 3 + 3 changed rows are more than half of 10.
         t.changed(&[4, 5, 6]);
-        assert_eq!(
-            t.plan(&barrier(3, Some(2)), 10, |_| true),
-            SnapshotPlan::Full
-        );
+        assert_eq!(snap(&mut t, 3, Some(2), 10, |_| true), None);
 
         let mut long = ChangeTracker::default();
         long.restored(10, MAX_PARTS, 0);
-        assert_eq!(
-            long.plan(&barrier(11, Some(10)), 1000, |_| true),
-            SnapshotPlan::Full
-        );
+        assert_eq!(snap(&mut long, 11, Some(10), 1000, |_| true), None);
         // A base this tracker has no snapshot of (the run did not restore it): full.
-        assert_eq!(
-            t.plan(&barrier(12, Some(11)), 10, |_| true),
-            SnapshotPlan::Full
-        );
+        assert_eq!(snap(&mut t, 12, Some(11), 10, |_| true), None);
     }
 
     #[test]
@@ -330,15 +352,11 @@ mod tests {
         let many: Vec<i64> = (0..600).collect();
         t.removed(keys(&many), 100);
         assert!(t.removed.is_empty(), "more than half of max(live, 1024)");
-        assert_eq!(
-            t.plan(&barrier(2, Some(1)), 100, |_| true),
-            SnapshotPlan::Full
-        );
-        t.taken(2, None, 0);
+        assert_eq!(snap(&mut t, 2, Some(1), 100, |_| true), None);
         t.changed(&[1]);
         assert_eq!(
-            changed(&t.plan(&barrier(3, Some(2)), 100, |_| true)).1,
-            vec![1]
+            snap(&mut t, 3, Some(2), 100, |_| true).map(|d| d.1),
+            Some(vec![1])
         );
     }
 
@@ -348,7 +366,9 @@ mod tests {
         t.restored(1, 1, 0);
         t.changed(&[4]);
         t.renumber(&[2, 4], &[0, 1]);
-        let plan = t.plan(&barrier(2, Some(1)), 100, |_| true);
-        assert_eq!(changed(&plan).1, vec![1]);
+        assert_eq!(
+            snap(&mut t, 2, Some(1), 100, |_| true).map(|d| d.1),
+            Some(vec![1])
+        );
     }
 }

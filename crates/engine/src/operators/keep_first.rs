@@ -19,7 +19,7 @@ use crate::changelog::{ChangeKind, StreamMode};
 use crate::error::{EngineError, Result};
 use crate::message::{CheckpointBarrier, Watermark};
 use crate::operator::{Operator, Output};
-use crate::state::{KeyedTable, NodeState, TableChanges};
+use crate::state::{KeyedTable, NodeState};
 use crate::time::{from_event_time, timestamp_unit, timestamp_values};
 
 /// A key's best row so far: its time, sort key and row (row format).
@@ -255,43 +255,27 @@ impl Operator for KeepFirstOperator {
     /// As `snapshot`, with only the keys emitted or forgotten since the barrier's base when
     /// that is worth it.
     fn snapshot_at(&mut self, barrier: &CheckpointBarrier) -> Result<NodeState> {
-        let delta = self.changes.delta_base(barrier).and_then(|base| {
-            let changed: Vec<(&Box<[u8]>, &Emitted)> = self
-                .emitted
-                .iter()
-                .filter(|(_, e)| e.stamp > base.since)
-                .collect();
-            let removed = self.changes.removals();
-            let rows = changed.len() + removed.iter().map(RecordBatch::num_rows).sum::<usize>();
-            self.changes
-                .worth_a_delta(&base, rows, self.emitted.len())
-                .then_some((base.base, changed, removed, rows))
-        });
-        let (table, base, rows) = match delta {
-            Some((base, changed, removed, rows)) => {
-                let removed = match removed.first() {
-                    Some(first) => Some(datafusion::arrow::compute::concat_batches(
-                        &first.schema(),
-                        &removed,
-                    )?),
-                    None => None,
-                };
-                let changes = TableChanges {
-                    rows: emitted_batch(&changed)?,
-                    removed,
-                };
-                (Some(KeyedTable::Delta { base, changes }), Some(base), rows)
-            }
-            None => {
+        let mut changes = std::mem::take(&mut self.changes);
+        let table = changes.snapshot(
+            barrier,
+            self.emitted.len(),
+            |_, since| {
+                let changed: Vec<(&Box<[u8]>, &Emitted)> = self
+                    .emitted
+                    .iter()
+                    .filter(|(_, e)| e.stamp > since)
+                    .collect();
+                let rows = changed.len();
+                (changed, rows)
+            },
+            |changed| emitted_batch(&changed),
+            || {
                 let all: Vec<(&Box<[u8]>, &Emitted)> = self.emitted.iter().collect();
-                let table = (!all.is_empty())
-                    .then(|| emitted_batch(&all).map(KeyedTable::Full))
-                    .transpose()?;
-                (table, None, 0)
-            }
-        };
-        self.changes.taken(barrier.id, base, rows);
-        self.state_with(table)
+                (!all.is_empty()).then(|| emitted_batch(&all)).transpose()
+            },
+        );
+        self.changes = changes;
+        self.state_with(table?)
     }
 
     fn restore(&mut self, state: NodeState) -> Result<()> {
@@ -325,13 +309,7 @@ impl Operator for KeepFirstOperator {
                 }
             }
         }
-        if let Some(KeyedTable::Restored { checkpoint, parts }) = state.keyed_table(EMITTED_TABLE) {
-            let delta_rows = parts[1..]
-                .iter()
-                .map(|p| p.rows.num_rows() + p.removed.as_ref().map_or(0, |r| r.num_rows()))
-                .sum();
-            self.changes.restored(*checkpoint, parts.len(), delta_rows);
-        }
+        self.changes.restored_from(state.keyed_table(EMITTED_TABLE));
         if let Some(table) = state.table(CANDIDATES_TABLE) {
             let schema = self.codec.input();
             if table.num_columns() != schema.fields().len() {

@@ -18,7 +18,7 @@ use crate::changelog::{ChangeKind, StreamMode};
 use crate::error::{EngineError, Result};
 use crate::message::{CheckpointBarrier, Watermark};
 use crate::operator::{Operator, Output};
-use crate::state::{KeyedTable, NodeState, TableChanges};
+use crate::state::{KeyedTable, NodeState};
 use crate::time::{from_event_time, timestamp_unit, timestamp_values};
 
 /// What a rank operator computes.
@@ -393,49 +393,28 @@ impl Operator for RankOperator {
     /// replace its earlier ones on restore). The windowed form's state is its open windows,
     /// saved in full.
     fn snapshot_at(&mut self, barrier: &CheckpointBarrier) -> Result<NodeState> {
-        let base = match self.spec.window_end {
-            None => self.changes.delta_base(barrier),
-            Some(_) => None,
+        let barrier = CheckpointBarrier {
+            base: barrier.base.filter(|_| self.spec.window_end.is_none()),
+            ..*barrier
         };
-        let delta = base.and_then(|base| {
-            let changed: Vec<&Partition> = self
-                .top
-                .values()
-                .filter(|p| p.changed > base.since)
-                .collect();
-            let removed = self.changes.removals();
-            let rows: usize = changed.iter().map(|p| p.rows.len()).sum::<usize>()
-                + removed.iter().map(RecordBatch::num_rows).sum::<usize>();
-            self.changes
-                .worth_a_delta(&base, rows, self.kept_rows)
-                .then_some((base.base, changed, removed, rows))
-        });
-        let (table, base, rows) = match delta {
-            Some((base, changed, removed, rows)) => {
-                let batch = match self.kept_batch(&changed)? {
-                    Some(b) => b,
-                    None => self.empty_kept_batch()?,
-                };
-                let removed = match removed.first() {
-                    Some(first) => Some(datafusion::arrow::compute::concat_batches(
-                        &first.schema(),
-                        &removed,
-                    )?),
-                    None => None,
-                };
-                let changes = TableChanges {
-                    rows: batch,
-                    removed,
-                };
-                (Some(KeyedTable::Delta { base, changes }), Some(base), rows)
-            }
-            None => {
-                let all: Vec<&Partition> = self.top.values().collect();
-                (self.kept_batch(&all)?.map(KeyedTable::Full), None, 0)
-            }
-        };
-        self.changes.taken(barrier.id, base, rows);
-        self.state_with(table)
+        let mut changes = std::mem::take(&mut self.changes);
+        let table = changes.snapshot(
+            &barrier,
+            self.kept_rows,
+            |_, since| {
+                let changed: Vec<&Partition> =
+                    self.top.values().filter(|p| p.changed > since).collect();
+                let rows = changed.iter().map(|p| p.rows.len()).sum();
+                (changed, rows)
+            },
+            |changed| match self.kept_batch(&changed)? {
+                Some(b) => Ok(b),
+                None => self.empty_kept_batch(),
+            },
+            || self.kept_batch(&self.top.values().collect::<Vec<_>>()),
+        );
+        self.changes = changes;
+        self.state_with(table?)
     }
 
     fn restore(&mut self, state: NodeState) -> Result<()> {
@@ -482,10 +461,7 @@ impl Operator for RankOperator {
                 }
             }
         }
-        if let Some(KeyedTable::Restored { checkpoint, parts }) = state.keyed_table(KEPT_TABLE) {
-            let delta_rows = parts[1..].iter().map(|p| p.rows.num_rows()).sum();
-            self.changes.restored(*checkpoint, parts.len(), delta_rows);
-        }
+        self.changes.restored_from(state.keyed_table(KEPT_TABLE));
         Ok(())
     }
 }

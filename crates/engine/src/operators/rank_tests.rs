@@ -4,6 +4,7 @@ use super::*;
 use crate::changelog::{change_kinds, kind_at};
 use crate::message::Message;
 use crate::operators::test_rng::XorShift;
+use crate::state::TableChanges;
 use datafusion::arrow::array::{Int64Array, StringArray, TimestampMillisecondArray};
 use datafusion::arrow::compute::SortOptions;
 use datafusion::arrow::datatypes::{DataType, Int64Type, Schema, TimeUnit};

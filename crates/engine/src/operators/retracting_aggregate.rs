@@ -21,7 +21,7 @@ use crate::changelog::{ChangeKind, StreamMode, change_kinds, has_change_column, 
 use crate::error::{EngineError, Result};
 use crate::message::CheckpointBarrier;
 use crate::operator::{Operator, Output};
-use crate::state::{KeyedTable, NodeState, TableChanges};
+use crate::state::{KeyedTable, NodeState};
 
 /// One group: its net row count, its aggregates' states, the result last emitted, whether it
 /// changed since, and the epoch of its last change (for incremental checkpoints).
@@ -325,45 +325,28 @@ impl Operator for RetractingAggregate {
     /// As `snapshot`, with only the groups changed since the barrier's base when that is
     /// worth it, and the groups deleted since.
     fn snapshot_at(&mut self, barrier: &CheckpointBarrier) -> Result<NodeState> {
-        let delta = self.changes.delta_base(barrier).and_then(|base| {
-            let changed: Vec<&Box<[u8]>> = self
-                .groups
-                .iter()
-                .filter(|(_, g)| g.stamp > base.since)
-                .map(|(k, _)| k)
-                .collect();
-            let removed = self.changes.removals();
-            let rows = changed.len() + removed.iter().map(RecordBatch::num_rows).sum::<usize>();
-            self.changes
-                .worth_a_delta(&base, rows, self.groups.len())
-                .then_some((base.base, changed, removed, rows))
-        });
-        let (table, base, rows) = match delta {
-            Some((base, changed, removed, rows)) => {
-                let batch = match self.groups_batch(&changed)? {
-                    Some(b) => b,
-                    None => self.no_groups()?,
-                };
-                let removed = match removed.first() {
-                    Some(first) => Some(datafusion::arrow::compute::concat_batches(
-                        &first.schema(),
-                        &removed,
-                    )?),
-                    None => None,
-                };
-                let changes = TableChanges {
-                    rows: batch,
-                    removed,
-                };
-                (Some(KeyedTable::Delta { base, changes }), Some(base), rows)
-            }
-            None => {
-                let all: Vec<&Box<[u8]>> = self.groups.keys().collect();
-                (self.groups_batch(&all)?.map(KeyedTable::Full), None, 0)
-            }
-        };
-        self.changes.taken(barrier.id, base, rows);
-        Ok(state_with(table))
+        let mut changes = std::mem::take(&mut self.changes);
+        let table = changes.snapshot(
+            barrier,
+            self.groups.len(),
+            |_, since| {
+                let changed: Vec<&Box<[u8]>> = self
+                    .groups
+                    .iter()
+                    .filter(|(_, g)| g.stamp > since)
+                    .map(|(k, _)| k)
+                    .collect();
+                let rows = changed.len();
+                (changed, rows)
+            },
+            |changed| match self.groups_batch(&changed)? {
+                Some(b) => Ok(b),
+                None => self.no_groups(),
+            },
+            || self.groups_batch(&self.groups.keys().collect::<Vec<_>>()),
+        );
+        self.changes = changes;
+        Ok(state_with(table?))
     }
 
     fn restore(&mut self, state: NodeState) -> Result<()> {
@@ -395,13 +378,7 @@ impl Operator for RetractingAggregate {
                 self.groups.insert(g.key, group);
             }
         }
-        if let KeyedTable::Restored { checkpoint, parts } = table {
-            let delta_rows = parts[1..]
-                .iter()
-                .map(|p| p.rows.num_rows() + p.removed.as_ref().map_or(0, |r| r.num_rows()))
-                .sum();
-            self.changes.restored(*checkpoint, parts.len(), delta_rows);
-        }
+        self.changes.restored_from(Some(table));
         Ok(())
     }
 }

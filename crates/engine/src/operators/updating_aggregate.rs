@@ -17,7 +17,7 @@ use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::aggregates::group_values::{GroupValues, new_group_values};
 use datafusion::physical_plan::aggregates::order::GroupOrdering;
 
-use super::change_tracker::{ChangeTracker, SnapshotPlan};
+use super::change_tracker::ChangeTracker;
 use super::grouped_state::{GroupRows, GroupedState};
 use super::idle_sweep::processing_time_ms;
 use super::key_expiry::KeyExpiry;
@@ -30,7 +30,7 @@ use crate::changelog::{ChangeKind, StreamMode, has_change_column};
 use crate::error::{EngineError, Result};
 use crate::message::CheckpointBarrier;
 use crate::operator::{Operator, Output};
-use crate::state::{KeyedTable, NodeState, TableChanges};
+use crate::state::{KeyedTable, NodeState};
 
 /// The default time between two emissions of changed results.
 pub const DEFAULT_UPDATE_INTERVAL: Duration = Duration::from_secs(1);
@@ -371,14 +371,6 @@ fn expect_width(table: &RecordBatch, width: usize, name: &str) -> Result<()> {
     }
 }
 
-/// Rows (changed and removed) in the deltas of a restored chain.
-fn delta_rows(deltas: &[TableChanges]) -> usize {
-    deltas
-        .iter()
-        .map(|p| p.rows.num_rows() + p.removed.as_ref().map_or(0, |r| r.num_rows()))
-        .sum()
-}
-
 impl UpdatingAggregate {
     /// Every key's stored row and last-change time, or `None` without keys.
     fn full_results(&self) -> Result<Option<RecordBatch>> {
@@ -471,36 +463,20 @@ impl Operator for UpdatingAggregate {
     /// As `snapshot`, but `results` holds only the keys changed since the snapshot at the
     /// barrier's base when that is worth it (see [`ChangeTracker`]).
     fn snapshot_at(&mut self, barrier: &CheckpointBarrier) -> Result<NodeState> {
-        let results = &self.results;
-        let plan = self
-            .changes
-            .plan(barrier, results.len(), |id| results.contains(id));
-        let (table, rows) = match &plan {
-            SnapshotPlan::Full => (self.full_results()?.map(KeyedTable::Full), 0),
-            SnapshotPlan::Delta {
-                base,
-                changed,
-                removed,
-            } => {
-                let rows = self.results_of(changed)?;
-                let removed = match removed.first() {
-                    Some(first) => Some(datafusion::arrow::compute::concat_batches(
-                        &first.schema(),
-                        removed,
-                    )?),
-                    None => None,
-                };
-                let written = changed.len() + removed.as_ref().map_or(0, |r| r.num_rows());
-                let changes = TableChanges { rows, removed };
-                let table = KeyedTable::Delta {
-                    base: *base,
-                    changes,
-                };
-                (Some(table), written)
-            }
-        };
-        self.changes.taken(barrier.id, plan.base(), rows);
-        self.state_with(table)
+        let mut changes = std::mem::take(&mut self.changes);
+        let table = changes.snapshot(
+            barrier,
+            self.results.len(),
+            |t, since| {
+                let ids = t.changed_ids(since, |id| self.results.contains(id));
+                let n = ids.len();
+                (ids, n)
+            },
+            |ids| self.results_of(&ids),
+            || self.full_results(),
+        );
+        self.changes = changes;
+        self.state_with(table?)
     }
 
     fn restore(&mut self, state: NodeState) -> Result<()> {
@@ -542,10 +518,7 @@ impl Operator for UpdatingAggregate {
         let (live, _) = self.results.all()?;
         let live_times: Vec<u64> = live.iter().map(|id| times[*id]).collect();
         self.expiry.reset(&live, &live_times);
-        if let Some(KeyedTable::Restored { checkpoint, parts }) = state.keyed_table(RESULTS_TABLE) {
-            self.changes
-                .restored(*checkpoint, parts.len(), delta_rows(&parts[1..]));
-        }
+        self.changes.restored_from(state.keyed_table(RESULTS_TABLE));
         if let Some(table) = state.table(PENDING_TABLE) {
             expect_width(table, key_width + states_width, "pending changes")?;
             let columns = table.columns();
