@@ -19,6 +19,8 @@ mod session_generations;
 mod session_index;
 mod session_state;
 #[cfg(test)]
+mod test_checkpoints;
+#[cfg(test)]
 mod test_rng;
 mod union;
 mod updating_aggregate;

@@ -227,21 +227,13 @@ fn kept(op: &RankOperator) -> Option<RecordBatch> {
 
 #[tokio::test]
 async fn incremental_checkpoints_restore_what_a_full_one_would() {
-    use crate::checkpoint::{Checkpoint, CheckpointStore, NodeKey};
-    let key = NodeKey {
-        id: "out[0]/rank".into(),
-        name: "rank".into(),
-        fingerprint: "f".into(),
-    };
     let mut deltas = 0;
     for seed in 0..8u64 {
-        let dir = tempfile::tempdir().unwrap();
-        let store = CheckpointStore::local(dir.path()).unwrap().keeping(2);
+        let mut harness = crate::operators::test_checkpoints::StoreHarness::new("rank");
         let mut rng = XorShift::new(seed);
         let limit = [1, 3][seed as usize % 2];
         let mut op = rank(limit, false);
         let mut out = Output::default();
-        let mut base = None;
         for step in 1..=60u64 {
             let names: Vec<String> = (0..rng.below(40))
                 .map(|_| format!("k{}", rng.below(2000)))
@@ -255,40 +247,21 @@ async fn incremental_checkpoints_restore_what_a_full_one_would() {
             if step % 3 != 0 {
                 continue;
             }
-            let barrier = CheckpointBarrier {
-                id: step,
-                started_at_ms: 0,
-                base,
+            let state = op.snapshot_at(&harness.barrier(step)).unwrap();
+            // One checkpoint in five is not stored: the next one's base is older.
+            let stored = rng.below(5) != 0;
+            let Some(loaded) = harness.store(step, state, KEPT_TABLE, stored).await else {
+                continue;
             };
-            let state = op.snapshot_at(&barrier).unwrap();
-            if let Some(KeyedTable::Delta { .. }) = state.keyed_table(KEPT_TABLE) {
-                deltas += 1;
-            }
-            if rng.below(5) == 0 {
-                continue; // not stored: the next checkpoint's base is older
-            }
-            let checkpoint = Checkpoint {
-                id: step,
-                pipeline: "p".into(),
-                format: crate::checkpoint::FORMAT_VERSION,
-                started_at_ms: 0,
-                completed_at_ms: 0,
-                nodes: [(key.clone(), state)].into_iter().collect(),
-            };
-            store.write(&checkpoint).await.unwrap();
-            store.clean_up(step).await;
-            base = Some(step);
-            let mut loaded = store.latest().await.unwrap().unwrap();
             let mut restored = rank(limit, false);
-            restored
-                .restore(loaded.nodes.remove(&key).unwrap())
-                .unwrap();
+            restored.restore(loaded).unwrap();
             assert_eq!(kept(&restored), kept(&op), "seed {seed}, checkpoint {step}");
             assert_eq!(restored.kept_rows, op.kept_rows);
             if rng.below(2) == 0 {
                 op = restored;
             }
         }
+        deltas += harness.deltas;
     }
     assert!(deltas > 20, "{deltas} deltas");
 }

@@ -276,23 +276,15 @@ fn saved(op: &RetractingAggregate) -> Vec<crate::operators::retracting_state::Sa
 
 #[tokio::test]
 async fn incremental_checkpoints_restore_what_a_full_one_would() {
-    use crate::checkpoint::{Checkpoint, CheckpointStore, NodeKey};
     use ChangeKind::*;
-    let key = NodeKey {
-        id: "out[0]/aggregate".into(),
-        name: "aggregate".into(),
-        fingerprint: "f".into(),
-    };
     let (mut deltas, mut removals) = (0, 0);
     for seed in 0..6u64 {
-        let dir = tempfile::tempdir().unwrap();
-        let store = CheckpointStore::local(dir.path()).unwrap().keeping(2);
+        let mut harness = crate::operators::test_checkpoints::StoreHarness::new("aggregate");
         let mut rng = XorShift::new(seed);
         let mut op = aggregate();
         let mut out = Output::default();
         // The rows inserted so far, which later changes retract.
         let mut live: Vec<(String, Option<i64>)> = Vec::new();
-        let mut base = None;
         for step in 1..=45u64 {
             let mut rows: Vec<(String, Option<i64>, ChangeKind)> = Vec::new();
             for _ in 0..rng.below(30) {
@@ -316,35 +308,14 @@ async fn incremental_checkpoints_restore_what_a_full_one_would() {
             if step % 3 != 0 {
                 continue;
             }
-            let barrier = CheckpointBarrier {
-                id: step,
-                started_at_ms: 0,
-                base,
+            let state = op.snapshot_at(&harness.barrier(step)).unwrap();
+            // One checkpoint in five is not stored: the next one's base is older.
+            let stored = rng.below(5) != 0;
+            let Some(loaded) = harness.store(step, state, GROUPS_TABLE, stored).await else {
+                continue;
             };
-            let state = op.snapshot_at(&barrier).unwrap();
-            if let Some(KeyedTable::Delta { changes, .. }) = state.keyed_table(GROUPS_TABLE) {
-                deltas += 1;
-                removals += changes.removed.as_ref().map_or(0, |r| r.num_rows());
-            }
-            if rng.below(5) == 0 {
-                continue; // not stored: the next checkpoint's base is older
-            }
-            let checkpoint = Checkpoint {
-                id: step,
-                pipeline: "p".into(),
-                format: crate::checkpoint::FORMAT_VERSION,
-                started_at_ms: 0,
-                completed_at_ms: 0,
-                nodes: [(key.clone(), state)].into_iter().collect(),
-            };
-            store.write(&checkpoint).await.unwrap();
-            store.clean_up(step).await;
-            base = Some(step);
-            let mut loaded = store.latest().await.unwrap().unwrap();
             let mut restored = aggregate();
-            restored
-                .restore(loaded.nodes.remove(&key).unwrap())
-                .unwrap();
+            restored.restore(loaded).unwrap();
             assert_eq!(
                 saved(&restored),
                 saved(&op),
@@ -354,6 +325,8 @@ async fn incremental_checkpoints_restore_what_a_full_one_would() {
                 op = restored;
             }
         }
+        deltas += harness.deltas;
+        removals += harness.removals;
     }
     assert!(deltas > 15, "{deltas} deltas");
     assert!(removals > 0, "no delta deleted a group");

@@ -408,21 +408,14 @@ fn sorted_results(op: &UpdatingAggregate) -> Option<RecordBatch> {
 
 #[tokio::test]
 async fn incremental_checkpoints_restore_what_a_full_one_would() {
-    use crate::checkpoint::{Checkpoint, CheckpointStore, NodeKey};
-    let key = NodeKey {
-        id: "out[0]/aggregate".into(),
-        name: "aggregate".into(),
-        fingerprint: "f".into(),
-    };
     let ttl = Some(Duration::from_millis(300));
     let (mut deltas, mut removals) = (0, 0);
     for seed in 0..8u64 {
-        let dir = tempfile::tempdir().unwrap();
-        let store = CheckpointStore::local(dir.path()).unwrap().keeping(2);
+        let mut harness = crate::operators::test_checkpoints::StoreHarness::new("aggregate");
         let mut rng = XorShift::new(seed);
         let mut op = aggregate(true, Duration::from_secs(3600)).with_state_ttl(ttl);
         let mut out = Output::default();
-        let (mut base, mut now) = (None, 1000u64);
+        let mut now = 1000u64;
         for step in 1..=60u64 {
             let n = rng.below(60);
             let names: Vec<String> = (0..n).map(|_| format!("k{}", rng.below(3000))).collect();
@@ -438,35 +431,14 @@ async fn incremental_checkpoints_restore_what_a_full_one_would() {
             if step % 3 != 0 {
                 continue;
             }
-            let barrier = CheckpointBarrier {
-                id: step,
-                started_at_ms: 0,
-                base,
+            let state = op.snapshot_at(&harness.barrier(step)).unwrap();
+            // One checkpoint in five is not stored: the next one's base is older.
+            let stored = rng.below(5) != 0;
+            let Some(loaded) = harness.store(step, state, RESULTS_TABLE, stored).await else {
+                continue;
             };
-            let state = op.snapshot_at(&barrier).unwrap();
-            if let Some(KeyedTable::Delta { changes, .. }) = state.keyed_table(RESULTS_TABLE) {
-                deltas += 1;
-                removals += changes.removed.as_ref().map_or(0, |r| r.num_rows());
-            }
-            if rng.below(5) == 0 {
-                continue; // this checkpoint could not be stored: the next one's base is older
-            }
-            let checkpoint = Checkpoint {
-                id: step,
-                pipeline: "p".into(),
-                format: crate::checkpoint::FORMAT_VERSION,
-                started_at_ms: 0,
-                completed_at_ms: 0,
-                nodes: [(key.clone(), state)].into_iter().collect(),
-            };
-            store.write(&checkpoint).await.unwrap();
-            store.clean_up(step).await;
-            base = Some(step);
-            let mut loaded = store.latest().await.unwrap().unwrap();
             let mut restored = aggregate(true, Duration::from_secs(3600)).with_state_ttl(ttl);
-            restored
-                .restore(loaded.nodes.remove(&key).unwrap())
-                .unwrap();
+            restored.restore(loaded).unwrap();
             assert_eq!(
                 sorted_results(&restored),
                 sorted_results(&op),
@@ -476,6 +448,8 @@ async fn incremental_checkpoints_restore_what_a_full_one_would() {
                 op = restored;
             }
         }
+        deltas += harness.deltas;
+        removals += harness.removals;
     }
     assert!(deltas > 20, "{deltas} deltas");
     assert!(removals > 0, "no delta removed keys");
