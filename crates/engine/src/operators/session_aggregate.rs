@@ -13,11 +13,12 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::row::{RowConverter, Rows, SortField};
 use datafusion::common::HashMap;
 use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::expressions::Column;
 use serde::{Deserialize, Serialize};
 
 use super::grouped_state::{GroupRows, split};
 use super::session_generations::Generations;
-use super::session_index::{Closed, Session, SessionIndex};
+use super::session_index::{Closed, Key, Session, SessionIndex};
 use super::window_aggregate::{
     AggregateSpec, aggregate_inputs, cast_if_needed, evaluate_aggregates, evaluate_all,
     generic_batch, sort_by_column, split_columns,
@@ -74,6 +75,11 @@ pub struct SessionAggregate {
     keys: Option<RowConverter>,
     /// The group expressions kept per session: all but `window_start` and `window_end`.
     kept_groups: Vec<usize>,
+    /// When the kept groups are the session key's columns (each once, in any order): for
+    /// each kept group, its position in the key. Groups are then keyed by session alone and
+    /// their values come from the session's key when it closes (no per-row interning of the
+    /// key values).
+    key_groups: Option<Vec<usize>>,
     aggregate_inputs: Vec<Vec<Arc<dyn PhysicalExpr>>>,
     /// Groups keyed by (session id, kept group values), in generations.
     groups: Generations,
@@ -102,6 +108,17 @@ impl std::fmt::Debug for SessionAggregate {
 impl SessionAggregate {
     /// Checks the plan and builds the operator.
     pub fn new(plan: SessionAggregation) -> Result<Self> {
+        Self::build(plan, true)
+    }
+
+    /// The operator that interns the kept group values per row even where they are the
+    /// session key (to test that both ways give the same results and checkpoints).
+    #[cfg(test)]
+    fn interning_key_values(plan: SessionAggregation) -> Result<Self> {
+        Self::build(plan, false)
+    }
+
+    fn build(plan: SessionAggregation, groups_by_session: bool) -> Result<Self> {
         let field = plan.input.field(plan.time_column);
         let unit = timestamp_unit(field.data_type(), field.name())?;
         let per_unit = nanos_per_unit(unit);
@@ -129,8 +146,9 @@ impl SessionAggregate {
         let kept_groups: Vec<usize> = (0..plan.group_exprs.len())
             .filter(|g| *g != plan.end_group && Some(*g) != plan.start_group)
             .collect();
+        let key_groups = kept_groups_as_key(&plan, &kept_groups).filter(|_| groups_by_session);
         let mut key_fields = vec![Field::new("session", DataType::UInt64, false)];
-        for &g in &kept_groups {
+        for &g in kept_groups.iter().filter(|_| key_groups.is_none()) {
             let e = &plan.group_exprs[g];
             key_fields.push(Field::new(
                 format!("group_{g}"),
@@ -149,6 +167,7 @@ impl SessionAggregate {
             gap: plan.gap_nanos / per_unit,
             keys,
             kept_groups,
+            key_groups,
             aggregate_inputs: aggregate_inputs(&plan.aggregates),
             groups,
             index: SessionIndex::new(plan.gap_nanos / per_unit),
@@ -203,20 +222,21 @@ impl SessionAggregate {
         drop_late_rows(batch, time, gap, self.watermark, unit, out)
     }
 
-    /// Each row's session id and the generation of that session's groups.
-    fn assign(&mut self, batch: &RecordBatch) -> Result<(UInt64Array, Vec<u64>)> {
+    /// Each row's session id, and the generation their groups go to (the current one, which
+    /// their sessions are now in).
+    fn assign(&mut self, batch: &RecordBatch) -> Result<(UInt64Array, u64)> {
         let times = timestamp_values(batch.column(self.plan.time_column))?;
         let rows = key_rows(self.keys.as_ref(), &self.plan.key_columns, batch)?;
         let current = self.groups.current()?;
-        let mut ids = Vec::with_capacity(times.len());
-        let mut generations = Vec::with_capacity(times.len());
-        for (row, t) in times.values().iter().enumerate() {
-            let key = rows.as_ref().map_or(&[][..], |r| r.row(row).data());
-            let (id, generation) = self.index.assign(key, *t, current);
-            ids.push(id);
-            generations.push(generation);
-        }
-        Ok((UInt64Array::from(ids), generations))
+        let ids: Vec<u64> = match &rows {
+            Some(rows) => (times.values().iter().enumerate())
+                .map(|(row, t)| self.index.assign(rows.row(row).data(), *t, current))
+                .collect(),
+            None => (times.values().iter())
+                .map(|t| self.index.assign(&[], *t, current))
+                .collect(),
+        };
+        Ok((UInt64Array::from(ids), current))
     }
 
     /// Moves sessions that the watermark closed to `pending`.
@@ -338,6 +358,9 @@ impl SessionAggregate {
 
     /// `rows` keyed by the session their session was merged into (if it was).
     fn rekeyed(&self, mut rows: GroupRows) -> GroupRows {
+        if !self.index.has_merges() {
+            return rows;
+        }
         if let Some(ids) = rows.keys.first() {
             let roots: UInt64Array = ids
                 .as_primitive::<UInt64Type>()
@@ -359,9 +382,14 @@ impl SessionAggregate {
         sessions: &HashMap<u64, Closed>,
     ) -> Result<RecordBatch> {
         let ids = keys[0].as_primitive::<UInt64Type>();
+        let closed: Vec<&Closed> = ids.values().iter().map(|id| &sessions[id]).collect();
         let bound = |f: fn(&Closed) -> i64| -> Result<ArrayRef> {
-            let v: Int64Array = ids.values().iter().map(|id| f(&sessions[id])).collect();
+            let v: Int64Array = closed.iter().map(|c| f(c)).collect();
             timestamp_array(v, &self.time_type)
+        };
+        let kept = match self.key_groups {
+            Some(_) => self.kept_from_keys(closed.iter().map(|c| &c.key))?,
+            None => keys[1..].to_vec(),
         };
         let mut columns = Vec::with_capacity(self.plan.output_schema.fields().len());
         for g in 0..self.plan.group_exprs.len() {
@@ -371,7 +399,7 @@ impl SessionAggregate {
                 bound(|c| c.start)?
             } else {
                 let k = self.kept_groups.iter().position(|x| *x == g).expect("kept");
-                keys[1 + k].clone()
+                kept[k].clone()
             });
         }
         columns.extend(values);
@@ -383,6 +411,86 @@ impl SessionAggregate {
         let batch = RecordBatch::try_new(self.plan.output_schema.clone(), columns)?;
         sort_by_column(&batch, self.plan.end_group)
     }
+
+    /// The kept group columns of sessions with these keys (when the kept groups are the
+    /// key's columns), one row per key.
+    fn kept_from_keys<'a>(&self, keys: impl Iterator<Item = &'a Key>) -> Result<Vec<ArrayRef>> {
+        let (Some(converter), Some(positions)) = (&self.keys, &self.key_groups) else {
+            return Ok(Vec::new());
+        };
+        let parser = converter.parser();
+        let key_columns = converter.convert_rows(keys.map(|k| parser.parse(k)))?;
+        Ok(positions.iter().map(|p| key_columns[*p].clone()).collect())
+    }
+
+    /// The keys of the sessions `ids` (open or pending).
+    fn session_keys<'a>(&'a self, ids: &'a UInt64Array) -> Result<Vec<&'a Key>> {
+        ids.values()
+            .iter()
+            .map(|id| {
+                self.index
+                    .key(*id)
+                    .or_else(|| self.pending.get(id).map(|c| &c.key))
+                    .ok_or_else(|| {
+                        EngineError::Internal(format!(
+                            "session {id} has groups but is neither open nor pending"
+                        ))
+                    })
+            })
+            .collect()
+    }
+
+    /// Checkpoints before keys of closed sessions were saved hold them only in their groups'
+    /// kept columns: rebuilds them from there (groups keyed by session id, then the kept
+    /// group columns).
+    fn keys_of_pending_from(&mut self, groups: &[ArrayRef]) -> Result<()> {
+        let (Some(converter), Some(positions)) = (&self.keys, &self.key_groups) else {
+            return Ok(());
+        };
+        if self.pending.values().all(|c| !c.key.is_empty()) {
+            return Ok(());
+        }
+        let mut in_key_order = vec![None; positions.len()];
+        for (k, p) in positions.iter().enumerate() {
+            in_key_order[*p] = Some(groups[1 + k].clone());
+        }
+        let columns: Vec<ArrayRef> = in_key_order.into_iter().flatten().collect();
+        let rows = converter.convert_columns(&columns)?;
+        let ids = groups[0].as_primitive::<UInt64Type>();
+        for (i, id) in ids.values().iter().enumerate() {
+            if let Some(c) = self.pending.get_mut(id).filter(|c| c.key.is_empty()) {
+                c.key = Key::from(rows.row(i).data());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// For each kept group, its position among the session key columns, when every kept group is
+/// a plain key column and together they are each key column once (`None` otherwise).
+fn kept_groups_as_key(plan: &SessionAggregation, kept: &[usize]) -> Option<Vec<usize>> {
+    if kept.len() != plan.key_columns.len() {
+        return None;
+    }
+    let mut positions = Vec::with_capacity(kept.len());
+    for &g in kept {
+        let column = plan.group_exprs[g].downcast_ref::<Column>()?;
+        let input = match &plan.projection {
+            Some(p) => *p.get(column.index())?,
+            None => column.index(),
+        };
+        let k = plan.key_columns.iter().position(|c| *c == input)?;
+        // Dictionary keys come back from the row format as their values: keep those interned.
+        let dictionary = matches!(
+            plan.input.field(input).data_type(),
+            DataType::Dictionary(..)
+        );
+        if positions.contains(&k) || dictionary {
+            return None;
+        }
+        positions.push(k);
+    }
+    Some(positions)
 }
 
 /// The session aggregate's checkpoint besides its tables.
@@ -408,14 +516,16 @@ impl Operator for SessionAggregate {
         let Some(batch) = self.drop_late(batch, out)? else {
             return Ok(());
         };
-        let (ids, generations) = self.assign(&batch)?;
+        let (ids, generation) = self.assign(&batch)?;
         let windowed = self.windowed(&batch)?;
-        let groups = evaluate_all(&self.plan.group_exprs, &windowed)?;
         let mut keys: Vec<ArrayRef> = vec![Arc::new(ids)];
-        keys.extend(self.kept_groups.iter().map(|g| groups[*g].clone()));
+        if self.key_groups.is_none() {
+            let groups = evaluate_all(&self.plan.group_exprs, &windowed)?;
+            keys.extend(self.kept_groups.iter().map(|g| groups[*g].clone()));
+        }
         let (args, filters) =
             evaluate_aggregates(&self.plan.aggregates, &self.aggregate_inputs, &windowed)?;
-        self.groups.update(&generations, &keys, &args, &filters)
+        self.groups.update(generation, &keys, &args, &filters)
     }
 
     fn process_watermark(&mut self, watermark: Watermark, out: &mut Output) -> Result<()> {
@@ -472,6 +582,11 @@ impl Operator for SessionAggregate {
         let mut state = NodeState::json(&saved)?;
         if rows.len() > 0 {
             let mut columns = rows.keys;
+            // Saved alike either way: the session id, the kept group values, the states.
+            if self.key_groups.is_some() {
+                let ids = columns[0].as_primitive::<UInt64Type>();
+                columns.extend(self.kept_from_keys(self.session_keys(ids)?.into_iter())?);
+            }
             columns.extend(rows.states.into_iter().flatten());
             state = state.with_table(GROUPS_TABLE, generic_batch(columns)?);
         }
@@ -486,7 +601,7 @@ impl Operator for SessionAggregate {
             .map(|(id, s)| (id, s.clone(), false));
         let closed = self.pending.values().map(|c| {
             let s = Session {
-                key: Arc::from(&[][..]),
+                key: c.key.clone(),
                 start: c.start,
                 end: c.end,
                 generation: c.generation,
@@ -550,16 +665,17 @@ impl Operator for SessionAggregate {
             for i in 0..t.num_rows() {
                 let (id, start, end) = (ids.value(i), starts.value(i), ends.value(i));
                 let generation = 0;
+                let key: Key = keys.value(i).into();
                 if pending.value(i) {
                     let closed = Closed {
                         id,
                         start,
                         end,
                         generation,
+                        key,
                     };
                     self.pending.insert(id, closed);
                 } else {
-                    let key = keys.value(i).into();
                     let session = Session {
                         key,
                         start,
@@ -590,10 +706,14 @@ impl Operator for SessionAggregate {
                     groups + widths.iter().sum::<usize>()
                 )));
             }
-            let rows = GroupRows {
+            let mut rows = GroupRows {
                 keys: t.columns()[..groups].to_vec(),
                 states: split_columns(&t.columns()[groups..], &widths),
             };
+            if self.key_groups.is_some() {
+                self.keys_of_pending_from(&rows.keys)?;
+                rows.keys.truncate(1);
+            }
             // Pending sessions' groups go to generation 0, with the oldest open ones.
             let generations: Vec<u64> = rows.keys[0]
                 .as_primitive_opt::<UInt64Type>()

@@ -39,6 +39,19 @@ fn rows(data: &[(&str, i64, Option<i64>)]) -> RecordBatch {
 
 /// Sessions of gap 10 ms per key: key, window_start, window_end, sum(value), count(value).
 fn operator() -> SessionAggregate {
+    let op = SessionAggregate::new(plan()).unwrap();
+    assert!(op.key_groups.is_some(), "grouped by session alone");
+    op
+}
+
+/// [`operator`] interning the key values of its groups.
+fn interning_operator() -> SessionAggregate {
+    let op = SessionAggregate::interning_key_values(plan()).unwrap();
+    assert!(op.key_groups.is_none());
+    op
+}
+
+fn plan() -> SessionAggregation {
     let windowed = super::super::schema_with_window_columns(&input(), &ts());
     let value: Arc<dyn PhysicalExpr> = Arc::new(Column::new("value", 1));
     let spec = |f, alias: &str| AggregateSpec {
@@ -51,7 +64,7 @@ fn operator() -> SessionAggregate {
         ),
         filter: None,
     };
-    SessionAggregate::new(SessionAggregation {
+    SessionAggregation {
         input: input(),
         time_column: 2,
         gap_nanos: 10 * MS,
@@ -72,8 +85,7 @@ fn operator() -> SessionAggregate {
             Field::new("total", DataType::Int64, true),
             Field::new("n", DataType::Int64, false),
         ])),
-    })
-    .unwrap()
+    }
 }
 
 type Row = (String, i64, i64, i64, i64);
@@ -132,9 +144,19 @@ fn random_batches(seed: u64, rows: usize, keys: u64) -> Vec<Vec<(String, i64, i6
 /// Runs the batches through `op` with a watermark 6 ms behind the largest time after each
 /// batch (so no row is late), snapshotting into a new operator after batch `restore_at`.
 fn run_random(
+    op: SessionAggregate,
+    batches: &[Vec<(String, i64, i64)>],
+    restore_at: Option<(usize, usize)>,
+) -> Vec<Row> {
+    run_random_into(op, batches, restore_at, operator)
+}
+
+/// [`run_random`], restoring into an operator made by `restored`.
+fn run_random_into(
     mut op: SessionAggregate,
     batches: &[Vec<(String, i64, i64)>],
     restore_at: Option<(usize, usize)>,
+    restored: fn() -> SessionAggregate,
 ) -> Vec<Row> {
     let mut out = Output::default();
     let mut found = Vec::new();
@@ -155,7 +177,7 @@ fn run_random(
             && at == n
         {
             let state = op.snapshot().unwrap();
-            op = operator();
+            op = restored();
             op.set_generation_size(size);
             op.restore(state).unwrap();
         }
@@ -219,6 +241,29 @@ fn any_generation_size_and_a_restore_at_any_point_give_the_batch_sessions() {
                 expected,
                 "seed {seed}, generations of {size}, restored after batch {at}"
             );
+        }
+    }
+}
+
+#[test]
+fn groups_by_session_alone_and_interned_key_values_agree_and_share_checkpoints() {
+    let makers: [(&str, fn() -> SessionAggregate); 2] =
+        [("by session", operator), ("interning", interning_operator)];
+    for (seed, keys) in [(11, 30), (5, 4)] {
+        let batches = random_batches(seed, 2_000, keys);
+        let expected = batch_sessions(&batches);
+        for (from, make) in makers {
+            for (into, restored) in makers {
+                for at in [3, batches.len() / 2] {
+                    let mut op = make();
+                    op.set_generation_size(4);
+                    assert_eq!(
+                        run_random_into(op, &batches, Some((at, 4)), restored),
+                        expected,
+                        "seed {seed}: {from}, restored after batch {at} {into}"
+                    );
+                }
+            }
         }
     }
 }
@@ -381,4 +426,83 @@ fn a_snapshot_restores_open_pending_and_merged_sessions_exactly() {
     assert!(original.contains(&row("a", 100, 135, 23, 4)));
     assert!(original.contains(&row("k3", 300, 315, 103, 2)));
     assert_eq!(original.len(), 22);
+}
+
+/// A checkpoint of an earlier release: closed sessions waiting to be emitted were saved
+/// without their keys (the groups' key columns hold them).
+fn without_pending_keys(state: NodeState) -> NodeState {
+    let sessions = state.table(SESSIONS_TABLE).unwrap().clone();
+    let pending = sessions.column(4).as_boolean();
+    let keys = sessions.column(1).as_binary::<i32>();
+    let blanked: BinaryArray = (0..sessions.num_rows())
+        .map(|i| {
+            Some(if pending.value(i) {
+                &[][..]
+            } else {
+                keys.value(i)
+            })
+        })
+        .collect();
+    let mut columns = sessions.columns().to_vec();
+    columns[1] = Arc::new(blanked);
+    let batch = RecordBatch::try_new(sessions.schema(), columns).unwrap();
+    state.with_table(SESSIONS_TABLE, batch)
+}
+
+#[test]
+fn closed_sessions_of_a_checkpoint_without_their_keys_get_them_from_their_groups() {
+    let mut op = operator();
+    let mut out = Output::default();
+    op.process_batch(
+        0,
+        rows(&[
+            ("a", 1, Some(100)),
+            ("b", 2, Some(100)),
+            ("c", 3, Some(300)),
+        ]),
+        &mut out,
+    )
+    .unwrap();
+    op.process_watermark(Watermark::EventTime(120 * MS), &mut out)
+        .unwrap(); // a and b closed; 2 of 3 are due, so they are emitted
+    let (first, _) = drain(&mut out);
+    assert_eq!(first.len(), 2);
+    op.process_batch(
+        0,
+        rows(&[
+            ("d", 4, Some(130)),
+            ("e", 5, Some(400)),
+            ("f", 6, Some(401)),
+        ]),
+        &mut out,
+    )
+    .unwrap();
+    op.process_batch(
+        0,
+        rows(&[("g", 7, Some(402)), ("h", 8, Some(403))]),
+        &mut out,
+    )
+    .unwrap();
+    op.process_watermark(Watermark::EventTime(150 * MS), &mut out)
+        .unwrap(); // d closed, 1 of 6: it waits
+    assert!(drain(&mut out).0.is_empty(), "d waits");
+    let state = without_pending_keys(op.snapshot().unwrap());
+    let mut restored = operator();
+    restored.restore(state).unwrap();
+    restored
+        .process_watermark(Watermark::END, &mut out)
+        .unwrap();
+    let (found, _) = drain(&mut out);
+    let mut expected = vec![
+        row("c", 300, 310, 3, 1),
+        row("d", 130, 140, 4, 1),
+        row("e", 400, 410, 5, 1),
+        row("f", 401, 411, 6, 1),
+        row("g", 402, 412, 7, 1),
+        row("h", 403, 413, 8, 1),
+    ];
+    expected.sort();
+    let mut found = found;
+    found.sort();
+    assert_eq!(found, expected);
 }

@@ -1,13 +1,14 @@
-//! The groups of a session aggregate, in generations: a session's groups live in the
-//! generation that was current when the session was created (or last moved). Sessions close
-//! roughly in the order they were created, so emitting closed sessions takes out only the
-//! oldest generations, not every open group; the few sessions of those generations that are
-//! still open move to a newer one. Each generation is one [`GroupedState`].
+//! The groups of a session aggregate, in generations: rows are folded into the current
+//! generation, and the session they extend moves there, so a session is in the generation
+//! of its last row (or where it last moved) and its groups in that one or older ones.
+//! Sessions close roughly in the order of their last rows, so emitting closed sessions takes
+//! out only the oldest generations, not every open group; the groups of sessions still open
+//! there go back to a newer one. Each generation is one [`GroupedState`].
 
 use std::collections::VecDeque;
 
 use datafusion::arrow::array::{ArrayRef, UInt32Array};
-use datafusion::arrow::compute::{concat, take};
+use datafusion::arrow::compute::concat;
 use datafusion::arrow::datatypes::SchemaRef;
 
 use super::grouped_state::{GroupRows, GroupedState};
@@ -130,36 +131,16 @@ impl Generations {
         (i < self.live.len()).then_some(i)
     }
 
-    /// Folds rows into their generations: `generation[i]` is row `i`'s.
+    /// Folds rows into generation `number`.
     pub(crate) fn update(
         &mut self,
-        generation: &[u64],
+        number: u64,
         keys: &[ArrayRef],
         args: &[Vec<ArrayRef>],
         filters: &[Option<ArrayRef>],
     ) -> Result<()> {
-        for (number, rows) in by_generation(generation) {
-            let i = self.position(number).ok_or_else(|| missing(number))?;
-            let state = &mut self.live[i].state;
-            match rows {
-                None => {
-                    state.update(keys, args, filters)?;
-                }
-                Some(rows) => {
-                    let pick = |c: &ArrayRef| take(c.as_ref(), &rows, None);
-                    let keys = keys.iter().map(pick).collect::<Result<Vec<_>, _>>()?;
-                    let args = args
-                        .iter()
-                        .map(|a| a.iter().map(pick).collect::<Result<Vec<_>, _>>())
-                        .collect::<Result<Vec<_>, _>>()?;
-                    let filters = filters
-                        .iter()
-                        .map(|f| f.as_ref().map(pick).transpose())
-                        .collect::<Result<Vec<_>, _>>()?;
-                    state.update(&keys, &args, &filters)?;
-                }
-            }
-        }
+        let i = self.position(number).ok_or_else(|| missing(number))?;
+        self.live[i].state.update(keys, args, filters)?;
         Ok(())
     }
 

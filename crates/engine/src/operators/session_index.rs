@@ -9,6 +9,7 @@ use std::collections::BinaryHeap;
 use std::sync::Arc;
 
 use datafusion::common::HashMap;
+use datafusion::common::hash_map::{Entry, EntryRef};
 use smallvec::SmallVec;
 
 /// A session key (the key columns in Arrow's row format), shared by the index and its
@@ -28,13 +29,14 @@ pub(crate) struct Session {
     pub(crate) generation: u64,
 }
 
-/// A closed session: its id and bounds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A closed session: its id, bounds and key.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Closed {
     pub(crate) id: u64,
     pub(crate) start: i64,
     pub(crate) end: i64,
     pub(crate) generation: u64,
+    pub(crate) key: Key,
 }
 
 #[derive(Debug, Default)]
@@ -65,11 +67,12 @@ impl SessionIndex {
         self.sessions.len()
     }
 
-    /// The session a row of `key` at time `t` belongs to, and that session's generation: an
-    /// open one it extends (merging the sessions it bridges into the one of the newest
-    /// generation, so that merged groups never sit in a newer generation than their
-    /// session), or a new one in generation `current`.
-    pub(crate) fn assign(&mut self, key: &[u8], t: i64, current: u64) -> (u64, u64) {
+    /// The session a row of `key` at time `t` belongs to: an open one it extends (merging
+    /// the sessions it bridges), or a new one. Either way the session is now in generation
+    /// `current`, where the row's group goes: a session's groups are never in a newer
+    /// generation than the session (those of sessions merged into it included), and a
+    /// session's generation follows its last row, which is when its end was last set.
+    pub(crate) fn assign(&mut self, key: &[u8], t: i64, current: u64) -> u64 {
         let gap = self.gap;
         let SessionIndex {
             by_key,
@@ -79,11 +82,13 @@ impl SessionIndex {
             merged,
             ..
         } = self;
-        let list = match by_key.get_mut(key) {
-            Some(list) => list,
-            None => by_key.entry(Key::from(key)).or_default(),
+        // One hash of the key, whether it is new or not.
+        let mut entry = match by_key.entry_ref(key) {
+            EntryRef::Occupied(o) => o,
+            EntryRef::Vacant(v) => v.insert_entry_with_key(Key::from(key), OpenIds::new()),
         };
-        let overlapping: OpenIds = list
+        let overlapping: OpenIds = entry
+            .get()
             .iter()
             .copied()
             .filter(|id| {
@@ -95,29 +100,23 @@ impl SessionIndex {
             [] => {
                 let id = *next_id;
                 *next_id += 1;
-                let shared = by_key
-                    .get_key_value(key)
-                    .map(|(k, _)| k.clone())
-                    .expect("inserted above");
-                sessions.insert(
-                    id,
-                    Session {
-                        key: shared,
-                        start: t,
-                        end: t,
-                        generation: current,
-                    },
-                );
-                by_key.get_mut(key).expect("inserted above").push(id);
-                id
+                let session = Session {
+                    key: entry.key().clone(),
+                    start: t,
+                    end: t + gap,
+                    generation: current,
+                };
+                sessions.insert(id, session);
+                entry.get_mut().push(id);
+                // One timer per session: an extended session's timer is moved when it
+                // comes up.
+                timers.push(Reverse((t + gap, id)));
+                return id;
             }
             [one] => *one,
             several => {
-                // The row bridges sessions: they join the one of the newest generation.
-                let into = *several
-                    .iter()
-                    .max_by_key(|id| (sessions[*id].generation, Reverse(**id)))
-                    .expect("several");
+                // The row bridges sessions: they join the earliest.
+                let into = *several.iter().min().expect("several");
                 for gone_id in several.iter().copied().filter(|id| *id != into) {
                     let gone = sessions.remove(&gone_id).expect("listed sessions are open");
                     merged.insert(gone_id, (into, gone.generation));
@@ -125,24 +124,27 @@ impl SessionIndex {
                     s.start = s.start.min(gone.start);
                     s.end = s.end.max(gone.end);
                 }
-                list.retain(|id| *id == into || !several.contains(id));
+                entry
+                    .get_mut()
+                    .retain(|id| *id == into || !several.contains(id));
                 into
             }
         };
         let s = sessions.get_mut(&id).expect("assigned above");
         s.start = s.start.min(t);
-        let new = s.end == t;
         s.end = s.end.max(t + gap);
-        // One timer per session: an extended session's timer is moved when it comes up.
-        if new {
-            timers.push(Reverse((s.end, id)));
-        }
-        (id, s.generation)
+        s.generation = current;
+        id
     }
 
     /// The generation of open session `id`.
     pub(crate) fn generation(&self, id: u64) -> Option<u64> {
         self.sessions.get(&id).map(|s| s.generation)
+    }
+
+    /// The key of open session `id`.
+    pub(crate) fn key(&self, id: u64) -> Option<&Key> {
+        self.sessions.get(&id).map(|s| &s.key)
     }
 
     /// Moves open session `id` to generation `to`.
@@ -160,20 +162,20 @@ impl SessionIndex {
                 break;
             }
             self.timers.pop();
-            match self.sessions.get(&id).map(|s| s.end) {
-                None => continue, // merged into another session
-                Some(current) if current > end => {
-                    // Extended since: its timer moves to the new end.
-                    self.timers.push(Reverse((current, id)));
-                    continue;
-                }
-                Some(_) => {}
+            let Entry::Occupied(open) = self.sessions.entry(id) else {
+                continue; // merged into another session
+            };
+            let current = open.get().end;
+            if current > end {
+                // Extended since: its timer moves to the new end.
+                self.timers.push(Reverse((current, id)));
+                continue;
             }
-            let s = self.sessions.remove(&id).expect("checked above");
-            if let Some(list) = self.by_key.get_mut(&s.key) {
-                list.retain(|x| *x != id);
-                if list.is_empty() {
-                    self.by_key.remove(&s.key);
+            let s = open.remove();
+            if let EntryRef::Occupied(mut list) = self.by_key.entry_ref(&*s.key) {
+                list.get_mut().retain(|x| *x != id);
+                if list.get().is_empty() {
+                    list.remove();
                 }
             }
             closed.push(Closed {
@@ -181,6 +183,7 @@ impl SessionIndex {
                 start: s.start,
                 end: s.end,
                 generation: s.generation,
+                key: s.key,
             });
         }
         closed
@@ -192,6 +195,11 @@ impl SessionIndex {
             id = *next;
         }
         id
+    }
+
+    /// Whether some session was merged into another since the merges were last forgotten.
+    pub(crate) fn has_merges(&self) -> bool {
+        !self.merged.is_empty()
     }
 
     /// Forgets the merges of sessions whose groups were in generations before `oldest`: call
@@ -234,19 +242,19 @@ mod tests {
     #[test]
     fn rows_join_extend_and_merge_sessions_per_key() {
         let mut index = SessionIndex::new(10);
-        let a = index.assign(b"u1", 100, 0).0;
-        assert_eq!(index.assign(b"u1", 105, 0).0, a, "within the gap");
-        let b = index.assign(b"u1", 122, 0).0;
+        let a = index.assign(b"u1", 100, 0);
+        assert_eq!(index.assign(b"u1", 105, 0), a, "within the gap");
+        let b = index.assign(b"u1", 122, 0);
         assert_ne!(a, b, "more than the gap after 105");
-        let other = index.assign(b"u2", 101, 0).0;
+        let other = index.assign(b"u2", 101, 0);
         assert_ne!(other, a, "another key");
         // 113 is within 10 of both 100..115 and 122..132: the two sessions merge.
-        let c = index.assign(b"u1", 113, 0).0;
+        let c = index.assign(b"u1", 113, 0);
         assert_eq!(c, a);
         assert_eq!(index.root(b), a);
         assert_eq!(index.len(), 2);
         // Out of order, before the session: it extends it backwards.
-        assert_eq!(index.assign(b"u1", 92, 0).0, a);
+        assert_eq!(index.assign(b"u1", 92, 0), a);
         let closed = index.close_until(Some(131));
         assert_eq!(
             closed,
@@ -254,7 +262,8 @@ mod tests {
                 id: other,
                 start: 101,
                 end: 111,
-                generation: 0
+                generation: 0,
+                key: Key::from(&b"u2"[..]),
             }]
         );
         let closed = index.close_until(Some(132));
@@ -264,7 +273,8 @@ mod tests {
                 id: a,
                 start: 92,
                 end: 132,
-                generation: 0
+                generation: 0,
+                key: Key::from(&b"u1"[..]),
             }]
         );
         assert_eq!(index.len(), 0);
@@ -277,9 +287,9 @@ mod tests {
     #[test]
     fn a_restored_index_closes_like_the_original() {
         let mut index = SessionIndex::new(5);
-        index.assign(b"k", 10, 0).0;
-        index.assign(b"k", 12, 0).0;
-        index.assign(b"j", 30, 0).0;
+        index.assign(b"k", 10, 0);
+        index.assign(b"k", 12, 0);
+        index.assign(b"j", 30, 0);
         let open: Vec<(u64, Session)> = index
             .open_sessions()
             .map(|(id, s)| (id, s.clone()))
@@ -287,7 +297,7 @@ mod tests {
         let mut restored = SessionIndex::restore(5, index.next_id(), open);
         assert_eq!(restored.close_until(None), index.close_until(None));
         assert_ne!(
-            restored.assign(b"x", 1, 0).0,
+            restored.assign(b"x", 1, 0),
             0,
             "new ids follow the saved ones"
         );
