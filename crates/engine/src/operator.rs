@@ -74,7 +74,11 @@ pub const TICK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(
 ///   order in which messages arrive. Batches from input `i` arrive in the order they were sent.
 /// - `process_watermark` receives the *combined* watermark of all inputs (the minimum over
 ///   inputs that are not idle); it is called only when that combined watermark advances, or
-///   with [`Watermark::Idle`] when every input is idle. An operator that holds rows back
+///   with [`Watermark::Idle`] when every input is idle. `process_input_watermark` receives
+///   each input's own watermark first, whenever it changes.
+/// - Barriers: while a checkpoint barrier has come on some inputs and not others, the inputs
+///   that delivered it are not read (their upstream waits: backpressure, not buffering), so
+///   no message from after the barrier reaches the operator before its snapshot. An operator that holds rows back
 ///   (windows) emits what the watermark completes and then forwards a watermark; operators
 ///   that hold nothing use the default, which forwards it.
 /// - `finish` is called once, after every input has ended; the operator emits everything it
@@ -114,6 +118,20 @@ pub trait Operator: Send + 'static {
 
     /// Processes one batch that arrived on input `input`.
     fn process_batch(&mut self, input: usize, batch: RecordBatch, out: &mut Output) -> Result<()>;
+
+    /// Reacts to the progress of one input's own watermark: called when input `input`'s
+    /// watermark advances, goes idle, or ends ([`Watermark::END`]), before the combined
+    /// watermark (if that advanced too) reaches `process_watermark`. An operator with two
+    /// inputs (a join) expires one side's rows by the other side's watermark here. It must
+    /// not forward watermarks (that is `process_watermark`'s job). The default does nothing.
+    fn process_input_watermark(
+        &mut self,
+        _input: usize,
+        _watermark: Watermark,
+        _out: &mut Output,
+    ) -> Result<()> {
+        Ok(())
+    }
 
     /// Reacts to event-time progress.
     fn process_watermark(&mut self, watermark: Watermark, out: &mut Output) -> Result<()> {

@@ -261,6 +261,17 @@ impl InputWatermarks {
         self.combine()
     }
 
+    /// Input `i`'s own watermark: its event time (the end once it ended), or `Idle` while it
+    /// is idle; `None` before it sent one.
+    pub fn of_input(&self, i: usize) -> Option<Watermark> {
+        match self.inputs[i] {
+            InputState::Waiting => None,
+            InputState::At(w) => Some(Watermark::EventTime(w)),
+            InputState::Idle(_) => Some(Watermark::Idle),
+            InputState::Ended => Some(Watermark::END),
+        }
+    }
+
     fn combine(&mut self) -> Option<Watermark> {
         if self.inputs.iter().any(|s| matches!(s, InputState::Waiting)) {
             return None;

@@ -12,8 +12,8 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::physical_expr::expressions::Column;
 use laketide_engine::operators::UnionOperator;
 use laketide_engine::{
-    Dataflow, EngineError, Result, RunOptions, Sink, SinkSummary, Source, SourcePoll, SplitId,
-    Watermark, WatermarkStrategy,
+    Dataflow, EngineError, Operator, Output, Result, RunOptions, Sink, SinkSummary, Source,
+    SourcePoll, SplitId, Watermark, WatermarkStrategy,
 };
 
 fn schema() -> SchemaRef {
@@ -272,4 +272,72 @@ async fn stopping_drains_and_closes_the_sinks() {
     let summary = laketide_engine::run(flow, options).await.unwrap();
     assert_eq!(summary.sinks[0].1.rows_written, 3);
     assert_eq!(*recorder.rows.lock().unwrap(), 3);
+}
+
+/// A union that also records each input's own watermarks, as a join would see them.
+struct InputMarks {
+    union: UnionOperator,
+    seen: Arc<Mutex<Vec<(usize, Watermark)>>>,
+}
+
+impl Operator for InputMarks {
+    fn output_schema(&self) -> SchemaRef {
+        self.union.output_schema()
+    }
+    fn process_batch(&mut self, input: usize, batch: RecordBatch, out: &mut Output) -> Result<()> {
+        self.union.process_batch(input, batch, out)
+    }
+    fn process_input_watermark(
+        &mut self,
+        input: usize,
+        watermark: Watermark,
+        _out: &mut Output,
+    ) -> Result<()> {
+        self.seen.lock().unwrap().push((input, watermark));
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_two_input_operator_sees_each_inputs_own_watermark() {
+    // b stays behind a: the combined watermark follows b, but the operator sees a's too.
+    let a = ScriptedSource::new(vec![
+        Step::Batch("a", vec![100]),
+        Step::Idle(2),
+        Step::Batch("a", vec![200]),
+        Step::Idle(2),
+    ]);
+    // b ends after a, so the combined watermark never follows a alone.
+    let b = ScriptedSource::new(vec![Step::Batch("b", vec![50]), Step::Idle(10)]);
+    let mut flow = Dataflow::new();
+    let strategy = event_time(60_000);
+    let sa = flow.add_source("a", "scripted", a, strategy.clone(), None);
+    let sb = flow.add_source("b", "scripted", b, strategy, None);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let marks = InputMarks {
+        union: UnionOperator::new(schema()),
+        seen: seen.clone(),
+    };
+    let op = flow
+        .add_operator("marks", "a + b", Box::new(marks), vec![sa, sb])
+        .unwrap();
+    let recorder = Recorder::default();
+    flow.add_sink("out", "recorder", Box::new(recorder.clone()), op)
+        .unwrap();
+    laketide_engine::run(flow, RunOptions::default())
+        .await
+        .unwrap();
+    let seen = seen.lock().unwrap().clone();
+    let of = |input: usize| -> Vec<i64> {
+        let marks: Vec<Watermark> = (seen.iter())
+            .filter(|(i, _)| *i == input)
+            .map(|(_, w)| *w)
+            .collect();
+        assert_eq!(marks.last(), Some(&Watermark::END), "input {input} ends");
+        event_times(&marks)
+    };
+    assert_eq!(of(0), vec![100, 200], "a's own watermarks: {seen:?}");
+    assert_eq!(of(1), vec![50], "b's own watermark: {seen:?}");
+    let combined = event_times(&recorder.watermarks.lock().unwrap());
+    assert_eq!(combined, vec![50], "the combined one waits for b");
 }

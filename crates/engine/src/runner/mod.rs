@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::checkpoint::coordinator::{Coordinator, Handle, Report, Trigger};
 
+mod inputs;
 mod operator_task;
 mod restore;
 mod sink_task;

@@ -1,14 +1,12 @@
-//! An operator node's task: merges its inputs, combines their watermarks and aligns
-//! checkpoint barriers.
+//! An operator node's task: polls its inputs, combines their watermarks and aligns
+//! checkpoint barriers (parking the inputs that delivered one, see [`InputSet`]).
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use futures::StreamExt;
-use futures::stream::{self, BoxStream};
 use tokio::sync::mpsc::{Receiver, Sender};
 
+use super::inputs::InputSet;
 use super::{Checkpointing, TaskEnd, broadcast, in_node, record_watermark};
 use crate::error::{EngineError, Result};
 use crate::late_rows::LateRows;
@@ -16,23 +14,6 @@ use crate::message::{CheckpointBarrier, Message, Watermark};
 use crate::metrics::NodeMetrics;
 use crate::operator::{Operator, Output, TICK_INTERVAL};
 use crate::watermark::InputWatermarks;
-
-type Tagged = (usize, Option<Message>);
-
-fn merge_inputs(inputs: Vec<Receiver<Message>>) -> BoxStream<'static, Tagged> {
-    let streams = inputs.into_iter().enumerate().map(|(i, rx)| {
-        // Each input yields its messages, then one `None` when its channel closes.
-        stream::unfold(Some(rx), move |state| async move {
-            let mut rx = state?;
-            match rx.recv().await {
-                Some(m) => Some(((i, Some(m)), Some(rx))),
-                None => Some(((i, None), None)),
-            }
-        })
-        .boxed()
-    });
-    stream::select_all(streams).boxed()
-}
 
 /// Where an operator task's results go: its downstream edges, its counters, and the
 /// late-row handlers of the sources upstream.
@@ -79,12 +60,11 @@ impl Emitter {
     }
 }
 
-/// Barrier alignment of one operator: inputs that delivered the current barrier are held
-/// back until it has arrived on every input that has not ended.
+/// Barrier alignment of one operator: which inputs delivered the barrier being aligned
+/// (those are parked until it has come on every input that has not ended).
 struct Alignment {
     barrier: Option<CheckpointBarrier>,
     arrived: Vec<bool>,
-    held: Vec<VecDeque<Message>>,
 }
 
 impl Alignment {
@@ -92,12 +72,7 @@ impl Alignment {
         Alignment {
             barrier: None,
             arrived: vec![false; inputs],
-            held: (0..inputs).map(|_| VecDeque::new()).collect(),
         }
-    }
-
-    fn is_held(&self, input: usize) -> bool {
-        self.arrived[input]
     }
 
     /// Records the barrier on `input`; true when every live input has delivered it.
@@ -112,28 +87,50 @@ impl Alignment {
         }
         self.barrier = Some(barrier);
         self.arrived[input] = true;
-        Ok(self
-            .arrived
-            .iter()
-            .zip(ended)
-            .all(|(arrived, ended)| *arrived || *ended))
+        Ok(self.complete(ended))
     }
 
-    /// Ends the alignment: returns the held messages, per input in their order.
-    fn release(&mut self) -> Vec<(usize, Message)> {
+    /// Whether every input that has not ended delivered the barrier being aligned.
+    fn complete(&self, ended: &[bool]) -> bool {
+        self.barrier.is_some()
+            && (self.arrived.iter())
+                .zip(ended)
+                .all(|(arrived, ended)| *arrived || *ended)
+    }
+
+    /// Ends the alignment.
+    fn release(&mut self) {
         self.barrier = None;
         self.arrived.iter_mut().for_each(|a| *a = false);
-        let mut released = Vec::new();
-        for (i, held) in self.held.iter_mut().enumerate() {
-            released.extend(held.drain(..).map(|m| (i, m)));
-        }
-        released
     }
+}
+
+/// What to do after a message.
+enum Next {
+    Continue,
+    Stop(TaskEnd),
+}
+
+/// One operator task's state between messages.
+struct OperatorTask {
+    name: String,
+    op: Box<dyn Operator>,
+    emitter: Emitter,
+    checkpointing: Option<Checkpointing>,
+    inputs: InputSet,
+    watermarks: InputWatermarks,
+    ended: Vec<bool>,
+    /// Inputs whose stream drained to the end watermark (rather than stopping at a last
+    /// checkpoint, which keeps the windows for the next run).
+    drained: Vec<bool>,
+    finished: bool,
+    alignment: Alignment,
+    out: Output,
 }
 
 pub(super) async fn run_operator(
     name: String,
-    mut op: Box<dyn Operator>,
+    op: Box<dyn Operator>,
     inputs: Vec<Receiver<Message>>,
     outputs: Vec<Sender<Message>>,
     metrics: Arc<NodeMetrics>,
@@ -144,106 +141,149 @@ pub(super) async fn run_operator(
     let emitter = Emitter {
         name: name.clone(),
         outputs,
-        metrics: metrics.clone(),
+        metrics,
         late,
     };
-    let mut watermarks = InputWatermarks::new(n);
-    let mut ended = vec![false; n];
-    // Inputs whose stream drained to the end watermark (rather than stopping at a last
-    // checkpoint, which keeps the windows for the next run).
-    let mut drained = vec![false; n];
-    let mut finished = false;
-    let mut merged = merge_inputs(inputs);
-    let mut alignment = Alignment::new(n);
-    let mut replay: VecDeque<(usize, Message)> = VecDeque::new();
-    let mut out = Output::default();
-    let mut tick = tokio::time::interval(TICK_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let (i, msg) = match replay.pop_front() {
-            Some((i, m)) => (i, Some(m)),
-            None => tokio::select! {
-                next = merged.next() => match next {
-                    Some(next) => next,
-                    None => return Ok(TaskEnd::Aborted),
+    let mut task = OperatorTask {
+        name,
+        op,
+        emitter,
+        checkpointing,
+        inputs: InputSet::new(inputs),
+        watermarks: InputWatermarks::new(n),
+        ended: vec![false; n],
+        drained: vec![false; n],
+        finished: false,
+        alignment: Alignment::new(n),
+        out: Output::default(),
+    };
+    task.run().await
+}
+
+impl OperatorTask {
+    async fn run(&mut self) -> Result<TaskEnd> {
+        let mut tick = tokio::time::interval(TICK_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let next = tokio::select! {
+                next = self.inputs.next() => match next {
+                    Some((i, msg)) => self.handle(i, msg).await?,
+                    None => Next::Stop(TaskEnd::Aborted),
                 },
-                _ = tick.tick(), if !finished => {
-                    op.on_tick(&mut out).map_err(|e| in_node(&name, e))?;
-                    metrics.set_open_state(op.open_state());
-                    if !emitter.flush(&mut out).await? {
-                        return Ok(TaskEnd::Aborted);
-                    }
-                    continue;
-                }
-            },
-        };
-        if let Some(m) = msg.as_ref()
-            && alignment.is_held(i)
-        {
-            alignment.held[i].push_back(m.clone());
-            continue;
+                _ = tick.tick(), if !self.finished => self.tick().await?,
+            };
+            if let Next::Stop(end) = next {
+                return Ok(end);
+            }
         }
+    }
+
+    async fn tick(&mut self) -> Result<Next> {
+        self.op
+            .on_tick(&mut self.out)
+            .map_err(|e| in_node(&self.name, e))?;
+        self.flush().await
+    }
+
+    /// Counts the open state and sends what the operator emitted.
+    async fn flush(&mut self) -> Result<Next> {
+        self.emitter.metrics.set_open_state(self.op.open_state());
+        Ok(match self.emitter.flush(&mut self.out).await? {
+            true => Next::Continue,
+            false => Next::Stop(TaskEnd::Aborted),
+        })
+    }
+
+    async fn handle(&mut self, i: usize, msg: Option<Message>) -> Result<Next> {
         match msg {
             // The channel closed without EndOfStream: the upstream failed.
-            None if !ended[i] => return Ok(TaskEnd::Aborted),
+            None if !self.ended[i] => return Ok(Next::Stop(TaskEnd::Aborted)),
             None => {}
             Some(Message::Batch(batch)) => {
-                NodeMetrics::add(&metrics.rows_in, batch.num_rows() as u64);
-                op.process_batch(i, batch, &mut out)
-                    .map_err(|e| in_node(&name, e))?;
+                NodeMetrics::add(&self.emitter.metrics.rows_in, batch.num_rows() as u64);
+                self.op
+                    .process_batch(i, batch, &mut self.out)
+                    .map_err(|e| in_node(&self.name, e))?;
             }
-            Some(Message::Watermark(w)) => {
-                if w == Watermark::END {
-                    drained[i] = true;
-                }
-                if let Some(combined) = watermarks.update(i, w) {
-                    op.process_watermark(combined, &mut out)
-                        .map_err(|e| in_node(&name, e))?;
-                }
-                if !finished && drained.iter().all(|d| *d) {
-                    // Every input reached its end: emit everything now, ahead of the last
-                    // checkpoint's barrier, so that the checkpoint covers it.
-                    op.finish(&mut out).map_err(|e| in_node(&name, e))?;
-                    out.watermark(Watermark::END);
-                    finished = true;
-                }
-            }
+            Some(Message::Watermark(w)) => self.watermark(i, w)?,
             Some(Message::Barrier(barrier)) => {
-                if alignment.arrive(i, barrier, &ended)? {
-                    // Everything before the barrier is processed and its output goes first.
-                    if !emitter.flush(&mut out).await? {
-                        return Ok(TaskEnd::Aborted);
-                    }
-                    if let Some(c) = &checkpointing {
-                        let state = op.snapshot_at(&barrier).map_err(|e| in_node(&name, e))?;
-                        c.report(barrier.id, state)?;
-                    }
-                    if !broadcast(&emitter.outputs, Message::Barrier(barrier)).await {
-                        return Ok(TaskEnd::Aborted);
-                    }
-                    let released = alignment.release();
-                    for m in released.into_iter().rev() {
-                        replay.push_front(m);
-                    }
+                if self.alignment.arrive(i, barrier, &self.ended)? {
+                    return self.checkpoint(barrier).await;
                 }
+                self.inputs.park(i);
             }
-            Some(Message::EndOfStream) => {
-                // An input that ends without its end watermark stopped at a last checkpoint:
-                // what the operator holds stays in that checkpoint, nothing is flushed.
-                ended[i] = true;
-                if ended.iter().all(|e| *e) {
-                    if !emitter.flush(&mut out).await?
-                        || !broadcast(&emitter.outputs, Message::EndOfStream).await
-                    {
-                        return Ok(TaskEnd::Aborted);
-                    }
-                    return Ok(TaskEnd::Finished(None));
-                }
+            Some(Message::EndOfStream) => return self.end_of(i).await,
+        }
+        self.flush().await
+    }
+
+    /// Input `i`'s watermark: the operator sees it, then the combined one if that advanced.
+    fn watermark(&mut self, i: usize, w: Watermark) -> Result<()> {
+        if w == Watermark::END {
+            self.drained[i] = true;
+        }
+        let before = self.watermarks.of_input(i);
+        let combined = self.watermarks.update(i, w);
+        let after = self.watermarks.of_input(i);
+        if let Some(own) = after.filter(|a| Some(*a) != before) {
+            self.op
+                .process_input_watermark(i, own, &mut self.out)
+                .map_err(|e| in_node(&self.name, e))?;
+        }
+        if let Some(combined) = combined {
+            self.op
+                .process_watermark(combined, &mut self.out)
+                .map_err(|e| in_node(&self.name, e))?;
+        }
+        if !self.finished && self.drained.iter().all(|d| *d) {
+            // Every input reached its end: emit everything now, ahead of the last
+            // checkpoint's barrier, so that the checkpoint covers it.
+            self.op
+                .finish(&mut self.out)
+                .map_err(|e| in_node(&self.name, e))?;
+            self.out.watermark(Watermark::END);
+            self.finished = true;
+        }
+        Ok(())
+    }
+
+    /// The barrier came on every live input: everything before it is processed and its
+    /// output goes first, then the snapshot, then the barrier; the inputs are polled again.
+    async fn checkpoint(&mut self, barrier: CheckpointBarrier) -> Result<Next> {
+        if let Next::Stop(end) = self.flush().await? {
+            return Ok(Next::Stop(end));
+        }
+        if let Some(c) = &self.checkpointing {
+            let state = (self.op)
+                .snapshot_at(&barrier)
+                .map_err(|e| in_node(&self.name, e))?;
+            c.report(barrier.id, state)?;
+        }
+        if !broadcast(&self.emitter.outputs, Message::Barrier(barrier)).await {
+            return Ok(Next::Stop(TaskEnd::Aborted));
+        }
+        self.alignment.release();
+        self.inputs.unpark_all();
+        Ok(Next::Continue)
+    }
+
+    /// Input `i` ended. An input that ends without its end watermark stopped at a last
+    /// checkpoint: what the operator holds stays in that checkpoint, nothing is flushed.
+    async fn end_of(&mut self, i: usize) -> Result<Next> {
+        self.ended[i] = true;
+        if self.ended.iter().all(|e| *e) {
+            if !self.emitter.flush(&mut self.out).await?
+                || !broadcast(&self.emitter.outputs, Message::EndOfStream).await
+            {
+                return Ok(Next::Stop(TaskEnd::Aborted));
             }
+            return Ok(Next::Stop(TaskEnd::Finished(None)));
         }
-        metrics.set_open_state(op.open_state());
-        if !emitter.flush(&mut out).await? {
-            return Ok(TaskEnd::Aborted);
+        // The inputs still aligning a barrier may have been waiting for this one only.
+        if self.alignment.complete(&self.ended) {
+            let barrier = self.alignment.barrier.expect("aligning");
+            return self.checkpoint(barrier).await;
         }
+        self.flush().await
     }
 }
