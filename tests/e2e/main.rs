@@ -10,6 +10,7 @@ mod cli;
 mod dynamodb;
 mod idleness;
 mod interop;
+mod joins;
 mod kinesis;
 mod kinesis_pipeline;
 mod oracle;

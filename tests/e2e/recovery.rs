@@ -242,8 +242,31 @@ fn pipeline(dynamodb_table: &str, dynamodb: &str) -> String {
          SELECT v, window_start, window_end, count(*) AS n, sum(id) AS ids
          FROM SESSION(e, ts, INTERVAL '1500' MILLISECOND) GROUP BY v, window_start, window_end;
          CREATE TABLE totals WITH (connector = 'delta', path = 'lake/totals', primary_key = 'k');
-         INSERT INTO totals SELECT k, count(*) AS n, sum(v) AS total, max(id) AS last FROM e GROUP BY k;"
+         INSERT INTO totals SELECT k, count(*) AS n, sum(v) AS total, max(id) AS last FROM e GROUP BY k;
+         CREATE TABLE pairs WITH (connector = 'delta', path = 'lake/pairs');
+         INSERT INTO pairs {PAIRS};"
     )
+}
+
+/// An interval self-join, outer: each event with the earlier events of its key in the 100 ms
+/// before it (with keys 70 ms apart, one; the first event of each key has none, and goes out
+/// padded once the watermark passes it). Not the closer: nothing passes it while the pipeline
+/// runs.
+const PAIRS: &str = "SELECT a.id AS a_id, b.id AS b_id FROM e a LEFT JOIN e b
+  ON a.k = b.k AND b.ts BETWEEN a.ts - INTERVAL '100' MILLISECOND AND a.ts - INTERVAL '1' MILLISECOND
+  WHERE a.k <> 'closer'";
+
+/// The interval join over all of the input, as a batch query.
+async fn pairs_oracle(input: &Path) -> Vec<String> {
+    let ctx = input_context(input).await;
+    let sql = format!("SELECT a_id, coalesce(b_id, -1) FROM ({PAIRS})");
+    let mut rows: Vec<String> = common::query_rows(&ctx, &sql)
+        .await
+        .into_iter()
+        .map(|r| r.replace('|', ","))
+        .collect();
+    rows.sort();
+    rows
 }
 
 /// The running totals per key (an updating query) over all of the input, as a batch query.
@@ -316,6 +339,7 @@ async fn sigkill_at_random_moments_loses_and_repeats_nothing() {
     let expected_lake = oracle(&input, "%Y-%m-%dT%H:%M:%S").await;
     let expected_sessions = session_oracle(&input).await;
     let expected_totals = totals_oracle(&input).await;
+    let expected_pairs = pairs_oracle(&input).await;
     let child = start(dir.path(), &args);
     let deadline = Instant::now() + Duration::from_secs(120);
     let windows = expected_lake.len();
@@ -330,13 +354,20 @@ async fn sigkill_at_random_moments_loses_and_repeats_nothing() {
             && count("stats").is_some_and(|n| n >= windows)
             && count("sessions").is_some_and(|n| n >= expected_sessions.len())
             && dir.path().join("lake/totals/_delta_log").is_dir()
-            && lake_rows(dir.path(), "SELECT n FROM totals WHERE k = 'closer'") == ["1"];
+            && lake_rows(dir.path(), "SELECT n FROM totals WHERE k = 'closer'") == ["1"]
+            && dir.path().join("lake/pairs/_delta_log").is_dir()
+            && count("pairs").is_some_and(|n| n >= expected_pairs.len());
         if done {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "the windows were not all committed"
+            "the windows were not all committed: {:?} of {windows} windows, {:?} of {} sessions, {:?} of {} pairs",
+            count("stats"),
+            count("sessions"),
+            expected_sessions.len(),
+            count("pairs"),
+            expected_pairs.len()
         );
         std::thread::sleep(Duration::from_millis(300));
     }
@@ -365,6 +396,10 @@ async fn sigkill_at_random_moments_loses_and_repeats_nothing() {
         &totals,
         &expected_totals,
     );
+    // The interval join: every match once, and the unmatched rows padded, once.
+    let mut pairs = lake_rows(dir.path(), "SELECT a_id, coalesce(b_id, -1) FROM pairs");
+    pairs.sort();
+    common::assert_same_rows("interval join after 20+ SIGKILLs", &pairs, &expected_pairs);
     let expected_items = oracle(&input, "%Y-%m-%dT%H:%M:%SZ").await;
     let items = dynamodb_rows(&common::dynamodb::client(&dynamodb), &table).await;
     common::assert_same_rows("DynamoDB items after 20+ SIGKILLs", &items, &expected_items);

@@ -4,6 +4,7 @@ mod change_tracker;
 mod filter;
 mod grouped_state;
 mod idle_sweep;
+mod interval_join;
 mod keep_first;
 mod key_expiry;
 mod projection;
@@ -28,6 +29,7 @@ mod window_aggregate;
 mod window_assign;
 
 pub use filter::FilterOperator;
+pub use interval_join::{IntervalJoin, IntervalJoinSpec, JoinKind};
 pub use keep_first::KeepFirstOperator;
 pub use projection::ProjectionOperator;
 pub use rank::{RankOperator, RankSpec};

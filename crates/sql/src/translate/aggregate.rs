@@ -74,6 +74,9 @@ impl Translator<'_> {
                 start: start_group,
                 end: Some(end_group),
             }),
+            // A window is emitted when the watermark passes its end, before that watermark
+            // goes on, so every row after a watermark has a later window_end.
+            time_column: Some(end_group),
         })
     }
 
@@ -123,6 +126,7 @@ impl Translator<'_> {
             schema: agg.schema.clone(),
             event_time: input.event_time,
             window: None,
+            time_column: None,
         })
     }
 

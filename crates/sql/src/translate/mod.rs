@@ -22,6 +22,7 @@ use laketide_engine::{CHANGE_COLUMN, Dataflow, EngineError, NodeId, schema_with_
 use crate::error::{Location, Result, SqlError, from_datafusion};
 
 mod aggregate;
+mod join;
 mod rank;
 mod retracting;
 mod session;
@@ -47,6 +48,9 @@ pub struct Stream {
     /// Whether the rows carry event time (their sources declare a WATERMARK); otherwise time
     /// is processing time.
     pub(crate) event_time: bool,
+    /// The column the watermark is on, where it is known: a source's WATERMARK column, kept
+    /// through projections (as a plain column), filters, window assignment and joins.
+    pub(crate) time_column: Option<usize>,
 }
 
 /// The named relations a query can read: source tables (nodes built on first use and shared
@@ -143,11 +147,13 @@ impl Translator<'_> {
                 } else if let Some(table) = provider.downcast_ref::<StreamTable>() {
                     let node = self.sources.source_node(self.dataflow, &table.name, self.location)?;
                     let schema = DFSchema::try_from(self.dataflow.schema(node).as_ref().clone()).map_err(|e| self.df(e))?;
+                    let time_column = self.source_time_column(&table.name, &schema);
                     Stream {
                         node,
                         schema: Arc::new(schema),
                         window: None,
                         event_time: self.sources.has_event_time(&table.name),
+                        time_column,
                     }
                 } else {
                     return Err(self.err(format!(
@@ -178,6 +184,9 @@ impl Translator<'_> {
                         schema: scan.projected_schema.clone(),
                         window,
                         event_time: stream.event_time,
+                        time_column: stream
+                            .time_column
+                            .and_then(|t| projection.iter().position(|i| *i == t)),
                     };
                 } else {
                     stream.schema = scan.projected_schema.clone();
@@ -216,6 +225,10 @@ impl Translator<'_> {
                         start: w.start.and_then(find),
                     }
                 });
+                let time_column = input.time_column.and_then(|t| {
+                    let (q, f) = input.schema.qualified_field(t);
+                    p.expr.iter().position(|e| matches!(e.clone().unalias(), Expr::Column(c) if c.name == *f.name() && (c.relation.is_none() || c.relation.as_ref() == q)))
+                });
                 let names: Vec<String> = p.expr.iter().map(|e| e.to_string()).collect();
                 let node = self.operator(
                     "project",
@@ -228,6 +241,7 @@ impl Translator<'_> {
                     schema: p.schema.clone(),
                     window,
                     event_time: input.event_time,
+                    time_column,
                 })
             }
             LogicalPlan::Filter(f) => {
@@ -269,9 +283,10 @@ impl Translator<'_> {
                     schema: u.schema.clone(),
                     window: None,
                     event_time: inputs.iter().all(|s| s.event_time),
+                    time_column: None,
                 })
             }
-            LogicalPlan::Join(_) => Err(self.err("JOIN is not supported in streaming queries yet")),
+            LogicalPlan::Join(join) => self.join(join),
             LogicalPlan::Sort(_) => Err(self.err("ORDER BY has no meaning on an unbounded stream; sort in the sink's readers")),
             LogicalPlan::Limit(_) => Err(self.err("LIMIT is not supported in streaming queries")),
             LogicalPlan::Window(w) => match self.rank_window(w)? {
@@ -353,6 +368,8 @@ impl Translator<'_> {
                 start: Some(n - 2),
                 end: Some(n - 1),
             }),
+            // The input's columns come first, unchanged.
+            time_column: input.time_column,
         })
     }
 
@@ -383,11 +400,19 @@ impl Translator<'_> {
             .source_node(self.dataflow, name, self.location)?;
         let schema = DFSchema::try_from_qualified_schema(name, self.dataflow.schema(node).as_ref())
             .map_err(|e| self.df(e))?;
+        let time_column = self.source_time_column(name, &schema);
         Ok(Stream {
             node,
             schema: Arc::new(schema),
             window: None,
             event_time: self.sources.has_event_time(name),
+            time_column,
         })
+    }
+
+    /// The position of source table `name`'s WATERMARK column in `schema` (its rows).
+    fn source_time_column(&self, name: &str, schema: &DFSchema) -> Option<usize> {
+        let column = self.sources.event_time_column(name)?;
+        schema.fields().iter().position(|f| *f.name() == column)
     }
 }

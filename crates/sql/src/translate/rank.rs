@@ -190,6 +190,7 @@ impl Translator<'_> {
                 schema: w.schema.clone(),
                 window: input.window,
                 event_time: input.event_time,
+                time_column: input.time_column,
             }));
         }
         let op = RankOperator::new(arrow_schema(&input.schema), spec, rank_field.as_ref())?
@@ -224,6 +225,7 @@ impl Translator<'_> {
             schema: w.schema.clone(),
             window: input.window,
             event_time: input.event_time,
+            time_column: input.time_column,
         }))
     }
 }

@@ -55,6 +55,7 @@ impl Translator<'_> {
             schema: agg.schema.clone(),
             event_time: input.event_time,
             window: None,
+            time_column: None,
         })
     }
 

@@ -172,6 +172,8 @@ impl Translator<'_> {
                 start: start_group,
                 end: Some(end_group),
             }),
+            // Closed sessions go out before the watermark passes their end (it is held).
+            time_column: Some(end_group),
         }))
     }
 }

@@ -1,0 +1,645 @@
+//! The interval join: two append-only streams joined on equal keys where the left row's
+//! event time minus the right row's lies within fixed bounds
+//! (`l.ts BETWEEN r.ts - INTERVAL '10' SECOND AND r.ts`). Each side keeps its rows until the
+//! *other* side's watermark makes a match impossible; outer joins emit a row that never
+//! matched, padded with NULLs, at that moment.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, UInt32Array};
+use datafusion::arrow::array::{UInt64Array, new_null_array};
+use datafusion::arrow::compute::{filter_record_batch, take};
+use datafusion::arrow::datatypes::{DataType, SchemaRef, UInt64Type};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::arrow::row::{RowConverter, Rows, SortField};
+use datafusion::common::HashMap;
+use datafusion::physical_expr::PhysicalExpr;
+use serde::{Deserialize, Serialize};
+
+use super::window_aggregate::generic_batch;
+use crate::error::{EngineError, Result};
+use crate::message::{EventTime, Watermark};
+use crate::operator::{Operator, Output};
+use crate::state::NodeState;
+use crate::time::{format_event_time, nanos_per_unit, timestamp_unit, timestamp_values};
+
+/// Which unmatched rows a join emits besides the matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinKind {
+    /// Matches only.
+    Inner,
+    /// And left rows that never matched, with NULL right columns.
+    Left,
+    /// And right rows that never matched, with NULL left columns.
+    Right,
+    /// Both.
+    Full,
+}
+
+impl JoinKind {
+    /// Whether unmatched rows of side `side` (0 left, 1 right) are emitted.
+    fn keeps_unmatched(self, side: usize) -> bool {
+        matches!(
+            (self, side),
+            (JoinKind::Left | JoinKind::Full, 0) | (JoinKind::Right | JoinKind::Full, 1)
+        )
+    }
+}
+
+/// What an interval join computes.
+#[derive(Debug, Clone)]
+pub struct IntervalJoinSpec {
+    /// The rows of each input: `[left, right]`.
+    pub inputs: [SchemaRef; 2],
+    /// The equi-join keys of each input (equal in number and type).
+    pub keys: [Vec<Arc<dyn PhysicalExpr>>; 2],
+    /// The event-time column of each input (the column its watermark is on).
+    pub time_columns: [usize; 2],
+    /// `left time - right time` must be at least this (nanoseconds)...
+    pub lower: i64,
+    /// ... and at most this (nanoseconds; both bounds inclusive).
+    pub upper: i64,
+    /// Other conditions on a joined row (over the output schema).
+    pub filter: Option<Arc<dyn PhysicalExpr>>,
+    /// Which unmatched rows are emitted.
+    pub kind: JoinKind,
+    /// The left columns, then the right ones (nullable on an outer join's padded side).
+    pub output: SchemaRef,
+}
+
+/// One kept row of a side.
+#[derive(Debug, Clone)]
+struct Kept {
+    /// Event time in nanoseconds.
+    time: i64,
+    /// Arrival number within the side, to find the row again when it expires.
+    seq: u64,
+    /// The row in the side's row format (all its columns).
+    row: Box<[u8]>,
+    /// Whether it joined a row of the other side (that passed the filter).
+    matched: bool,
+}
+
+/// The rows one side keeps, by key, with the times they expire at.
+struct Side {
+    /// All columns of the side, to keep rows compactly and rebuild them as columns.
+    rows: RowConverter,
+    per_unit: i64,
+    by_key: HashMap<Box<[u8]>, Vec<Kept>>,
+    /// (time, seq, key) of every kept row, earliest first.
+    expiry: BinaryHeap<Reverse<(i64, u64, Box<[u8]>)>>,
+    next_seq: u64,
+    /// This side's own watermark (nanoseconds).
+    watermark: Option<EventTime>,
+    /// Whether this side's input is idle.
+    idle: bool,
+    kept: usize,
+}
+
+impl Side {
+    fn new(schema: &SchemaRef, time_column: usize) -> Result<Self> {
+        let time = schema.field(time_column);
+        let unit = timestamp_unit(time.data_type(), time.name())?;
+        let fields = (schema.fields().iter())
+            .map(|f| SortField::new(f.data_type().clone()))
+            .collect();
+        Ok(Side {
+            rows: RowConverter::new(fields)?,
+            per_unit: nanos_per_unit(unit),
+            by_key: HashMap::default(),
+            expiry: BinaryHeap::new(),
+            next_seq: 0,
+            watermark: None,
+            idle: false,
+            kept: 0,
+        })
+    }
+
+    fn keep(&mut self, key: &[u8], time: i64, row: Box<[u8]>, matched: bool) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let rows = match self.by_key.get_mut(key) {
+            Some(rows) => rows,
+            None => self.by_key.entry(Box::from(key)).or_default(),
+        };
+        rows.push(Kept {
+            time,
+            seq,
+            row,
+            matched,
+        });
+        self.expiry.push(Reverse((time, seq, key.into())));
+        self.kept += 1;
+    }
+
+    /// Removes the rows with a time at or before `until`; returns those that never matched.
+    fn expire(&mut self, until: i64) -> Vec<Box<[u8]>> {
+        let mut unmatched = Vec::new();
+        while let Some(Reverse((time, _, _))) = self.expiry.peek() {
+            if *time > until {
+                break;
+            }
+            let Reverse((_, seq, key)) = self.expiry.pop().expect("peeked");
+            let Some(rows) = self.by_key.get_mut(&key) else {
+                continue;
+            };
+            if let Some(at) = rows.iter().position(|r| r.seq == seq) {
+                let gone = rows.swap_remove(at);
+                self.kept -= 1;
+                if !gone.matched {
+                    unmatched.push(gone.row);
+                }
+            }
+            if rows.is_empty() {
+                self.by_key.remove(&key);
+            }
+        }
+        unmatched
+    }
+
+    /// The columns of rows in this side's row format.
+    fn columns<'a>(&self, rows: impl IntoIterator<Item = &'a [u8]>) -> Result<Vec<ArrayRef>> {
+        let parser = self.rows.parser();
+        Ok(self
+            .rows
+            .convert_rows(rows.into_iter().map(|r| parser.parse(r)))?)
+    }
+}
+
+/// A row of the arriving batch joined with a kept row of the other side.
+struct Pair {
+    arriving: u32,
+    key: usize,
+    at: usize,
+}
+
+/// Joins two append-only streams on equal keys within a time interval (see the module
+/// documentation). Output: matches as they are found (each once), unmatched rows of an outer
+/// side when the other side's watermark passes the last time they could match. The
+/// watermark sent downstream is held back so that no output row is behind it:
+/// `min(left, right, right + lower, left - upper)` of the inputs' own watermarks.
+/// State: each side's rows that can still match, keyed; at most the rows of one interval
+/// (plus the watermark delay) per side.
+pub struct IntervalJoin {
+    spec: IntervalJoinSpec,
+    keys: RowConverter,
+    sides: [Side; 2],
+    forwarded: Option<EventTime>,
+}
+
+impl std::fmt::Debug for IntervalJoin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IntervalJoin")
+            .field("left_rows", &self.sides[0].kept)
+            .field("right_rows", &self.sides[1].kept)
+            .finish()
+    }
+}
+
+impl IntervalJoin {
+    /// Checks the spec and builds the operator.
+    pub fn new(spec: IntervalJoinSpec) -> Result<Self> {
+        if spec.lower > spec.upper {
+            return Err(EngineError::User(format!(
+                "the join's time bounds are empty: the left time minus the right must be at least {}s and at most {}s",
+                spec.lower as f64 / 1e9,
+                spec.upper as f64 / 1e9
+            )));
+        }
+        let key_types = |side: usize| -> Result<Vec<DataType>> {
+            (spec.keys[side].iter())
+                .map(|k| Ok(k.data_type(&spec.inputs[side])?))
+                .collect()
+        };
+        let (left, right) = (key_types(0)?, key_types(1)?);
+        if left != right || left.is_empty() {
+            return Err(EngineError::Internal(format!(
+                "interval join keys must be equal in number and type: {left:?} and {right:?}"
+            )));
+        }
+        let width = spec.inputs[0].fields().len() + spec.inputs[1].fields().len();
+        if spec.output.fields().len() != width {
+            return Err(EngineError::Internal(
+                "interval join output must be the left columns, then the right ones".into(),
+            ));
+        }
+        let keys = RowConverter::new(left.into_iter().map(SortField::new).collect())?;
+        let sides = [
+            Side::new(&spec.inputs[0], spec.time_columns[0])?,
+            Side::new(&spec.inputs[1], spec.time_columns[1])?,
+        ];
+        Ok(IntervalJoin {
+            spec,
+            keys,
+            sides,
+            forwarded: None,
+        })
+    }
+
+    /// Rows kept on each side (left, right).
+    pub fn kept_rows(&self) -> (usize, usize) {
+        (self.sides[0].kept, self.sides[1].kept)
+    }
+
+    /// The bounds of `arriving time - kept time` for a row arriving on `side`.
+    fn bounds(&self, side: usize) -> (i64, i64) {
+        match side {
+            0 => (self.spec.lower, self.spec.upper),
+            _ => (-self.spec.upper, -self.spec.lower),
+        }
+    }
+
+    /// The latest time of a row of `side` that no future row of the other side can match,
+    /// given the other side's watermark `w`.
+    fn expired_until(&self, side: usize, w: EventTime) -> i64 {
+        match side {
+            0 => w.saturating_add(self.spec.lower),
+            _ => w.saturating_sub(self.spec.upper),
+        }
+    }
+
+    /// Drops rows at or before the side's own watermark (and without a time) as late;
+    /// returns the rest.
+    fn drop_late(&self, side: usize, batch: RecordBatch, out: &mut Output) -> Result<RecordBatch> {
+        let s = &self.sides[side];
+        let times = timestamp_values(batch.column(self.spec.time_columns[side]))?;
+        let keep: BooleanArray = match s.watermark {
+            None if times.null_count() == 0 => return Ok(batch),
+            w => (times.iter())
+                .map(|t| Some(t.is_some_and(|t| w.is_none_or(|w| t * s.per_unit > w))))
+                .collect(),
+        };
+        if keep.true_count() < batch.num_rows() {
+            let late = datafusion::arrow::compute::not(&keep)?;
+            let reason = match s.watermark {
+                Some(w) => format!(
+                    "its event time is at or before its input's watermark {} (or NULL)",
+                    format_event_time(w)
+                ),
+                None => "its event time is NULL".to_string(),
+            };
+            out.late(filter_record_batch(&batch, &late)?, reason);
+            return Ok(filter_record_batch(&batch, &keep)?);
+        }
+        Ok(batch)
+    }
+
+    /// The arriving rows' keys (row format), or `None` for a row with a NULL key (which
+    /// matches nothing).
+    fn key_rows(&self, side: usize, batch: &RecordBatch) -> Result<(Rows, Vec<bool>)> {
+        let arrays: Vec<ArrayRef> = (self.spec.keys[side].iter())
+            .map(|k| k.evaluate(batch)?.into_array(batch.num_rows()))
+            .collect::<std::result::Result<_, _>>()?;
+        let mut valid = vec![true; batch.num_rows()];
+        for a in &arrays {
+            if a.null_count() > 0 {
+                for (i, v) in valid.iter_mut().enumerate() {
+                    *v &= a.is_valid(i);
+                }
+            }
+        }
+        Ok((self.keys.convert_columns(&arrays)?, valid))
+    }
+
+    /// Joins a batch of `side` with the other side's kept rows, emits the matches, and keeps
+    /// the batch's rows that can still match a later row of the other side.
+    fn join_batch(&mut self, side: usize, batch: RecordBatch, out: &mut Output) -> Result<()> {
+        let batch = self.drop_late(side, batch, out)?;
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        let other = 1 - side;
+        let per_unit = self.sides[side].per_unit;
+        let times = timestamp_values(batch.column(self.spec.time_columns[side]))?;
+        let (keys, valid) = self.key_rows(side, &batch)?;
+        let (low, high) = self.bounds(side);
+        let mut pairs = Vec::new();
+        let mut probe_keys: Vec<&[u8]> = Vec::new();
+        for (i, t) in times.values().iter().enumerate() {
+            if !valid[i] {
+                continue;
+            }
+            let key = keys.row(i);
+            let Some(kept) = self.sides[other].by_key.get(key.as_ref()) else {
+                continue;
+            };
+            let t = t * per_unit;
+            for (at, k) in kept.iter().enumerate() {
+                let d = t - k.time;
+                if d >= low && d <= high {
+                    pairs.push(Pair {
+                        arriving: i as u32,
+                        key: probe_keys.len(),
+                        at,
+                    });
+                }
+            }
+            probe_keys.push(key.data());
+        }
+        let matched = self.emit_pairs(side, &batch, &pairs, &probe_keys, out)?;
+        // Mark the kept rows that matched (their outer padding is then never emitted).
+        for (p, ok) in pairs.iter().zip(&matched.pairs) {
+            if *ok && let Some(kept) = self.sides[other].by_key.get_mut(probe_keys[p.key]) {
+                kept[p.at].matched = true;
+            }
+        }
+        self.keep_batch(side, &batch, &keys, &valid, &matched.arriving, out)
+    }
+
+    /// Emits the joined rows of `pairs` that pass the filter; says which pairs passed and
+    /// which arriving rows matched at least once.
+    fn emit_pairs(
+        &self,
+        side: usize,
+        batch: &RecordBatch,
+        pairs: &[Pair],
+        probe_keys: &[&[u8]],
+        out: &mut Output,
+    ) -> Result<Matched> {
+        let mut arriving = vec![false; batch.num_rows()];
+        if pairs.is_empty() {
+            return Ok(Matched {
+                pairs: Vec::new(),
+                arriving,
+            });
+        }
+        let other = &self.sides[1 - side];
+        let indices: UInt32Array = pairs.iter().map(|p| p.arriving).collect();
+        let these: Vec<ArrayRef> = (batch.columns().iter())
+            .map(|c| take(c.as_ref(), &indices, None))
+            .collect::<std::result::Result<_, _>>()?;
+        let kept_rows = pairs.iter().map(|p| {
+            let kept = &other.by_key[probe_keys[p.key]];
+            &kept[p.at].row[..]
+        });
+        let those = other.columns(kept_rows)?;
+        let columns = match side {
+            0 => [these, those].concat(),
+            _ => [those, these].concat(),
+        };
+        let joined = RecordBatch::try_new(self.spec.output.clone(), columns)?;
+        let passed = self.passes_filter(&joined)?;
+        for (p, ok) in pairs.iter().zip(&passed) {
+            arriving[p.arriving as usize] |= *ok;
+        }
+        let mask = BooleanArray::from(passed.clone());
+        out.batch(filter_record_batch(&joined, &mask)?);
+        Ok(Matched {
+            pairs: passed,
+            arriving,
+        })
+    }
+
+    /// Whether each joined row passes the join's other conditions.
+    fn passes_filter(&self, joined: &RecordBatch) -> Result<Vec<bool>> {
+        let Some(filter) = &self.spec.filter else {
+            return Ok(vec![true; joined.num_rows()]);
+        };
+        let result = filter.evaluate(joined)?.into_array(joined.num_rows())?;
+        let result = result
+            .as_boolean_opt()
+            .ok_or_else(|| EngineError::Internal("the join condition is not a boolean".into()))?;
+        Ok((0..result.len())
+            .map(|i| result.is_valid(i) && result.value(i))
+            .collect())
+    }
+
+    /// Keeps the arriving rows that a later row of the other side can still match; an outer
+    /// side's rows that cannot (NULL keys, or already expired) and never matched go out
+    /// padded now.
+    fn keep_batch(
+        &mut self,
+        side: usize,
+        batch: &RecordBatch,
+        keys: &Rows,
+        valid: &[bool],
+        matched: &[bool],
+        out: &mut Output,
+    ) -> Result<()> {
+        let other_watermark = self.sides[1 - side].watermark;
+        let expired_until = other_watermark.map(|w| self.expired_until(side, w));
+        let per_unit = self.sides[side].per_unit;
+        let times = timestamp_values(batch.column(self.spec.time_columns[side]))?;
+        let rows = self.sides[side].rows.convert_columns(batch.columns())?;
+        let mut unmatched = Vec::new();
+        for (i, t) in times.values().iter().enumerate() {
+            let t = t * per_unit;
+            let can_match = valid[i] && expired_until.is_none_or(|e| t > e);
+            if can_match {
+                let row = Box::from(rows.row(i).data());
+                self.sides[side].keep(keys.row(i).data(), t, row, matched[i]);
+            } else if !matched[i] {
+                unmatched.push(i as u32);
+            }
+        }
+        if self.spec.kind.keeps_unmatched(side) && !unmatched.is_empty() {
+            let indices = UInt32Array::from(unmatched);
+            let columns: Vec<ArrayRef> = (batch.columns().iter())
+                .map(|c| take(c.as_ref(), &indices, None))
+                .collect::<std::result::Result<_, _>>()?;
+            out.batch(self.padded(side, columns)?);
+        }
+        Ok(())
+    }
+
+    /// Rows of `side` with NULLs for the other side's columns.
+    fn padded(&self, side: usize, columns: Vec<ArrayRef>) -> Result<RecordBatch> {
+        let n = columns.first().map_or(0, |c| c.len());
+        let nulls: Vec<ArrayRef> = (self.spec.inputs[1 - side].fields().iter())
+            .map(|f| new_null_array(f.data_type(), n))
+            .collect();
+        let columns = match side {
+            0 => [columns, nulls].concat(),
+            _ => [nulls, columns].concat(),
+        };
+        Ok(RecordBatch::try_new(self.spec.output.clone(), columns)?)
+    }
+
+    /// The watermark downstream may see: no output row is behind it. A left time in the
+    /// output is after the left watermark (an arriving row) or after the right watermark
+    /// plus `lower` (a kept row); a right time after the right watermark or the left one
+    /// minus `upper`. An idle input's terms are left out (its rows may be late when it comes
+    /// back, as for any idle input); `None` until both inputs sent one, or both are idle.
+    fn held_watermark(&self) -> Option<EventTime> {
+        let mut held: Option<EventTime> = None;
+        for side in 0..2 {
+            let s = &self.sides[side];
+            if s.idle {
+                continue;
+            }
+            let w = s.watermark?;
+            let shifted = match (w, side) {
+                (EventTime::MAX, _) => w,
+                (_, 0) => w.saturating_sub(self.spec.upper),
+                _ => w.saturating_add(self.spec.lower),
+            };
+            let term = w.min(shifted);
+            held = Some(held.map_or(term, |h| h.min(term)));
+        }
+        held
+    }
+}
+
+/// Which joined pairs passed the filter, and which arriving rows matched.
+struct Matched {
+    pairs: Vec<bool>,
+    arriving: Vec<bool>,
+}
+
+/// The join's checkpoint besides its tables.
+#[derive(Debug, Serialize, Deserialize)]
+struct SavedJoin {
+    watermarks: [Option<EventTime>; 2],
+    forwarded: Option<EventTime>,
+}
+
+const SIDE_TABLES: [&str; 2] = ["left", "right"];
+
+impl Operator for IntervalJoin {
+    fn output_schema(&self) -> SchemaRef {
+        self.spec.output.clone()
+    }
+
+    fn open_state(&self) -> u64 {
+        (self.sides[0].kept + self.sides[1].kept) as u64
+    }
+
+    fn process_batch(&mut self, input: usize, batch: RecordBatch, out: &mut Output) -> Result<()> {
+        if input > 1 {
+            return Err(EngineError::Internal(format!(
+                "a join has no input {input}"
+            )));
+        }
+        self.join_batch(input, batch, out)
+    }
+
+    fn process_input_watermark(
+        &mut self,
+        input: usize,
+        watermark: Watermark,
+        out: &mut Output,
+    ) -> Result<()> {
+        let Watermark::EventTime(w) = watermark else {
+            self.sides[input].idle = true;
+            return Ok(());
+        };
+        self.sides[input].idle = false;
+        let own = &mut self.sides[input].watermark;
+        *own = Some(own.map_or(w, |o| o.max(w)));
+        // The other side's rows that no later row of this side can match.
+        let side = 1 - input;
+        let until = self.expired_until(side, w);
+        let unmatched = self.sides[side].expire(until);
+        if self.spec.kind.keeps_unmatched(side) && !unmatched.is_empty() {
+            let columns = self.sides[side].columns(unmatched.iter().map(|r| &r[..]))?;
+            out.batch(self.padded(side, columns)?);
+        }
+        Ok(())
+    }
+
+    fn process_watermark(&mut self, watermark: Watermark, out: &mut Output) -> Result<()> {
+        if watermark == Watermark::Idle {
+            out.watermark(watermark);
+            return Ok(());
+        }
+        if let Some(w) = self.held_watermark()
+            && self.forwarded.is_none_or(|f| w > f)
+        {
+            self.forwarded = Some(w);
+            out.watermark(Watermark::EventTime(w));
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self, out: &mut Output) -> Result<()> {
+        for input in 0..2 {
+            self.process_input_watermark(input, Watermark::END, out)?;
+        }
+        Ok(())
+    }
+
+    /// Saves each side's kept rows (their columns, then whether they matched) and the
+    /// watermarks.
+    fn snapshot(&mut self) -> Result<NodeState> {
+        let saved = SavedJoin {
+            watermarks: [self.sides[0].watermark, self.sides[1].watermark],
+            forwarded: self.forwarded,
+        };
+        let mut state = NodeState::json(&saved)?;
+        for (side, name) in SIDE_TABLES.iter().enumerate() {
+            let s = &self.sides[side];
+            if s.kept == 0 {
+                continue;
+            }
+            let mut rows: Vec<&Kept> = s.by_key.values().flatten().collect();
+            rows.sort_by_key(|k| k.seq);
+            let mut columns = s.columns(rows.iter().map(|k| &k.row[..]))?;
+            let matched: BooleanArray = rows.iter().map(|k| Some(k.matched)).collect();
+            let seqs: UInt64Array = rows.iter().map(|k| k.seq).collect();
+            columns.push(Arc::new(matched));
+            columns.push(Arc::new(seqs));
+            state = state.with_table(*name, generic_batch(columns)?);
+        }
+        Ok(state)
+    }
+
+    fn restore(&mut self, state: NodeState) -> Result<()> {
+        let saved: Option<SavedJoin> = state.to_json()?;
+        let Some(saved) = saved else {
+            return Ok(());
+        };
+        self.forwarded = saved.forwarded;
+        for (side, name) in SIDE_TABLES.iter().enumerate() {
+            self.sides[side] = Side::new(&self.spec.inputs[side], self.spec.time_columns[side])?;
+            self.sides[side].watermark = saved.watermarks[side];
+            if let Some(t) = state.table(name) {
+                self.restore_side(side, t)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl IntervalJoin {
+    fn restore_side(&mut self, side: usize, table: &RecordBatch) -> Result<()> {
+        let width = self.spec.inputs[side].fields().len();
+        let changed = || {
+            EngineError::User(
+                "the saved join state does not match this query; the pipeline changed (start with --from-scratch)".into(),
+            )
+        };
+        if table.num_columns() != width + 2 {
+            return Err(changed());
+        }
+        let batch = RecordBatch::try_new(
+            self.spec.inputs[side].clone(),
+            table.columns()[..width].to_vec(),
+        )
+        .map_err(|_| changed())?;
+        let matched = table.column(width).as_boolean_opt().ok_or_else(changed)?;
+        let seqs = (table.column(width + 1))
+            .as_primitive_opt::<UInt64Type>()
+            .ok_or_else(changed)?;
+        let (keys, _) = self.key_rows(side, &batch)?;
+        let times = timestamp_values(batch.column(self.spec.time_columns[side]))?;
+        let rows = self.sides[side].rows.convert_columns(batch.columns())?;
+        let s = &mut self.sides[side];
+        for i in 0..batch.num_rows() {
+            s.next_seq = seqs.value(i);
+            let t = times.value(i) * s.per_unit;
+            s.keep(
+                keys.row(i).data(),
+                t,
+                Box::from(rows.row(i).data()),
+                matched.value(i),
+            );
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[path = "interval_join_tests.rs"]
+mod tests;

@@ -1,0 +1,328 @@
+//! Unit tests of the interval join, against a nested-loop join of all rows.
+use super::*;
+use crate::message::Message;
+use crate::operators::test_rng::XorShift;
+use datafusion::arrow::array::{Int64Array, StringArray, TimestampMillisecondArray};
+use datafusion::arrow::datatypes::{Field, Int64Type, Schema, TimeUnit, TimestampMillisecondType};
+use datafusion::logical_expr::Operator as BinaryOp;
+use datafusion::physical_expr::expressions::{BinaryExpr, Column, Literal};
+use datafusion::scalar::ScalarValue;
+
+const MS: i64 = 1_000_000;
+
+fn ts() -> DataType {
+    DataType::Timestamp(TimeUnit::Millisecond, None)
+}
+
+/// Both sides: (key, id, ts).
+fn side_schema(prefix: &str) -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new(format!("{prefix}_key"), DataType::Utf8, true),
+        Field::new(format!("{prefix}_id"), DataType::Int64, false),
+        Field::new(format!("{prefix}_ts"), ts(), true),
+    ]))
+}
+
+fn output(kind: JoinKind) -> SchemaRef {
+    let fields: Vec<Field> = [side_schema("l"), side_schema("r")]
+        .iter()
+        .enumerate()
+        .flat_map(|(side, s)| {
+            let nullable = kind.keeps_unmatched(1 - side);
+            (s.fields().iter())
+                .map(|f| {
+                    f.as_ref()
+                        .clone()
+                        .with_nullable(f.is_nullable() || nullable)
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    Arc::new(Schema::new(fields))
+}
+
+/// `l.ts - r.ts` within [lower, upper] ms; with `odd_ids`, only pairs whose ids sum to an odd
+/// number pass the filter.
+fn join(kind: JoinKind, lower: i64, upper: i64, odd_ids: bool) -> IntervalJoin {
+    let key = |side: &str| -> Vec<Arc<dyn PhysicalExpr>> {
+        vec![Arc::new(Column::new(&format!("{side}_key"), 0))]
+    };
+    let filter: Option<Arc<dyn PhysicalExpr>> = odd_ids.then(|| {
+        let sum = Arc::new(BinaryExpr::new(
+            Arc::new(Column::new("l_id", 1)),
+            BinaryOp::Plus,
+            Arc::new(Column::new("r_id", 4)),
+        ));
+        let modulo = Arc::new(BinaryExpr::new(
+            sum,
+            BinaryOp::Modulo,
+            Arc::new(Literal::new(ScalarValue::Int64(Some(2)))),
+        ));
+        Arc::new(BinaryExpr::new(
+            modulo,
+            BinaryOp::Eq,
+            Arc::new(Literal::new(ScalarValue::Int64(Some(1)))),
+        )) as Arc<dyn PhysicalExpr>
+    });
+    IntervalJoin::new(IntervalJoinSpec {
+        inputs: [side_schema("l"), side_schema("r")],
+        keys: [key("l"), key("r")],
+        time_columns: [2, 2],
+        lower: lower * MS,
+        upper: upper * MS,
+        filter,
+        kind,
+        output: output(kind),
+    })
+    .unwrap()
+}
+
+type In = (Option<&'static str>, i64, i64);
+
+fn batch(prefix: &str, rows: &[(Option<String>, i64, i64)]) -> RecordBatch {
+    RecordBatch::try_new(
+        side_schema(prefix),
+        vec![
+            Arc::new(StringArray::from(
+                rows.iter().map(|r| r.0.clone()).collect::<Vec<_>>(),
+            )),
+            Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.1))),
+            Arc::new(TimestampMillisecondArray::from_iter_values(
+                rows.iter().map(|r| r.2),
+            )),
+        ],
+    )
+    .unwrap()
+}
+
+fn owned(rows: &[In]) -> Vec<(Option<String>, i64, i64)> {
+    rows.iter()
+        .map(|(k, id, t)| (k.map(String::from), *id, *t))
+        .collect()
+}
+
+/// (left id, right id) of each output row; `None` for a padded side.
+type Pair = (Option<i64>, Option<i64>);
+
+fn pairs(out: &mut Output) -> (Vec<Pair>, Vec<i64>) {
+    let (mut found, mut marks) = (Vec::new(), Vec::new());
+    for m in out.drain() {
+        match m {
+            Message::Batch(b) => {
+                let l = b.column(1).as_primitive::<Int64Type>();
+                let r = b.column(4).as_primitive::<Int64Type>();
+                for i in 0..b.num_rows() {
+                    let get = |a: &datafusion::arrow::array::Int64Array| {
+                        a.is_valid(i).then(|| a.value(i))
+                    };
+                    found.push((get(l), get(r)));
+                }
+                let lt = b.column(2).as_primitive::<TimestampMillisecondType>();
+                assert_eq!(lt.len(), b.num_rows());
+            }
+            Message::Watermark(Watermark::EventTime(t)) => marks.push(t),
+            _ => {}
+        }
+    }
+    (found, marks)
+}
+
+/// What a batch join of all rows gives.
+fn nested_loop(
+    left: &[(Option<String>, i64, i64)],
+    right: &[(Option<String>, i64, i64)],
+    kind: JoinKind,
+    (lower, upper): (i64, i64),
+    odd_ids: bool,
+) -> Vec<Pair> {
+    let matches = |l: &(Option<String>, i64, i64), r: &(Option<String>, i64, i64)| {
+        l.0.is_some()
+            && l.0 == r.0
+            && (lower..=upper).contains(&(l.2 - r.2))
+            && (!odd_ids || (l.1 + r.1) % 2 == 1)
+    };
+    let mut found = Vec::new();
+    for l in left {
+        for r in right {
+            if matches(l, r) {
+                found.push((Some(l.1), Some(r.1)));
+            }
+        }
+    }
+    if kind.keeps_unmatched(0) {
+        for l in left.iter().filter(|l| !right.iter().any(|r| matches(l, r))) {
+            found.push((Some(l.1), None));
+        }
+    }
+    if kind.keeps_unmatched(1) {
+        for r in right.iter().filter(|r| !left.iter().any(|l| matches(l, r))) {
+            found.push((None, Some(r.1)));
+        }
+    }
+    found.sort();
+    found
+}
+
+/// Random rows of one side: times rising with up to 20 ms of disorder, a few NULL keys.
+fn random_side(rng: &mut XorShift, n: usize, first_id: i64) -> Vec<(Option<String>, i64, i64)> {
+    let mut clock = 1_000;
+    (0..n)
+        .map(|i| {
+            clock += rng.below(4) as i64;
+            let key = match rng.below(12) {
+                0 => None,
+                k => Some(format!("k{}", k % 5)),
+            };
+            let t = clock + rng.below(20) as i64;
+            (key, first_id + i as i64, t)
+        })
+        .collect()
+}
+
+/// Feeds both sides in random interleaved batches, each side's watermark 25 ms behind its
+/// largest time (so no row is late), snapshotting into a fresh operator at `restore_at`.
+fn run(
+    kind: JoinKind,
+    bounds: (i64, i64),
+    odd_ids: bool,
+    seed: u64,
+    restore_at: Option<usize>,
+) -> (Vec<Pair>, Vec<Pair>) {
+    let mut rng = XorShift::new(seed);
+    let left = random_side(&mut rng, 400, 0);
+    let right = random_side(&mut rng, 300, 10_000);
+    let expected = nested_loop(&left, &right, kind, bounds, odd_ids);
+    let mut op = join(kind, bounds.0, bounds.1, odd_ids);
+    let mut out = Output::default();
+    let mut found = Vec::new();
+    let (mut at, mut max) = ([0usize; 2], [0i64; 2]);
+    let sides = [&left, &right];
+    let mut step = 0;
+    while at[0] < left.len() || at[1] < right.len() {
+        let side = if at[0] == left.len() {
+            1
+        } else if at[1] == right.len() {
+            0
+        } else {
+            rng.below(2) as usize
+        };
+        let n = 1 + rng.below(15) as usize;
+        let rows = &sides[side][at[side]..(at[side] + n).min(sides[side].len())];
+        at[side] += rows.len();
+        max[side] = max[side].max(rows.iter().map(|r| r.2).max().unwrap());
+        let prefix = ["l", "r"][side];
+        op.process_batch(side, batch(prefix, rows), &mut out)
+            .unwrap();
+        let w = Watermark::EventTime((max[side] - 25) * MS);
+        op.process_input_watermark(side, w, &mut out).unwrap();
+        op.process_watermark(w, &mut out).unwrap();
+        let (mut rows, marks) = pairs(&mut out);
+        found.append(&mut rows);
+        assert!(
+            marks.windows(2).all(|m| m[0] < m[1]),
+            "monotonic: {marks:?}"
+        );
+        step += 1;
+        if restore_at == Some(step) {
+            let state = op.snapshot().unwrap();
+            op = join(kind, bounds.0, bounds.1, odd_ids);
+            op.restore(state).unwrap();
+        }
+    }
+    op.finish(&mut out).unwrap();
+    found.extend(pairs(&mut out).0);
+    found.sort();
+    (found, expected)
+}
+
+#[test]
+fn every_join_kind_and_bound_gives_the_nested_loop_join() {
+    let kinds = [
+        JoinKind::Inner,
+        JoinKind::Left,
+        JoinKind::Right,
+        JoinKind::Full,
+    ];
+    for (seed, bounds) in [(1, (-10, 0)), (2, (0, 30)), (3, (-5, 5)), (4, (3, 3))] {
+        for kind in kinds {
+            for odd_ids in [false, true] {
+                for restore_at in [None, Some(7), Some(30)] {
+                    let (found, expected) = run(kind, bounds, odd_ids, seed, restore_at);
+                    assert!(expected.iter().any(|p| p.0.is_some() && p.1.is_some()));
+                    assert_eq!(
+                        found, expected,
+                        "{kind:?} within {bounds:?} ms, filter {odd_ids}, seed {seed}, restored at {restore_at:?}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn rows_leave_the_state_when_the_other_sides_watermark_passes_them() {
+    // l.ts - r.ts in [-10, 0] ms: a left row at 100 matches right rows in [100, 110].
+    let mut op = join(JoinKind::Left, -10, 0, false);
+    let mut out = Output::default();
+    op.process_batch(0, batch("l", &owned(&[(Some("a"), 1, 100)])), &mut out)
+        .unwrap();
+    op.process_input_watermark(1, Watermark::EventTime(109 * MS), &mut out)
+        .unwrap();
+    assert_eq!(op.kept_rows(), (1, 0), "a right row at 110 can still match");
+    op.process_input_watermark(1, Watermark::EventTime(110 * MS), &mut out)
+        .unwrap();
+    assert_eq!(op.kept_rows(), (0, 0));
+    assert_eq!(
+        pairs(&mut out).0,
+        vec![(Some(1), None)],
+        "unmatched, padded"
+    );
+    // A right row is kept until the left watermark passes its time (upper bound 0).
+    op.process_batch(1, batch("r", &owned(&[(Some("a"), 2, 200)])), &mut out)
+        .unwrap();
+    op.process_input_watermark(0, Watermark::EventTime(199 * MS), &mut out)
+        .unwrap();
+    assert_eq!(op.kept_rows(), (0, 1));
+    op.process_input_watermark(0, Watermark::EventTime(200 * MS), &mut out)
+        .unwrap();
+    assert_eq!(
+        op.kept_rows(),
+        (0, 0),
+        "a right row is not padded in a LEFT join"
+    );
+    assert!(pairs(&mut out).0.is_empty());
+}
+
+#[test]
+fn late_rows_are_dropped_and_the_watermark_is_held_by_the_bounds() {
+    let mut op = join(JoinKind::Inner, -10, 5, false);
+    let mut out = Output::default();
+    op.process_input_watermark(0, Watermark::EventTime(100 * MS), &mut out)
+        .unwrap();
+    op.process_input_watermark(1, Watermark::EventTime(100 * MS), &mut out)
+        .unwrap();
+    op.process_watermark(Watermark::EventTime(100 * MS), &mut out)
+        .unwrap();
+    // Kept left rows are after 100 - 10; kept right rows after 100 - 5.
+    assert_eq!(pairs(&mut out).1, vec![90 * MS]);
+    op.process_batch(
+        0,
+        batch("l", &owned(&[(Some("a"), 1, 100), (Some("a"), 2, 101)])),
+        &mut out,
+    )
+    .unwrap();
+    let (late, _) = out.take_counters();
+    assert_eq!(late, 1, "the row at the watermark is late");
+    assert_eq!(op.kept_rows(), (1, 0));
+    op.process_input_watermark(0, Watermark::Idle, &mut out)
+        .unwrap();
+    op.process_input_watermark(1, Watermark::EventTime(120 * MS), &mut out)
+        .unwrap();
+    op.process_watermark(Watermark::EventTime(120 * MS), &mut out)
+        .unwrap();
+    assert_eq!(
+        pairs(&mut out).1,
+        vec![110 * MS],
+        "the idle left side no longer holds it"
+    );
+}

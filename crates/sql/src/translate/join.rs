@@ -1,0 +1,273 @@
+//! JOIN of two streams. Built so far: the interval join (equal keys plus lower and upper
+//! bounds between the two sides' event times), INNER, LEFT, RIGHT and FULL OUTER.
+
+use datafusion::common::{Column, NullEquality, ScalarValue};
+use datafusion::logical_expr::utils::{conjunction, split_conjunction};
+use datafusion::logical_expr::{Between, BinaryExpr, Expr, Join, JoinType, Operator};
+use laketide_engine::operators::{IntervalJoin, IntervalJoinSpec, JoinKind};
+
+use super::{Stream, Translator, arrow_schema};
+use crate::error::Result;
+
+/// The two time columns of a join, and bounds found so far on `left - right` (nanoseconds).
+#[derive(Clone, Copy)]
+struct TimeBounds<'a> {
+    left: &'a Column,
+    right: &'a Column,
+    /// The difference of two rows' times is a multiple of this (the finer unit).
+    step: i64,
+    lower: Option<i64>,
+    upper: Option<i64>,
+}
+
+impl TimeBounds<'_> {
+    /// Takes `conjunct` as a bound if it compares the two time columns (each plus or minus a
+    /// constant interval); returns whether it did.
+    fn take(&mut self, conjunct: &Expr) -> bool {
+        match conjunct {
+            Expr::Between(Between {
+                expr,
+                negated: false,
+                low,
+                high,
+            }) => {
+                let ge = binary(expr, Operator::GtEq, low);
+                let le = binary(expr, Operator::LtEq, high);
+                // Both halves or neither: a half-used BETWEEN would be applied twice.
+                let mut trial = *self;
+                if trial.take(&ge) && trial.take(&le) {
+                    *self = trial;
+                    return true;
+                }
+                false
+            }
+            Expr::BinaryExpr(BinaryExpr { left, op, right }) => self.comparison(left, *op, right),
+            _ => false,
+        }
+    }
+
+    fn comparison(&mut self, a: &Expr, op: Operator, b: &Expr) -> bool {
+        let (Some((ca, oa)), Some((cb, ob))) = (shifted_column(a), shifted_column(b)) else {
+            return false;
+        };
+        // a + oa (op) b + ob, as left - right (op) k.
+        let (op, k) = if ca == *self.left && cb == *self.right {
+            (op, ob - oa)
+        } else if ca == *self.right && cb == *self.left {
+            match op.swap() {
+                Some(swapped) => (swapped, oa - ob),
+                None => return false,
+            }
+        } else {
+            return false;
+        };
+        let step = self.step;
+        match op {
+            Operator::GtEq => self.raise_lower(k),
+            Operator::Gt => self.raise_lower((k.div_euclid(step) + 1) * step),
+            Operator::LtEq => self.lower_upper(k),
+            Operator::Lt => self.lower_upper(((k + step - 1).div_euclid(step) - 1) * step),
+            _ => return false,
+        }
+        true
+    }
+
+    fn raise_lower(&mut self, k: i64) {
+        self.lower = Some(self.lower.map_or(k, |l| l.max(k)));
+    }
+
+    fn lower_upper(&mut self, k: i64) {
+        self.upper = Some(self.upper.map_or(k, |u| u.min(k)));
+    }
+}
+
+fn binary(a: &Expr, op: Operator, b: &Expr) -> Expr {
+    Expr::BinaryExpr(BinaryExpr::new(
+        Box::new(a.clone()),
+        op,
+        Box::new(b.clone()),
+    ))
+}
+
+/// `column`, `column + interval` or `column - interval` (an interval of fixed length), as
+/// the column and the offset in nanoseconds.
+fn shifted_column(e: &Expr) -> Option<(Column, i64)> {
+    match e {
+        Expr::Column(c) => Some((c.clone(), 0)),
+        Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
+            let (c, base) = shifted_column(left)?;
+            let Expr::Literal(value, _) = right.as_ref() else {
+                return None;
+            };
+            let nanos = fixed_interval_nanos(value)?;
+            match op {
+                Operator::Plus => Some((c, base + nanos)),
+                Operator::Minus => Some((c, base - nanos)),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+/// The length of an interval literal without months (whose length varies), in nanoseconds.
+fn fixed_interval_nanos(value: &ScalarValue) -> Option<i64> {
+    const DAY: i64 = 86_400_000_000_000;
+    match value {
+        ScalarValue::IntervalMonthDayNano(Some(v)) if v.months == 0 => {
+            Some(v.days as i64 * DAY + v.nanoseconds)
+        }
+        ScalarValue::IntervalDayTime(Some(v)) => {
+            Some(v.days as i64 * DAY + v.milliseconds as i64 * 1_000_000)
+        }
+        ScalarValue::DurationSecond(Some(v)) => Some(v * 1_000_000_000),
+        ScalarValue::DurationMillisecond(Some(v)) => Some(v * 1_000_000),
+        ScalarValue::DurationMicrosecond(Some(v)) => Some(v * 1_000),
+        ScalarValue::DurationNanosecond(Some(v)) => Some(*v),
+        _ => None,
+    }
+}
+
+/// How the join's time bound should be written, for error messages.
+const TIME_BOUND_HINT: &str = "join two streams on equal keys and a time bound between their event-time (WATERMARK) columns, for example `ON a.user_id = b.user_id AND a.ts BETWEEN b.ts - INTERVAL '10' SECOND AND b.ts`";
+
+impl Translator<'_> {
+    /// A JOIN of two streams (see the module documentation).
+    pub(crate) fn join(&mut self, join: &Join) -> Result<Stream> {
+        let kind = match join.join_type {
+            JoinType::Inner => JoinKind::Inner,
+            JoinType::Left => JoinKind::Left,
+            JoinType::Right => JoinKind::Right,
+            JoinType::Full => JoinKind::Full,
+            other => {
+                return Err(self.err(format!(
+                    "{other} joins are not supported in streaming queries yet; use INNER, LEFT, RIGHT or FULL OUTER JOIN"
+                )));
+            }
+        };
+        if join.null_equality == NullEquality::NullEqualsNull {
+            return Err(self.err(
+                "join keys compared with IS NOT DISTINCT FROM are not supported in streaming joins; compare them with =",
+            ));
+        }
+        let left = self.translate(&join.left)?;
+        let right = self.translate(&join.right)?;
+        for (side, stream) in [("left", &left), ("right", &right)] {
+            if self.dataflow.mode(stream.node).is_updating() {
+                return Err(self.err(format!(
+                    "the {side} side of this JOIN is an updating result; joins of updating streams are not supported yet: {TIME_BOUND_HINT}"
+                )));
+            }
+        }
+        if join.on.is_empty() {
+            return Err(self.err(format!(
+                "this JOIN has no equality between the two sides: {TIME_BOUND_HINT}"
+            )));
+        }
+        if !(left.event_time && right.event_time) {
+            return Err(self.err(format!(
+                "both sides of a streaming JOIN need event time (a source table with a WATERMARK): {TIME_BOUND_HINT}"
+            )));
+        }
+        let (Some(left_time), Some(right_time)) = (left.time_column, right.time_column) else {
+            return Err(self.err(format!(
+                "a streaming JOIN needs both a lower and an upper bound between the two sides' WATERMARK columns, read from their source tables directly or through projections and filters (joins without a time bound keep every row forever and are not supported yet): {TIME_BOUND_HINT}"
+            )));
+        };
+        let left_column = Column::from(left.schema.qualified_field(left_time));
+        let right_column = Column::from(right.schema.qualified_field(right_time));
+        let step = [(&left, left_time), (&right, right_time)]
+            .iter()
+            .map(|(s, i)| time_step(s.schema.field(*i).data_type()))
+            .min()
+            .unwrap_or(1);
+        let mut bounds = TimeBounds {
+            left: &left_column,
+            right: &right_column,
+            step,
+            lower: None,
+            upper: None,
+        };
+        let rest: Vec<Expr> = join
+            .filter
+            .iter()
+            .flat_map(split_conjunction)
+            .filter(|c| !bounds.take(c))
+            .cloned()
+            .collect();
+        let (Some(lower), Some(upper)) = (bounds.lower, bounds.upper) else {
+            return Err(self.err(format!(
+                "a streaming JOIN needs both a lower and an upper bound on `{left_column} - {right_column}` (joins without a time bound keep every row forever and are not supported yet): {TIME_BOUND_HINT}"
+            )));
+        };
+        let keys = [
+            (join.on.iter())
+                .map(|(l, _)| self.physical(l, &left.schema))
+                .collect::<Result<Vec<_>>>()?,
+            (join.on.iter())
+                .map(|(_, r)| self.physical(r, &right.schema))
+                .collect::<Result<Vec<_>>>()?,
+        ];
+        let filter = match conjunction(rest.iter().cloned()) {
+            Some(f) => Some(self.physical(&f, &join.schema)?),
+            None => None,
+        };
+        let spec = IntervalJoinSpec {
+            inputs: [arrow_schema(&left.schema), arrow_schema(&right.schema)],
+            keys,
+            time_columns: [left_time, right_time],
+            lower,
+            upper,
+            filter,
+            kind,
+            output: arrow_schema(&join.schema),
+        };
+        let op = IntervalJoin::new(spec).map_err(|e| self.err(e.to_string()))?;
+        let description = format!(
+            "interval join {} on [{}], {left_column} - {right_column} in [{}, {}]{}",
+            join.join_type,
+            (join.on.iter())
+                .map(|(l, r)| format!("{l} = {r}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            duration_text(lower),
+            duration_text(upper),
+            match conjunction(rest) {
+                Some(f) => format!(", where {f}"),
+                None => String::new(),
+            }
+        );
+        let node = self.operator(
+            "interval_join",
+            description,
+            Box::new(op),
+            vec![left.node, right.node],
+        )?;
+        Ok(Stream {
+            node,
+            schema: join.schema.clone(),
+            window: None,
+            event_time: true,
+            // The left columns come first; no output row is behind the watermark on them.
+            time_column: Some(left_time),
+        })
+    }
+}
+
+/// Nanoseconds per unit of a timestamp column (1 if not a timestamp).
+fn time_step(data_type: &datafusion::arrow::datatypes::DataType) -> i64 {
+    use datafusion::arrow::datatypes::{DataType, TimeUnit};
+    match data_type {
+        DataType::Timestamp(TimeUnit::Second, _) => 1_000_000_000,
+        DataType::Timestamp(TimeUnit::Millisecond, _) => 1_000_000,
+        DataType::Timestamp(TimeUnit::Microsecond, _) => 1_000,
+        _ => 1,
+    }
+}
+
+/// A bound in nanoseconds as text (`-10s`, `250ms`).
+fn duration_text(nanos: i64) -> String {
+    let sign = if nanos < 0 { "-" } else { "" };
+    let d = std::time::Duration::from_nanos(nanos.unsigned_abs());
+    format!("{sign}{d:?}")
+}
