@@ -136,6 +136,17 @@ fn write_closer(dir: &Path) {
     .unwrap();
 }
 
+/// The rows of `sql` in `ctx` as the CSV of `laketide query` prints them, sorted.
+async fn sorted_csv_rows(ctx: &SessionContext, sql: &str) -> Vec<String> {
+    let mut rows: Vec<String> = common::query_rows(ctx, sql)
+        .await
+        .into_iter()
+        .map(|r| r.replace('|', ","))
+        .collect();
+    rows.sort();
+    rows
+}
+
 /// A DataFusion session with the input files registered as `e`: the batch oracle.
 async fn input_context(input: &Path) -> SessionContext {
     let ctx = SessionContext::new();
@@ -151,20 +162,12 @@ async fn input_context(input: &Path) -> SessionContext {
 
 async fn oracle(input: &Path, time_format: &str) -> Vec<String> {
     let ctx = input_context(input).await;
-    let mut rows = common::query_rows(
-        &ctx,
-        &format!(
-            "SELECT k, to_char(date_bin(INTERVAL '2 seconds', ts), '{time_format}') AS ws,
-                    count(*) AS n, sum(v) AS total
-             FROM e WHERE k <> 'closer' GROUP BY k, date_bin(INTERVAL '2 seconds', ts)"
-        ),
-    )
-    .await
-    .into_iter()
-    .map(|r| r.replace('|', ","))
-    .collect::<Vec<_>>();
-    rows.sort();
-    rows
+    let sql = format!(
+        "SELECT k, to_char(date_bin(INTERVAL '2 seconds', ts), '{time_format}') AS ws,
+                count(*) AS n, sum(v) AS total
+         FROM e WHERE k <> 'closer' GROUP BY k, date_bin(INTERVAL '2 seconds', ts)"
+    );
+    sorted_csv_rows(&ctx, &sql).await
 }
 
 /// Sessions per `v` (events 1 s apart per value, so each value's session spans the whole
@@ -182,13 +185,7 @@ async fn session_oracle(input: &Path) -> Vec<String> {
     ))
     .await
     .unwrap();
-    let mut rows: Vec<String> = common::query_rows(&ctx, &session_rows("s"))
-        .await
-        .into_iter()
-        .map(|r| r.replace('|', ","))
-        .collect();
-    rows.sort();
-    rows
+    sorted_csv_rows(&ctx, &session_rows("s")).await
 }
 
 /// The compared session columns of `table` (the oracle view or the Delta table).
@@ -260,28 +257,17 @@ const PAIRS: &str = "SELECT a.id AS a_id, b.id AS b_id FROM e a LEFT JOIN e b
 async fn pairs_oracle(input: &Path) -> Vec<String> {
     let ctx = input_context(input).await;
     let sql = format!("SELECT a_id, coalesce(b_id, -1) FROM ({PAIRS})");
-    let mut rows: Vec<String> = common::query_rows(&ctx, &sql)
-        .await
-        .into_iter()
-        .map(|r| r.replace('|', ","))
-        .collect();
-    rows.sort();
-    rows
+    sorted_csv_rows(&ctx, &sql).await
 }
 
 /// The running totals per key (an updating query) over all of the input, as a batch query.
 async fn totals_oracle(input: &Path) -> Vec<String> {
     let ctx = input_context(input).await;
-    let mut rows: Vec<String> = common::query_rows(
+    sorted_csv_rows(
         &ctx,
         "SELECT k, count(*), sum(v), max(id) FROM e GROUP BY k",
     )
     .await
-    .into_iter()
-    .map(|r| r.replace('|', ","))
-    .collect();
-    rows.sort();
-    rows
 }
 
 #[cfg(unix)]

@@ -71,6 +71,7 @@ impl Translator<'_> {
             schema: agg.schema.clone(),
             event_time: input.event_time,
             window: Some(WindowColumns {
+                session: input.window.is_some_and(|w| w.session),
                 start: start_group,
                 end: Some(end_group),
             }),

@@ -1,5 +1,7 @@
 //! JOIN of two streams. Built so far: the interval join (equal keys plus lower and upper
-//! bounds between the two sides' event times), INNER, LEFT, RIGHT and FULL OUTER.
+//! bounds between the two sides' event times) and the window join (equal keys and equal
+//! `window_end` of two windowed streams: an interval join on `window_end` with both bounds
+//! 0), INNER, LEFT, RIGHT and FULL OUTER.
 
 use datafusion::common::{Column, NullEquality, ScalarValue};
 use datafusion::logical_expr::utils::{conjunction, split_conjunction};
@@ -128,8 +130,18 @@ fn fixed_interval_nanos(value: &ScalarValue) -> Option<i64> {
     }
 }
 
+/// What an interval join matches on besides the keys: `left time - right time` within
+/// `bounds` (nanoseconds) on `time_columns`, and the other conditions (`rest`).
+struct JoinOn {
+    /// "interval join" or "window join", for `explain`.
+    what: &'static str,
+    time_columns: (usize, usize),
+    bounds: (i64, i64),
+    rest: Vec<Expr>,
+}
+
 /// How the join's time bound should be written, for error messages.
-const TIME_BOUND_HINT: &str = "join two streams on equal keys and a time bound between their event-time (WATERMARK) columns, for example `ON a.user_id = b.user_id AND a.ts BETWEEN b.ts - INTERVAL '10' SECOND AND b.ts`";
+const TIME_BOUND_HINT: &str = "join two streams on equal keys and a time bound between their event-time (WATERMARK) columns, for example `ON a.user_id = b.user_id AND a.ts BETWEEN b.ts - INTERVAL '10' SECOND AND b.ts`, or two windowed streams on equal keys and equal `window_end`";
 
 impl Translator<'_> {
     /// A JOIN of two streams (see the module documentation).
@@ -169,6 +181,16 @@ impl Translator<'_> {
                 "both sides of a streaming JOIN need event time (a source table with a WATERMARK): {TIME_BOUND_HINT}"
             )));
         }
+        if let Some(window_ends) = self.window_ends(join, &left, &right)? {
+            let rest = join.filter.iter().flat_map(split_conjunction).cloned();
+            let on = JoinOn {
+                what: "window join",
+                time_columns: window_ends,
+                bounds: (0, 0),
+                rest: rest.collect(),
+            };
+            return self.interval_join(join, kind, [left, right], on);
+        }
         let (Some(left_time), Some(right_time)) = (left.time_column, right.time_column) else {
             return Err(self.err(format!(
                 "a streaming JOIN needs both a lower and an upper bound between the two sides' WATERMARK columns, read from their source tables directly or through projections and filters (joins without a time bound keep every row forever and are not supported yet): {TIME_BOUND_HINT}"
@@ -200,6 +222,59 @@ impl Translator<'_> {
                 "a streaming JOIN needs both a lower and an upper bound on `{left_column} - {right_column}` (joins without a time bound keep every row forever and are not supported yet): {TIME_BOUND_HINT}"
             )));
         };
+        let on = JoinOn {
+            what: "interval join",
+            time_columns: (left_time, right_time),
+            bounds: (lower, upper),
+            rest,
+        };
+        self.interval_join(join, kind, [left, right], on)
+    }
+
+    /// The `window_end` columns of two windowed inputs that the join's keys equate (a window
+    /// join), if they do; an error for session windows.
+    fn window_ends(
+        &self,
+        join: &Join,
+        left: &Stream,
+        right: &Stream,
+    ) -> Result<Option<(usize, usize)>> {
+        let (Some(lw), Some(rw)) = (left.window, right.window) else {
+            return Ok(None);
+        };
+        let (Some(left_end), Some(right_end)) = (lw.end, rw.end) else {
+            return Ok(None);
+        };
+        let is = |e: &Expr, stream: &Stream, at: usize| {
+            let (q, f) = stream.schema.qualified_field(at);
+            matches!(e, Expr::Column(c) if c.name == *f.name() && (c.relation.is_none() || c.relation.as_ref() == q))
+        };
+        let equal_ends =
+            (join.on.iter()).any(|(l, r)| is(l, left, left_end) && is(r, right, right_end));
+        if equal_ends && (lw.session || rw.session) {
+            return Err(self.err(
+                "SESSION windows cannot be joined on their window_end (the sessions of two streams do not share bounds); join the rows with a time bound instead",
+            ));
+        }
+        Ok(equal_ends.then_some((left_end, right_end)))
+    }
+
+    /// The interval join of the two inputs on the join's keys and `on`.
+    fn interval_join(
+        &mut self,
+        join: &Join,
+        kind: JoinKind,
+        [left, right]: [Stream; 2],
+        on: JoinOn,
+    ) -> Result<Stream> {
+        let JoinOn {
+            what,
+            time_columns: (left_time, right_time),
+            bounds: (lower, upper),
+            rest,
+        } = on;
+        let left_column = Column::from(left.schema.qualified_field(left_time));
+        let right_column = Column::from(right.schema.qualified_field(right_time));
         let keys = [
             (join.on.iter())
                 .map(|(l, _)| self.physical(l, &left.schema))
@@ -224,7 +299,7 @@ impl Translator<'_> {
         };
         let op = IntervalJoin::new(spec).map_err(|e| self.err(e.to_string()))?;
         let description = format!(
-            "interval join {} on [{}], {left_column} - {right_column} in [{}, {}]{}",
+            "{what} {} on [{}], {left_column} - {right_column} in [{}, {}]{}",
             join.join_type,
             (join.on.iter())
                 .map(|(l, r)| format!("{l} = {r}"))
@@ -238,7 +313,7 @@ impl Translator<'_> {
             }
         );
         let node = self.operator(
-            "interval_join",
+            &what.replace(' ', "_"),
             description,
             Box::new(op),
             vec![left.node, right.node],

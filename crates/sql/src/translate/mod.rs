@@ -32,6 +32,8 @@ use crate::window_functions::{WindowKind, WindowedTable};
 /// Where the window columns of a stream are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct WindowColumns {
+    /// Whether the windows are sessions (their bounds are per key, not shared).
+    pub(crate) session: bool,
     pub(crate) start: Option<usize>,
     /// `None` when the window end was projected away (then it cannot be grouped by).
     pub(crate) end: Option<usize>,
@@ -168,6 +170,7 @@ impl Translator<'_> {
                         .map(|i| Arc::new(PhysicalColumn::new(input.field(*i).name(), *i)) as Arc<dyn PhysicalExpr>)
                         .collect();
                     let window = stream.window.map(|w| WindowColumns {
+                        session: w.session,
                         start: w.start.and_then(|s| projection.iter().position(|i| *i == s)),
                         end: w.end.and_then(|e| projection.iter().position(|i| *i == e)),
                     });
@@ -221,6 +224,7 @@ impl Translator<'_> {
                         p.expr.iter().position(|e| matches!(e.clone().unalias(), Expr::Column(c) if c.name == *f.name() && (c.relation.is_none() || c.relation.as_ref() == q)))
                     };
                     WindowColumns {
+                        session: w.session,
                         end: w.end.and_then(find),
                         start: w.start.and_then(find),
                     }
@@ -365,6 +369,7 @@ impl Translator<'_> {
             schema: Arc::new(schema),
             event_time: input.event_time,
             window: Some(WindowColumns {
+                session: matches!(kind, WindowKind::Session { .. }),
                 start: Some(n - 2),
                 end: Some(n - 1),
             }),

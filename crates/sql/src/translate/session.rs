@@ -88,6 +88,7 @@ impl Translator<'_> {
             None => Some(i),
         };
         let window = WindowColumns {
+            session: true,
             start: position(n),
             end: position(n + 1),
         };
@@ -169,6 +170,7 @@ impl Translator<'_> {
             schema: agg.schema.clone(),
             event_time: true,
             window: Some(WindowColumns {
+                session: true,
                 start: start_group,
                 end: Some(end_group),
             }),
