@@ -1,5 +1,5 @@
-//! Interval joins of two generated, out-of-order streams, run by the engine into a Delta
-//! table, must equal the same JOIN as a DataFusion batch query over the same files.
+//! Interval and window joins of two generated, out-of-order streams, run by the engine into a
+//! Delta table, must equal the same JOIN as a DataFusion batch query over the same files.
 
 use crate::common;
 
@@ -19,6 +19,27 @@ fn join_sql(kind: &str) -> String {
           AND c.ts BETWEEN s.ts - INTERVAL '2' SECOND AND s.ts + INTERVAL '1' SECOND
           AND c.page <> s.page"
     )
+}
+
+/// Searches and clicks of the same user in the same 2-second window (a window join), as the
+/// stream runs it.
+const WINDOW_JOIN: &str = "SELECT s.event_id AS search, c.event_id AS click, s.window_start AS ws
+     FROM TUMBLE(searches, ts, INTERVAL '2' SECOND) s
+     LEFT JOIN TUMBLE(clicks, ts, INTERVAL '2' SECOND) c
+       ON s.user_id = c.user_id AND s.window_start = c.window_start AND s.window_end = c.window_end";
+
+/// The same window join as a batch query (windows spelled out with `date_bin`).
+const WINDOW_JOIN_BATCH: &str = "SELECT s.event_id AS search, c.event_id AS click, s.ws
+     FROM (SELECT *, date_bin(INTERVAL '2 seconds', ts, TIMESTAMP '1970-01-01T00:00:00') AS ws FROM searches) s
+     LEFT JOIN (SELECT *, date_bin(INTERVAL '2 seconds', ts, TIMESTAMP '1970-01-01T00:00:00') AS ws FROM clicks) c
+       ON s.user_id = c.user_id AND s.ws = c.ws";
+
+/// The streaming query of `kind` (a join type, or WINDOW).
+fn streaming_sql(kind: &str) -> String {
+    match kind {
+        "WINDOW" => WINDOW_JOIN.to_string(),
+        _ => join_sql(kind),
+    }
 }
 
 fn pipeline(
@@ -41,7 +62,7 @@ fn pipeline(
         table("searches", searches),
         table("clicks", clicks),
         lake.display(),
-        join_sql(kind)
+        streaming_sql(kind)
     )
 }
 
@@ -64,7 +85,8 @@ async fn interval_joins_equal_batch_joins() {
     register_json_files(&oracle, "searches", &searches, &clicks_schema()).await;
     register_json_files(&oracle, "clicks", &clicks, &clicks_schema()).await;
     let canonical = "SELECT CAST(search AS VARCHAR), CAST(click AS VARCHAR), CAST(round(diff, 2) AS VARCHAR) FROM j ORDER BY 1, 2";
-    for kind in ["INNER", "LEFT", "RIGHT", "FULL OUTER"] {
+    let window_canonical = "SELECT CAST(search AS VARCHAR), CAST(click AS VARCHAR), CAST(ws AS VARCHAR) FROM j ORDER BY 1, 2";
+    for kind in ["INNER", "LEFT", "RIGHT", "FULL OUTER", "WINDOW"] {
         let lake = dir.path().join(format!("lake_{}", kind.replace(' ', "_")));
         let summary = run_sql(
             &pipeline(&searches, &clicks, &lake, kind),
@@ -78,8 +100,12 @@ async fn interval_joins_equal_batch_joins() {
             "{kind}: the watermarks allow for all disorder"
         );
         let _ = oracle.deregister_table("j");
+        let (batch, canonical) = match kind {
+            "WINDOW" => (WINDOW_JOIN_BATCH.to_string(), window_canonical),
+            _ => (join_sql(kind), canonical),
+        };
         oracle
-            .sql(&format!("CREATE VIEW j AS {}", join_sql(kind)))
+            .sql(&format!("CREATE VIEW j AS {batch}"))
             .await
             .unwrap();
         let expected = query_rows(&oracle, canonical).await;
