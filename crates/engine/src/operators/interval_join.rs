@@ -74,7 +74,7 @@ pub struct IntervalJoinSpec {
 struct Kept {
     /// Event time in nanoseconds.
     time: i64,
-    /// Arrival number within the side, to find the row again when it expires.
+    /// Arrival number within the side (a checkpoint saves the rows in this order).
     seq: u64,
     /// The row in the side's row format (all its columns).
     row: Box<[u8]>,
@@ -135,23 +135,34 @@ impl Side {
     }
 
     /// Removes the rows with a time at or before `until`; returns those that never matched.
+    /// Each key whose rows expire is gone through once.
     fn expire(&mut self, until: i64) -> Vec<Box<[u8]>> {
-        let mut unmatched = Vec::new();
+        let mut keys: Vec<Box<[u8]>> = Vec::new();
         while let Some(Reverse((time, _, _))) = self.expiry.peek() {
             if *time > until {
                 break;
             }
-            let Reverse((_, seq, key)) = self.expiry.pop().expect("peeked");
+            let Reverse((_, _, key)) = self.expiry.pop().expect("peeked");
+            keys.push(key);
+        }
+        keys.sort_unstable();
+        keys.dedup();
+        let mut unmatched = Vec::new();
+        for key in keys {
             let Some(rows) = self.by_key.get_mut(&key) else {
                 continue;
             };
-            if let Some(at) = rows.iter().position(|r| r.seq == seq) {
-                let gone = rows.swap_remove(at);
-                self.kept -= 1;
-                if !gone.matched {
-                    unmatched.push(gone.row);
+            let before = rows.len();
+            rows.retain_mut(|r| {
+                if r.time > until {
+                    return true;
                 }
-            }
+                if !r.matched {
+                    unmatched.push(std::mem::take(&mut r.row));
+                }
+                false
+            });
+            self.kept -= before - rows.len();
             if rows.is_empty() {
                 self.by_key.remove(&key);
             }
