@@ -9,15 +9,16 @@ use std::collections::BinaryHeap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, UInt32Array};
-use datafusion::arrow::array::{UInt64Array, new_null_array};
+use datafusion::arrow::array::{Int64Array, UInt64Array, new_null_array};
 use datafusion::arrow::compute::{filter_record_batch, take};
-use datafusion::arrow::datatypes::{DataType, SchemaRef, UInt64Type};
+use datafusion::arrow::datatypes::{DataType, Int64Type, SchemaRef, UInt64Type};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::row::{RowConverter, Rows, SortField};
 use datafusion::common::HashMap;
 use datafusion::physical_expr::PhysicalExpr;
 use serde::{Deserialize, Serialize};
 
+use super::idle_sweep::processing_time_ms;
 use super::window_aggregate::generic_batch;
 use crate::error::{EngineError, Result};
 use crate::message::{EventTime, Watermark};
@@ -55,11 +56,14 @@ pub struct IntervalJoinSpec {
     pub inputs: [SchemaRef; 2],
     /// The equi-join keys of each input (equal in number and type).
     pub keys: [Vec<Arc<dyn PhysicalExpr>>; 2],
-    /// The event-time column of each input (the column its watermark is on).
-    pub time_columns: [usize; 2],
+    /// The event-time column of each input (the column its watermark is on); `None` for a
+    /// join without a time bound (a *regular* join: rows are kept until the state TTL, and
+    /// the output has no event time).
+    pub time_columns: Option<[usize; 2]>,
     /// `left time - right time` must be at least this (nanoseconds)...
     pub lower: i64,
-    /// ... and at most this (nanoseconds; both bounds inclusive).
+    /// ... and at most this (nanoseconds; both bounds inclusive). A regular join has
+    /// `i64::MIN` and `i64::MAX`.
     pub upper: i64,
     /// Other conditions on a joined row (over the output schema).
     pub filter: Option<Arc<dyn PhysicalExpr>>,
@@ -99,15 +103,20 @@ struct Side {
 }
 
 impl Side {
-    fn new(schema: &SchemaRef, time_column: usize) -> Result<Self> {
-        let time = schema.field(time_column);
-        let unit = timestamp_unit(time.data_type(), time.name())?;
+    fn new(schema: &SchemaRef, time_column: Option<usize>) -> Result<Self> {
+        let per_unit = match time_column {
+            Some(c) => {
+                let time = schema.field(c);
+                nanos_per_unit(timestamp_unit(time.data_type(), time.name())?)
+            }
+            None => 1,
+        };
         let fields = (schema.fields().iter())
             .map(|f| SortField::new(f.data_type().clone()))
             .collect();
         Ok(Side {
             rows: RowConverter::new(fields)?,
-            per_unit: nanos_per_unit(unit),
+            per_unit,
             by_key: HashMap::default(),
             expiry: BinaryHeap::new(),
             next_seq: 0,
@@ -198,6 +207,8 @@ pub struct IntervalJoin {
     keys: RowConverter,
     sides: [Side; 2],
     forwarded: Option<EventTime>,
+    /// A regular join's state TTL.
+    ttl: Option<std::time::Duration>,
 }
 
 impl std::fmt::Debug for IntervalJoin {
@@ -237,16 +248,45 @@ impl IntervalJoin {
             ));
         }
         let keys = RowConverter::new(left.into_iter().map(SortField::new).collect())?;
+        if spec.time_columns.is_none() && spec.kind != JoinKind::Inner {
+            return Err(EngineError::Internal(
+                "a join without a time bound is an inner join (outer ones update)".into(),
+            ));
+        }
         let sides = [
-            Side::new(&spec.inputs[0], spec.time_columns[0])?,
-            Side::new(&spec.inputs[1], spec.time_columns[1])?,
+            Side::new(&spec.inputs[0], spec.time_columns.map(|t| t[0]))?,
+            Side::new(&spec.inputs[1], spec.time_columns.map(|t| t[1]))?,
         ];
         Ok(IntervalJoin {
             spec,
             keys,
             sides,
             forwarded: None,
+            ttl: None,
         })
+    }
+
+    /// A regular join keeps a row for `ttl` of processing time after it arrived (`None`:
+    /// forever). Joins with a time bound expire rows by the watermarks instead.
+    pub fn with_state_ttl(mut self, ttl: Option<std::time::Duration>) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// Each row's time in nanoseconds: its event time, or for a regular join the processing
+    /// time it arrived at.
+    fn times(&self, side: usize, batch: &RecordBatch) -> Result<Vec<i64>> {
+        let Some(columns) = self.spec.time_columns else {
+            let now = processing_time_ms() as i64 * 1_000_000;
+            return Ok(vec![now; batch.num_rows()]);
+        };
+        let per_unit = self.sides[side].per_unit;
+        let times = timestamp_values(batch.column(columns[side]))?;
+        Ok(times
+            .values()
+            .iter()
+            .map(|t| t.saturating_mul(per_unit))
+            .collect())
     }
 
     /// Rows kept on each side (left, right).
@@ -258,7 +298,10 @@ impl IntervalJoin {
     fn bounds(&self, side: usize) -> (i64, i64) {
         match side {
             0 => (self.spec.lower, self.spec.upper),
-            _ => (-self.spec.upper, -self.spec.lower),
+            _ => (
+                self.spec.upper.saturating_neg(),
+                self.spec.lower.saturating_neg(),
+            ),
         }
     }
 
@@ -274,12 +317,17 @@ impl IntervalJoin {
     /// Drops rows at or before the side's own watermark (and without a time) as late;
     /// returns the rest.
     fn drop_late(&self, side: usize, batch: RecordBatch, out: &mut Output) -> Result<RecordBatch> {
+        let Some(columns) = self.spec.time_columns else {
+            return Ok(batch);
+        };
         let s = &self.sides[side];
-        let times = timestamp_values(batch.column(self.spec.time_columns[side]))?;
+        let times = timestamp_values(batch.column(columns[side]))?;
         let keep: BooleanArray = match s.watermark {
             None if times.null_count() == 0 => return Ok(batch),
             w => (times.iter())
-                .map(|t| Some(t.is_some_and(|t| w.is_none_or(|w| t * s.per_unit > w))))
+                .map(|t| {
+                    Some(t.is_some_and(|t| w.is_none_or(|w| t.saturating_mul(s.per_unit) > w)))
+                })
                 .collect(),
         };
         if keep.true_count() < batch.num_rows() {
@@ -322,13 +370,12 @@ impl IntervalJoin {
             return Ok(());
         }
         let other = 1 - side;
-        let per_unit = self.sides[side].per_unit;
-        let times = timestamp_values(batch.column(self.spec.time_columns[side]))?;
+        let times = self.times(side, &batch)?;
         let (keys, valid) = self.key_rows(side, &batch)?;
         let (low, high) = self.bounds(side);
         let mut pairs = Vec::new();
         let mut probe_keys: Vec<&[u8]> = Vec::new();
-        for (i, t) in times.values().iter().enumerate() {
+        for (i, t) in times.iter().enumerate() {
             if !valid[i] {
                 continue;
             }
@@ -336,9 +383,8 @@ impl IntervalJoin {
             let Some(kept) = self.sides[other].by_key.get(key.as_ref()) else {
                 continue;
             };
-            let t = t * per_unit;
             for (at, k) in kept.iter().enumerate() {
-                let d = t - k.time;
+                let d = t.saturating_sub(k.time);
                 if d >= low && d <= high {
                     pairs.push(Pair {
                         arriving: i as u32,
@@ -356,7 +402,14 @@ impl IntervalJoin {
                 kept[p.at].matched = true;
             }
         }
-        self.keep_batch(side, &batch, &keys, &valid, &matched.arriving, out)
+        self.keep_batch(
+            side,
+            &batch,
+            &times,
+            (&keys, &valid),
+            &matched.arriving,
+            out,
+        )
     }
 
     /// Emits the joined rows of `pairs` that pass the filter; says which pairs passed and
@@ -424,19 +477,18 @@ impl IntervalJoin {
         &mut self,
         side: usize,
         batch: &RecordBatch,
-        keys: &Rows,
-        valid: &[bool],
+        times: &[i64],
+        (keys, valid): (&Rows, &[bool]),
         matched: &[bool],
         out: &mut Output,
     ) -> Result<()> {
         let other_watermark = self.sides[1 - side].watermark;
-        let expired_until = other_watermark.map(|w| self.expired_until(side, w));
-        let per_unit = self.sides[side].per_unit;
-        let times = timestamp_values(batch.column(self.spec.time_columns[side]))?;
+        let expired_until = (other_watermark)
+            .filter(|_| self.spec.time_columns.is_some())
+            .map(|w| self.expired_until(side, w));
         let rows = self.sides[side].rows.convert_columns(batch.columns())?;
         let mut unmatched = Vec::new();
-        for (i, t) in times.values().iter().enumerate() {
-            let t = t * per_unit;
+        for (i, &t) in times.iter().enumerate() {
             let can_match = valid[i] && expired_until.is_none_or(|e| t > e);
             if can_match {
                 let row = Box::from(rows.row(i).data());
@@ -539,6 +591,9 @@ impl Operator for IntervalJoin {
         self.sides[input].idle = false;
         let own = &mut self.sides[input].watermark;
         *own = Some(own.map_or(w, |o| o.max(w)));
+        if self.spec.time_columns.is_none() {
+            return Ok(()); // a regular join's rows go by the state TTL
+        }
         // The other side's rows that no later row of this side can match.
         let side = 1 - input;
         let until = self.expired_until(side, w);
@@ -555,11 +610,26 @@ impl Operator for IntervalJoin {
             out.watermark(watermark);
             return Ok(());
         }
+        if self.spec.time_columns.is_none() {
+            // A regular join's rows can be of any age: its output has no event time.
+            return Ok(());
+        }
         if let Some(w) = self.held_watermark()
             && self.forwarded.is_none_or(|f| w > f)
         {
             self.forwarded = Some(w);
             out.watermark(Watermark::EventTime(w));
+        }
+        Ok(())
+    }
+
+    fn on_tick(&mut self, _out: &mut Output) -> Result<()> {
+        if let (Some(ttl), None) = (self.ttl, self.spec.time_columns) {
+            let now = processing_time_ms() as i64 * 1_000_000;
+            let until = now - ttl.as_nanos() as i64;
+            for side in &mut self.sides {
+                side.expire(until);
+            }
         }
         Ok(())
     }
@@ -571,8 +641,8 @@ impl Operator for IntervalJoin {
         Ok(())
     }
 
-    /// Saves each side's kept rows (their columns, then whether they matched) and the
-    /// watermarks.
+    /// Saves each side's kept rows (their columns, then whether they matched, their arrival
+    /// number and their time in nanoseconds) and the watermarks.
     fn snapshot(&mut self) -> Result<NodeState> {
         let saved = SavedJoin {
             watermarks: [self.sides[0].watermark, self.sides[1].watermark],
@@ -589,8 +659,10 @@ impl Operator for IntervalJoin {
             let mut columns = s.columns(rows.iter().map(|k| &k.row[..]))?;
             let matched: BooleanArray = rows.iter().map(|k| Some(k.matched)).collect();
             let seqs: UInt64Array = rows.iter().map(|k| k.seq).collect();
+            let times: Int64Array = rows.iter().map(|k| k.time).collect();
             columns.push(Arc::new(matched));
             columns.push(Arc::new(seqs));
+            columns.push(Arc::new(times));
             state = state.with_table(*name, generic_batch(columns)?);
         }
         Ok(state)
@@ -603,7 +675,8 @@ impl Operator for IntervalJoin {
         };
         self.forwarded = saved.forwarded;
         for (side, name) in SIDE_TABLES.iter().enumerate() {
-            self.sides[side] = Side::new(&self.spec.inputs[side], self.spec.time_columns[side])?;
+            let time_column = self.spec.time_columns.map(|t| t[side]);
+            self.sides[side] = Side::new(&self.spec.inputs[side], time_column)?;
             self.sides[side].watermark = saved.watermarks[side];
             if let Some(t) = state.table(name) {
                 self.restore_side(side, t)?;
@@ -621,7 +694,7 @@ impl IntervalJoin {
                 "the saved join state does not match this query; the pipeline changed (start with --from-scratch)".into(),
             )
         };
-        if table.num_columns() != width + 2 {
+        if table.num_columns() != width + 3 {
             return Err(changed());
         }
         let batch = RecordBatch::try_new(
@@ -633,19 +706,16 @@ impl IntervalJoin {
         let seqs = (table.column(width + 1))
             .as_primitive_opt::<UInt64Type>()
             .ok_or_else(changed)?;
+        let times = (table.column(width + 2))
+            .as_primitive_opt::<Int64Type>()
+            .ok_or_else(changed)?;
         let (keys, _) = self.key_rows(side, &batch)?;
-        let times = timestamp_values(batch.column(self.spec.time_columns[side]))?;
         let rows = self.sides[side].rows.convert_columns(batch.columns())?;
         let s = &mut self.sides[side];
         for i in 0..batch.num_rows() {
             s.next_seq = seqs.value(i);
-            let t = times.value(i) * s.per_unit;
-            s.keep(
-                keys.row(i).data(),
-                t,
-                Box::from(rows.row(i).data()),
-                matched.value(i),
-            );
+            let (key, row) = (keys.row(i), Box::from(rows.row(i).data()));
+            s.keep(key.data(), times.value(i), row, matched.value(i));
         }
         Ok(())
     }

@@ -67,7 +67,7 @@ fn join(kind: JoinKind, lower: i64, upper: i64, odd_ids: bool) -> IntervalJoin {
     IntervalJoin::new(IntervalJoinSpec {
         inputs: [side_schema("l"), side_schema("r")],
         keys: [key("l"), key("r")],
-        time_columns: [2, 2],
+        time_columns: Some([2, 2]),
         lower: lower * MS,
         upper: upper * MS,
         filter,
@@ -324,5 +324,70 @@ fn late_rows_are_dropped_and_the_watermark_is_held_by_the_bounds() {
         pairs(&mut out).1,
         vec![110 * MS],
         "the idle left side no longer holds it"
+    );
+}
+
+/// A join without a time bound (a regular inner join).
+fn regular_join() -> IntervalJoin {
+    let key = |side: &str| -> Vec<Arc<dyn PhysicalExpr>> {
+        vec![Arc::new(Column::new(&format!("{side}_key"), 0))]
+    };
+    IntervalJoin::new(IntervalJoinSpec {
+        inputs: [side_schema("l"), side_schema("r")],
+        keys: [key("l"), key("r")],
+        time_columns: None,
+        lower: i64::MIN,
+        upper: i64::MAX,
+        filter: None,
+        kind: JoinKind::Inner,
+        output: output(JoinKind::Inner),
+    })
+    .unwrap()
+}
+
+#[test]
+fn a_regular_join_keeps_rows_of_any_age_until_the_state_ttl() {
+    let mut op = regular_join();
+    let mut out = Output::default();
+    op.process_batch(0, batch("l", &owned(&[(Some("a"), 1, 100)])), &mut out)
+        .unwrap();
+    // Watermarks far past the row neither drop it nor go downstream.
+    for input in 0..2 {
+        op.process_input_watermark(input, Watermark::EventTime(900_000 * MS), &mut out)
+            .unwrap();
+    }
+    op.process_watermark(Watermark::EventTime(900_000 * MS), &mut out)
+        .unwrap();
+    op.process_batch(1, batch("r", &owned(&[(Some("a"), 2, 5)])), &mut out)
+        .unwrap();
+    let (found, marks) = pairs(&mut out);
+    assert_eq!(
+        found,
+        vec![(Some(1), Some(2))],
+        "no time bound: any ages match"
+    );
+    assert!(
+        marks.is_empty(),
+        "a regular join's output has no event time"
+    );
+    assert_eq!(op.kept_rows(), (1, 1));
+    op.on_tick(&mut out).unwrap();
+    assert_eq!(op.kept_rows(), (1, 1), "kept forever without a TTL");
+    let mut op = regular_join().with_state_ttl(Some(std::time::Duration::ZERO));
+    op.process_batch(0, batch("l", &owned(&[(Some("a"), 1, 100)])), &mut out)
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2));
+    op.on_tick(&mut out).unwrap();
+    assert_eq!(op.kept_rows(), (0, 0), "dropped after the TTL");
+    op.process_batch(1, batch("r", &owned(&[(Some("a"), 2, 5)])), &mut out)
+        .unwrap();
+    assert!(pairs(&mut out).0.is_empty(), "the left row is gone");
+    let state = op.snapshot().unwrap();
+    let mut restored = regular_join();
+    restored.restore(state).unwrap();
+    assert_eq!(
+        restored.kept_rows(),
+        (0, 1),
+        "the right row is in the checkpoint"
     );
 }

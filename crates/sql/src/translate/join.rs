@@ -133,9 +133,10 @@ fn fixed_interval_nanos(value: &ScalarValue) -> Option<i64> {
 /// What an interval join matches on besides the keys: `left time - right time` within
 /// `bounds` (nanoseconds) on `time_columns`, and the other conditions (`rest`).
 struct JoinOn {
-    /// "interval join" or "window join", for `explain`.
+    /// "interval join", "window join" or "join" (a regular one), for `explain`.
     what: &'static str,
-    time_columns: (usize, usize),
+    /// `None` for a regular join (no time bound).
+    time_columns: Option<(usize, usize)>,
     bounds: (i64, i64),
     rest: Vec<Expr>,
 }
@@ -176,26 +177,45 @@ impl Translator<'_> {
                 "this JOIN has no equality between the two sides: {TIME_BOUND_HINT}"
             )));
         }
-        if !(left.event_time && right.event_time) {
-            return Err(self.err(format!(
-                "both sides of a streaming JOIN need event time (a source table with a WATERMARK): {TIME_BOUND_HINT}"
-            )));
-        }
-        if let Some(window_ends) = self.window_ends(join, &left, &right)? {
-            let rest = join.filter.iter().flat_map(split_conjunction).cloned();
+        let all_conditions: Vec<Expr> = (join.filter.iter())
+            .flat_map(split_conjunction)
+            .cloned()
+            .collect();
+        let event_time = left.event_time && right.event_time;
+        if let Some(window_ends) = self
+            .window_ends(join, &left, &right)?
+            .filter(|_| event_time)
+        {
             let on = JoinOn {
                 what: "window join",
-                time_columns: window_ends,
+                time_columns: Some(window_ends),
                 bounds: (0, 0),
-                rest: rest.collect(),
+                rest: all_conditions,
             };
             return self.interval_join(join, kind, [left, right], on);
         }
-        let (Some(left_time), Some(right_time)) = (left.time_column, right.time_column) else {
+        if let Some(on) = Self::time_bounds(join, &left, &right).filter(|_| event_time) {
+            return self.interval_join(join, kind, [left, right], on);
+        }
+        if kind != JoinKind::Inner {
             return Err(self.err(format!(
-                "a streaming JOIN needs both a lower and an upper bound between the two sides' WATERMARK columns, read from their source tables directly or through projections and filters (joins without a time bound keep every row forever and are not supported yet): {TIME_BOUND_HINT}"
+                "a {} JOIN without a time bound gives an updating result (a row's NULL padding is retracted when a match comes), which is not supported yet; use an INNER JOIN, or {TIME_BOUND_HINT}",
+                join.join_type.to_string().to_uppercase()
             )));
+        }
+        let on = JoinOn {
+            what: "join",
+            time_columns: None,
+            bounds: (i64::MIN, i64::MAX),
+            rest: all_conditions,
         };
+        self.interval_join(join, kind, [left, right], on)
+    }
+
+    /// The time bound of a join between its inputs' event-time columns, and its other
+    /// conditions; `None` unless it has both a lower and an upper bound.
+    fn time_bounds(join: &Join, left: &Stream, right: &Stream) -> Option<JoinOn> {
+        let (left_time, right_time) = (left.time_column?, right.time_column?);
         let left_column = Column::from(left.schema.qualified_field(left_time));
         let right_column = Column::from(right.schema.qualified_field(right_time));
         let step = [(&left, left_time), (&right, right_time)]
@@ -217,18 +237,12 @@ impl Translator<'_> {
             .filter(|c| !bounds.take(c))
             .cloned()
             .collect();
-        let (Some(lower), Some(upper)) = (bounds.lower, bounds.upper) else {
-            return Err(self.err(format!(
-                "a streaming JOIN needs both a lower and an upper bound on `{left_column} - {right_column}` (joins without a time bound keep every row forever and are not supported yet): {TIME_BOUND_HINT}"
-            )));
-        };
-        let on = JoinOn {
+        Some(JoinOn {
             what: "interval join",
-            time_columns: (left_time, right_time),
-            bounds: (lower, upper),
+            time_columns: Some((left_time, right_time)),
+            bounds: (bounds.lower?, bounds.upper?),
             rest,
-        };
-        self.interval_join(join, kind, [left, right], on)
+        })
     }
 
     /// The `window_end` columns of two windowed inputs that the join's keys equate (a window
@@ -269,12 +283,10 @@ impl Translator<'_> {
     ) -> Result<Stream> {
         let JoinOn {
             what,
-            time_columns: (left_time, right_time),
+            time_columns,
             bounds: (lower, upper),
             rest,
         } = on;
-        let left_column = Column::from(left.schema.qualified_field(left_time));
-        let right_column = Column::from(right.schema.qualified_field(right_time));
         let keys = [
             (join.on.iter())
                 .map(|(l, _)| self.physical(l, &left.schema))
@@ -290,41 +302,62 @@ impl Translator<'_> {
         let spec = IntervalJoinSpec {
             inputs: [arrow_schema(&left.schema), arrow_schema(&right.schema)],
             keys,
-            time_columns: [left_time, right_time],
+            time_columns: time_columns.map(|(l, r)| [l, r]),
             lower,
             upper,
             filter,
             kind,
             output: arrow_schema(&join.schema),
         };
-        let op = IntervalJoin::new(spec).map_err(|e| self.err(e.to_string()))?;
-        let description = format!(
-            "{what} {} on [{}], {left_column} - {right_column} in [{}, {}]{}",
+        let op = IntervalJoin::new(spec)
+            .map_err(|e| self.err(e.to_string()))?
+            .with_state_ttl(self.state_ttl);
+        let bound = match time_columns {
+            Some((l, r)) => format!(
+                ", {} - {} in [{}, {}]",
+                Column::from(left.schema.qualified_field(l)),
+                Column::from(right.schema.qualified_field(r)),
+                duration_text(lower),
+                duration_text(upper)
+            ),
+            None => String::new(),
+        };
+        let signature = format!(
+            "{what} {} on [{}]{bound}{}",
             join.join_type,
             (join.on.iter())
                 .map(|(l, r)| format!("{l} = {r}"))
                 .collect::<Vec<_>>()
                 .join(", "),
-            duration_text(lower),
-            duration_text(upper),
             match conjunction(rest) {
                 Some(f) => format!(", where {f}"),
                 None => String::new(),
             }
         );
+        let description = match (time_columns, self.state_ttl) {
+            (None, Some(ttl)) => format!(
+                "{signature}, rows kept {}s after they arrive",
+                ttl.as_secs_f64()
+            ),
+            (None, None) => format!("{signature}, every row kept (no state TTL)"),
+            _ => signature.clone(),
+        };
         let node = self.operator(
             &what.replace(' ', "_"),
             description,
             Box::new(op),
             vec![left.node, right.node],
         )?;
+        // The TTL says how long rows stay, not what they mean: changing it keeps the state.
+        self.dataflow.set_state_signature(node, signature);
         Ok(Stream {
             node,
             schema: join.schema.clone(),
             window: None,
-            event_time: true,
-            // The left columns come first; no output row is behind the watermark on them.
-            time_column: Some(left_time),
+            // A bounded join holds its watermark so that no output row is behind it on the
+            // left columns (which come first); a regular join's rows can be of any age.
+            event_time: time_columns.is_some(),
+            time_column: time_columns.map(|(l, _)| l),
         })
     }
 }
