@@ -170,7 +170,7 @@ enum Command {
 enum BenchSuite {
     /// TUMBLE, HOP and SESSION over a generated clickstream, and the example pipeline.
     Clickstream,
-    /// Nexmark q0, q1, q2, q7 and q15 to q19 over generated bids.
+    /// Nexmark q0, q1, q2, q7, q20 and q15 to q19 over generated bids (and auctions).
     Nexmark,
 }
 

@@ -1,5 +1,5 @@
 //! `laketide bench --suite nexmark`: the Nexmark queries laketide runs (q0, q1, q2, the
-//! interval join q7 and the updating q15-q19), each over the
+//! interval join q7, the regular join q20 and the updating q15-q19), each over the
 //! `nexmark` source's bids into a blackhole sink (as Flink's and RisingWave's Nexmark runs
 //! do), measured (events/s end to end, peak memory, throughput as a share of q0's) and checked:
 //! the fingerprint of each result (the table an updating result leaves) must equal that of
@@ -91,6 +91,14 @@ fn queries() -> Vec<NexmarkQuery> {
             ))),
         },
         query(
+            "q20 (bids of category-10 auctions, a regular join)",
+            "SELECT b.auction, b.bidder, b.price, b.channel, b.url, b.date_time, b.extra,
+                    a.item_name, a.description, a.initial_bid, a.reserve, a.date_time AS auction_time,
+                    a.expires, a.seller, a.category, a.extra AS auction_extra
+             FROM bid b JOIN auction a ON b.auction = a.id
+             WHERE a.category = 10",
+        ),
+        query(
             "q15 (bidding statistics per day, updating)",
             &format!(
                 "SELECT to_char(date_time, '%Y-%m-%d') AS day, {RANKED_COUNTS}
@@ -141,13 +149,18 @@ fn queries() -> Vec<NexmarkQuery> {
     ]
 }
 
-/// The `bid` table of every query: Nexmark's bids among the first `events` events.
+/// The tables of every query: Nexmark's bids (and auctions) among the first `events` events.
 fn bid_table(events: u64) -> String {
     format!(
         "CREATE TABLE bid (auction BIGINT, bidder BIGINT, price BIGINT, channel TEXT, url TEXT,
            date_time TIMESTAMP(3), extra TEXT,
            WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND)
-         WITH (connector = 'nexmark', table = 'bid', events = '{events}')"
+         WITH (connector = 'nexmark', table = 'bid', events = '{events}');
+         CREATE TABLE auction (id BIGINT, item_name TEXT, description TEXT, initial_bid BIGINT,
+           reserve BIGINT, date_time TIMESTAMP(3), expires TIMESTAMP(3), seller BIGINT,
+           category BIGINT, extra TEXT,
+           WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND)
+         WITH (connector = 'nexmark', table = 'auction', events = '{events}')"
     )
 }
 
@@ -266,17 +279,23 @@ async fn checkpoint_cost(
     Ok(())
 }
 
-/// Every bid of `events` events, as the source generates them.
-async fn all_bids(events: u64) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+/// Every row of table `table` (`bid` or `auction`) of `events` events, as the source
+/// generates them.
+async fn all_rows(events: u64, table: &str) -> Result<(SchemaRef, Vec<RecordBatch>)> {
     let script = parse_script(&bid_table(events))?;
-    let Some(Statement::CreateTable(def)) = script.statements.first() else {
-        return Err(CliError::Usage("the bid table".into()));
-    };
+    let def = script
+        .statements
+        .iter()
+        .find_map(|s| match s {
+            Statement::CreateTable(def) if def.name == table => Some(def),
+            _ => None,
+        })
+        .ok_or_else(|| CliError::Usage(format!("the {table} table")))?;
     let schema = Arc::new(datafusion::arrow::datatypes::Schema::new(
         def.columns.clone().unwrap_or_default(),
     ));
     let options = Options::new([
-        ("table".to_string(), "bid".to_string()),
+        ("table".to_string(), table.to_string()),
         ("events".to_string(), events.to_string()),
     ])?;
     let mut source =
@@ -333,7 +352,7 @@ pub async fn bench_nexmark(events: u64) -> Result<()> {
         let rate = m.events as f64 / m.seconds.max(1e-9);
         let base = *q0_rate.get_or_insert(rate);
         println!(
-            "bench nexmark {}: {} bids in {:.2}s = {} events/s ({:.0}% of q0); peak memory {} MB; {} result rows",
+            "bench nexmark {}: {} rows read in {:.2}s = {} events/s ({:.0}% of q0); peak memory {} MB; {} result rows",
             query.name,
             m.events,
             m.seconds,
@@ -354,9 +373,11 @@ pub async fn bench_nexmark(events: u64) -> Result<()> {
             }
         }
     }
-    let (schema, bids) = all_bids(events).await?;
     let ctx = SessionContext::new();
-    ctx.register_table("bid", Arc::new(MemTable::try_new(schema, vec![bids])?))?;
+    for table in ["bid", "auction"] {
+        let (schema, rows) = all_rows(events, table).await?;
+        ctx.register_table(table, Arc::new(MemTable::try_new(schema, vec![rows])?))?;
+    }
     for (query, m) in queries().iter().zip(&measured) {
         let started = std::time::Instant::now();
         let expected = oracle(&ctx, query, &m.schema).await?;
