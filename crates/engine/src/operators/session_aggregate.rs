@@ -318,7 +318,10 @@ impl SessionAggregate {
         let mut emitting = self.groups.empty_state()?;
         emitting.merge(&closed)?;
         let (keys, values) = emitting.emit()?;
-        let pending = std::mem::take(&mut self.pending);
+        // The next round of closed sessions is about as large: keep the room (growing the
+        // map again, rehash by rehash, was a few percent of a session backfill).
+        let room = HashMap::with_capacity(self.pending.len());
+        let pending = std::mem::replace(&mut self.pending, room);
         self.pending_since = None;
         if keys.is_empty() {
             return Ok(());
