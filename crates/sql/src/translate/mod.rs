@@ -1,7 +1,8 @@
 //! Translation of DataFusion's optimized logical plan into the engine's dataflow.
 //!
 //! Supported plan nodes: table scans of source tables and window table functions, projections,
-//! filters, aliases, windowed aggregates and UNION ALL. Everything else is reported as not
+//! filters, aliases, windowed and updating aggregates, Top-N and deduplication windows, joins
+//! of two append-only streams (`join.rs`) and UNION ALL. Everything else is reported as not
 //! supported in a streaming query, at the statement's location.
 
 use std::sync::Arc;
