@@ -168,7 +168,7 @@ impl Translator<'_> {
         for (side, stream) in [("left", &left), ("right", &right)] {
             if self.dataflow.mode(stream.node).is_updating() {
                 return Err(self.err(format!(
-                    "the {side} side of this JOIN is an updating result; joins of updating streams are not supported yet: {TIME_BOUND_HINT}"
+                    "the {side} side of this JOIN is an updating result (a GROUP BY without a window, a Top-N or keep-last); joins of updating streams are not supported yet: join the append-only rows first and aggregate the join's result, or aggregate per window"
                 )));
             }
         }
