@@ -182,13 +182,25 @@ pub async fn register_pipeline(ctx: &SessionContext, file: &Path) -> Result<Vec<
                 );
                 continue;
             }
-            let schema = std::sync::Arc::new(Schema::new(columns.clone()));
+            if laketide_connectors::is_lookup_only(&connector) {
+                eprintln!(
+                    "note: `{}` is a {connector} table read by key in lookup joins; it has no snapshot to query",
+                    def.name
+                );
+                continue;
+            }
+            // A PROCTIME() column is the time a pipeline reads a row: a snapshot has none.
+            let stored: Vec<_> = (columns.iter())
+                .filter(|c| def.proctime.as_ref() != Some(c.name()))
+                .cloned()
+                .collect();
+            let schema = std::sync::Arc::new(Schema::new(stored));
             let batches = snapshot_source(
                 &def.name,
                 schema.clone(),
                 &def.metadata,
                 &connector,
-                options,
+                options.without_prefix("lookup."),
             )
             .await?;
             ctx.register_table(

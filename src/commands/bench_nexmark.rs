@@ -1,5 +1,6 @@
 //! `laketide bench --suite nexmark`: the Nexmark queries laketide runs (q0, q1, q2, the
-//! interval join q7, the regular join q20 and the updating q15-q19), each over the
+//! interval join q7, the lookup join q13, the regular join q20 and the updating q15-q19),
+//! each over the
 //! `nexmark` source's bids into a blackhole sink (as Flink's and RisingWave's Nexmark runs
 //! do), measured (events/s end to end, peak memory, throughput as a share of q0's) and checked:
 //! the fingerprint of each result (the table an updating result leaves) must equal that of
@@ -8,16 +9,18 @@
 use std::sync::Arc;
 
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::SchemaRef;
+use std::path::{Path, PathBuf};
+
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::datasource::MemTable;
-use datafusion::prelude::SessionContext;
+use datafusion::prelude::{CsvReadOptions, SessionContext};
 use laketide_connectors::Options;
 use laketide_connectors::blackhole::{BlackholeSink, Fingerprint};
 use laketide_connectors::nexmark::{NexmarkSource, NexmarkSourceConfig};
 use laketide_engine::checkpoint::{CheckpointInfo, CheckpointSettings, CheckpointStore, Recovery};
 use laketide_engine::{RunOptions, Source, SourcePoll};
-use laketide_sql::{Location, Planner, Statement, parse_script};
+use laketide_sql::{Location, Planner, Statement, parse_query, parse_script};
 
 use crate::error::{CliError, Result};
 use crate::progress::human_rate;
@@ -90,6 +93,18 @@ fn queries() -> Vec<NexmarkQuery> {
                 "SELECT max(price) AS maxprice, {ten_seconds} AS window_end FROM bid GROUP BY 2"
             ))),
         },
+        NexmarkQuery {
+            name: "q13 (bids joined with a side input, a lookup join)",
+            sql: "SELECT b.auction, b.bidder, b.price, b.date_time, s.value
+                  FROM bid b JOIN side_input FOR SYSTEM_TIME AS OF PROCTIME() AS s
+                    ON b.auction % 10000 = s.key"
+                .to_string(),
+            batch: Some(
+                "SELECT b.auction, b.bidder, b.price, b.date_time, s.value
+                 FROM bid b JOIN side_input s ON b.auction % 10000 = s.key"
+                    .to_string(),
+            ),
+        },
         query(
             "q20 (bids of category-10 auctions, a regular join)",
             "SELECT b.auction, b.bidder, b.price, b.channel, b.url, b.date_time, b.extra,
@@ -149,8 +164,38 @@ fn queries() -> Vec<NexmarkQuery> {
     ]
 }
 
-/// The tables of every query: Nexmark's bids (and auctions) among the first `events` events.
-fn bid_table(events: u64) -> String {
+/// Rows of q13's side input: keys 0 to 9,999, each with a text value.
+const SIDE_INPUT_ROWS: u64 = 10_000;
+
+/// Writes q13's side input, `key,value` lines, to `dir/side_input.csv`.
+fn write_side_input(dir: &Path) -> Result<PathBuf> {
+    let path = dir.join("side_input.csv");
+    let io = |source| CliError::Io {
+        context: format!("writing {}", path.display()),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let text: String = (0..SIDE_INPUT_ROWS)
+        .map(|k| format!("{k},value-{}\n", k * 7 % 1000))
+        .collect();
+    std::fs::write(&path, text).map_err(io)?;
+    Ok(path)
+}
+
+/// The tables of every query: Nexmark's bids (and auctions) among the first `events` events,
+/// and q13's side input at `side_input`.
+fn bid_table(events: u64, side_input: &Path) -> String {
+    format!(
+        "CREATE TABLE side_input (key BIGINT, value TEXT)
+         WITH (connector = 'file', path = '{}', format = 'csv', csv.header = 'false');
+         {}",
+        side_input.display(),
+        stream_tables(events)
+    )
+}
+
+/// Nexmark's bids and auctions among the first `events` events.
+fn stream_tables(events: u64) -> String {
     format!(
         "CREATE TABLE bid (auction BIGINT, bidder BIGINT, price BIGINT, channel TEXT, url TEXT,
            date_time TIMESTAMP(3), extra TEXT,
@@ -186,24 +231,20 @@ async fn run_query_with(
     query: &NexmarkQuery,
     options: RunOptions,
 ) -> Result<(Measured, (Option<CheckpointInfo>, u64))> {
-    let script = parse_script(&bid_table(events))?;
+    let script = parse_script(&bid_table(events, &side_input_path()))?;
     let mut planner = Planner::new();
     for s in &script.statements {
         if let Statement::CreateTable(def) = s {
             planner.declare_table(def, false)?;
         }
     }
-    let statements = datafusion::sql::sqlparser::parser::Parser::parse_sql(
-        &datafusion::sql::sqlparser::dialect::GenericDialect {},
-        &query.sql,
-    )
-    .map_err(|e| CliError::Usage(format!("{}: {e}", query.name)))?;
-    let Some(datafusion::sql::sqlparser::ast::Statement::Query(parsed)) = statements.first() else {
-        return Err(CliError::Usage(format!("{} is not a query", query.name)));
-    };
+    let (parsed, lookups) = parse_query(&query.sql)?;
+    for lookup in &lookups {
+        planner.check_lookup_use(lookup)?;
+    }
     let location = Location { line: 1, column: 1 };
-    let plan = planner.plan_query(parsed, location).await?;
-    let mut builder = planner.builder();
+    let plan = planner.plan_query(&parsed, location).await?;
+    let mut builder = planner.builder().with_lookups(&lookups);
     let output = builder.add_query(&plan, location)?;
     let (sink, fingerprint) = BlackholeSink::fingerprinting();
     builder.add_sink("result", "blackhole", Box::new(sink), output.node)?;
@@ -282,7 +323,7 @@ async fn checkpoint_cost(
 /// Every row of table `table` (`bid` or `auction`) of `events` events, as the source
 /// generates them.
 async fn all_rows(events: u64, table: &str) -> Result<(SchemaRef, Vec<RecordBatch>)> {
-    let script = parse_script(&bid_table(events))?;
+    let script = parse_script(&stream_tables(events))?;
     let def = script
         .statements
         .iter()
@@ -345,6 +386,21 @@ async fn oracle(
 /// throughput as a share of q0's, then checks every result against its batch query (after
 /// all runs, so that the oracle's memory does not count in the runs' peaks).
 pub async fn bench_nexmark(events: u64) -> Result<()> {
+    let side_input = write_side_input(side_input_path().parent().unwrap_or(Path::new(".")))?;
+    let result = run_and_check(events, &side_input).await;
+    let _ = std::fs::remove_file(&side_input);
+    result
+}
+
+/// Where q13's side input is written for this run.
+fn side_input_path() -> PathBuf {
+    std::env::temp_dir()
+        .join(format!("laketide-nexmark-{}", std::process::id()))
+        .join("side_input.csv")
+}
+
+/// [`bench_nexmark`] with the side input written.
+async fn run_and_check(events: u64, side_input: &Path) -> Result<()> {
     let mut measured = Vec::new();
     let mut q0_rate = None;
     for query in &queries() {
@@ -378,6 +434,13 @@ pub async fn bench_nexmark(events: u64) -> Result<()> {
         let (schema, rows) = all_rows(events, table).await?;
         ctx.register_table(table, Arc::new(MemTable::try_new(schema, vec![rows])?))?;
     }
+    let side_schema = datafusion::arrow::datatypes::Schema::new(vec![
+        datafusion::arrow::datatypes::Field::new("key", DataType::Int64, true),
+        datafusion::arrow::datatypes::Field::new("value", DataType::Utf8, true),
+    ]);
+    let csv = CsvReadOptions::new().has_header(false).schema(&side_schema);
+    ctx.register_csv("side_input", &side_input.display().to_string(), csv)
+        .await?;
     for (query, m) in queries().iter().zip(&measured) {
         let started = std::time::Instant::now();
         let expected = oracle(&ctx, query, &m.schema).await?;

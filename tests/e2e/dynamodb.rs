@@ -6,7 +6,6 @@ use crate::common;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -15,7 +14,7 @@ use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
     ScalarAttributeType,
 };
-use common::dynamodb::{client, scan_by};
+use common::dynamodb::{client, laketide, scan_by};
 use common::proxy::{Action, FaultProxy, Rule};
 use datafusion::arrow::array::{
     ArrayRef, BinaryArray, BooleanArray, Date32Array, Decimal128Array, Float64Array, Int64Array,
@@ -432,18 +431,6 @@ async fn retries_end_in_a_clear_error_not_a_silent_drop() {
         e.to_string().contains("still unprocessed after retrying"),
         "{e}"
     );
-}
-
-fn laketide(dir: &Path, args: &[&str], endpoint: &str) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_laketide"))
-        .args(args)
-        .current_dir(dir)
-        .env("AWS_ENDPOINT_URL_DYNAMODB", endpoint)
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "testtest")
-        .output()
-        .unwrap()
 }
 
 #[tokio::test]

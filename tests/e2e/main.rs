@@ -13,6 +13,7 @@ mod interop;
 mod joins;
 mod kinesis;
 mod kinesis_pipeline;
+mod lookups;
 mod oracle;
 mod recovery;
 mod s3;

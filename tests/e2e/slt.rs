@@ -6,12 +6,9 @@ use crate::common;
 use std::path::PathBuf;
 
 use async_trait::async_trait;
-use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
-use datafusion::sql::sqlparser::dialect::GenericDialect;
-use datafusion::sql::sqlparser::parser::Parser;
 use laketide_connectors::memory::MemorySink;
 use laketide_engine::{ChangeKind, RunOptions};
-use laketide_sql::{Location, Planner, Statement, parse_script};
+use laketide_sql::{Location, Planner, Statement, parse_query, parse_script};
 use sqllogictest::{DBOutput, DefaultColumnType};
 
 #[derive(Debug, thiserror::Error)]
@@ -60,13 +57,13 @@ impl StreamingDb {
 
     async fn select(&self, sql: &str) -> Result<DBOutput<DefaultColumnType>, SltError> {
         let planner = self.planner(None).await?;
-        let statements = Parser::parse_sql(&GenericDialect {}, sql).map_err(err)?;
-        let [SqlStatement::Query(query)] = statements.as_slice() else {
-            return Err(SltError("expected one query".into()));
-        };
+        let (query, lookups) = parse_query(sql).map_err(err)?;
+        for lookup in &lookups {
+            planner.check_lookup_use(lookup).map_err(err)?;
+        }
         let location = Location { line: 1, column: 1 };
-        let plan = planner.plan_query(query, location).await.map_err(err)?;
-        let mut builder = planner.builder();
+        let plan = planner.plan_query(&query, location).await.map_err(err)?;
+        let mut builder = planner.builder().with_lookups(&lookups);
         if let Some(interval) = self.update_interval {
             builder = builder.with_update_interval(interval);
         }

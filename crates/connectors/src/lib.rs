@@ -26,6 +26,6 @@ pub use format::{DEFAULT_MAX_FUTURE, EventTimeBound};
 pub use metadata::MetadataColumn;
 pub use options::{Options, parse_bytes, parse_duration};
 pub use registry::{
-    BuiltSink, BuiltSource, SINK_CONNECTORS, SOURCE_CONNECTORS, build_sink, build_source,
-    snapshot_source,
+    BuiltSink, BuiltSource, LOOKUP_CONNECTORS, SINK_CONNECTORS, SOURCE_CONNECTORS, build_lookup,
+    build_sink, build_source, is_lookup_only, snapshot_source,
 };

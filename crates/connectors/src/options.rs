@@ -27,6 +27,12 @@ impl Options {
         Ok(Options { values })
     }
 
+    /// The options whose keys do not start with `prefix`.
+    pub fn without_prefix(mut self, prefix: &str) -> Self {
+        self.values.retain(|k, _| !k.starts_with(prefix));
+        self
+    }
+
     /// Whether option `key` is present.
     pub fn contains(&self, key: &str) -> bool {
         self.values.contains_key(key)

@@ -5,15 +5,15 @@ use std::sync::Arc;
 
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
-use laketide_engine::{BadRecords, OnError, Sink, Source, SourcePoll};
+use laketide_engine::{BadRecords, LookupTable, OnError, Sink, Source, SourcePoll};
 
 use crate::blackhole::BlackholeSink;
 use crate::changelog::ChangelogAsRows;
 use crate::console::ConsoleSink;
 use crate::delta::{DeltaSink, DeltaSinkConfig, DeltaUpsertSink};
-use crate::dynamodb::{DynamoDbSink, DynamoDbSinkConfig};
+use crate::dynamodb::{DynamoDbLookup, DynamoDbLookupConfig, DynamoDbSink, DynamoDbSinkConfig};
 use crate::error::{ConnectorError, Result};
-use crate::file::{FileMode, FileSource, FileSourceConfig};
+use crate::file::{FileLookup, FileMode, FileSource, FileSourceConfig};
 use crate::filesystem::{FilesystemSink, FilesystemSinkConfig};
 use crate::format::EventTimeBound;
 use crate::kinesis::{KinesisSink, KinesisSinkConfig, KinesisSource, KinesisSourceConfig};
@@ -23,6 +23,9 @@ use crate::options::Options;
 
 /// Connectors that can be read from.
 pub const SOURCE_CONNECTORS: &[&str] = &["file", "kinesis", "nexmark"];
+/// Connectors that lookup joins can read (`JOIN t FOR SYSTEM_TIME AS OF …`).
+pub const LOOKUP_CONNECTORS: &[&str] = &["dynamodb", "file"];
+
 /// Connectors that can be written to.
 pub const SINK_CONNECTORS: &[&str] = &[
     "delta",
@@ -197,6 +200,51 @@ async fn read_all(mut source: Box<dyn Source>) -> Result<Vec<RecordBatch>> {
             SourcePoll::Finished => return Ok(batches),
             _ => {}
         }
+    }
+}
+
+/// Whether tables of `connector` can only be read by lookup joins (not as streams).
+pub fn is_lookup_only(connector: &str) -> bool {
+    LOOKUP_CONNECTORS.contains(&connector) && !SOURCE_CONNECTORS.contains(&connector)
+}
+
+/// Builds the lookup table `table` with rows of `schema`, read by the columns `key` (names,
+/// in the order the join gives them; the table's `key_columns` may order them otherwise).
+/// Validates every option and does no I/O.
+pub fn build_lookup(
+    table: &str,
+    schema: SchemaRef,
+    connector: &str,
+    mut options: Options,
+    key: &[String],
+) -> Result<Arc<dyn LookupTable>> {
+    match connector {
+        "dynamodb" => {
+            let config = DynamoDbLookupConfig::from_options(options)?;
+            Ok(Arc::new(DynamoDbLookup::new(table, config, schema, key)?))
+        }
+        "file" => {
+            let reload_interval = options.take_duration("lookup.reload_interval")?;
+            let config = FileSourceConfig::from_options(options)?;
+            let key_columns = (key.iter())
+                .map(|k| {
+                    schema.index_of(k).map_err(|_| {
+                        ConnectorError::InvalidOption(format!("`{k}` is not a column of `{table}`"))
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Ok(Arc::new(FileLookup::new(
+                table,
+                config,
+                reload_interval,
+                schema,
+                key_columns,
+            )?))
+        }
+        other => Err(ConnectorError::InvalidOption(format!(
+            "'{other}' tables cannot be read with FOR SYSTEM_TIME AS OF; lookup tables are: {}",
+            LOOKUP_CONNECTORS.join(", ")
+        ))),
     }
 }
 

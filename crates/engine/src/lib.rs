@@ -16,6 +16,7 @@ mod error;
 mod graph;
 mod jsonl_file;
 mod late_rows;
+mod lookup;
 mod message;
 mod metrics;
 mod operator;
@@ -37,11 +38,12 @@ pub use changelog::{
 pub use error::{EngineError, ErrorKind, Result};
 pub use graph::{Dataflow, Node, NodeId, NodeKind};
 pub use late_rows::LateRows;
+pub use lookup::{LookupTable, MemoryLookupTable};
 pub use message::{CheckpointBarrier, EventTime, Message, Watermark};
 pub use metrics::{
     MetricsSnapshot, NodeMetrics, NodeRole, PipelineMetrics, ServiceStatus, SourceLateRows,
 };
-pub use operator::{Operator, Output};
+pub use operator::{Fetch, Operator, Output};
 pub use runner::{RunOptions, RunSummary, run};
 pub use sink::{Sink, SinkSummary};
 pub use source::{Source, SourcePoll, SplitId};

@@ -64,6 +64,9 @@ impl Output {
     }
 }
 
+/// Rows an operator reads from outside the stream for one batch (see [`Operator::fetch`]).
+pub type Fetch = futures::future::BoxFuture<'static, Result<RecordBatch>>;
+
 /// How often [`Operator::on_tick`] is called, at the most.
 pub const TICK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
 
@@ -97,7 +100,8 @@ pub const TICK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(
 ///   input it cannot process. An operator emitting an updating stream puts the change column
 ///   last in its output schema.
 /// - Errors stop the pipeline; the operator is dropped without further calls. Operators do no
-///   I/O and never block, so cancellation is simply being dropped.
+///   I/O and never block, so cancellation is simply being dropped; the one exception is the
+///   reading an operator asks the runner to await for it ([`Operator::fetch`]).
 pub trait Operator: Send + 'static {
     /// The schema of every batch this operator emits.
     fn output_schema(&self) -> SchemaRef;
@@ -118,6 +122,29 @@ pub trait Operator: Send + 'static {
 
     /// Processes one batch that arrived on input `input`.
     fn process_batch(&mut self, input: usize, batch: RecordBatch, out: &mut Output) -> Result<()>;
+
+    /// The reading an operator needs from outside the stream before it can process `batch`
+    /// (a lookup join's keys, looked up in its table), or `None` (the default: the batch goes
+    /// to `process_batch`). The runner awaits the returned future (the operator's inputs wait
+    /// meanwhile, so batches, watermarks and barriers keep their order) and then calls
+    /// `process_fetched` with its rows. The future is dropped if the pipeline stops; its error
+    /// stops the pipeline as an error of the operator would.
+    fn fetch(&mut self, _input: usize, _batch: &RecordBatch) -> Option<Fetch> {
+        None
+    }
+
+    /// Processes `batch` of input `input` with the rows its `fetch` returned.
+    fn process_fetched(
+        &mut self,
+        _input: usize,
+        _batch: RecordBatch,
+        _fetched: RecordBatch,
+        _out: &mut Output,
+    ) -> Result<()> {
+        Err(crate::EngineError::Internal(
+            "rows were fetched for an operator that does not fetch".into(),
+        ))
+    }
 
     /// Reacts to the progress of one input's own watermark: called when input `input`'s
     /// watermark advances, goes idle, or ends ([`Watermark::END`]), before the combined

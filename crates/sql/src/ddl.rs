@@ -4,7 +4,7 @@
 use datafusion::arrow::datatypes::Field;
 use datafusion::sql::sqlparser::ast::{Expr as SqlExpr, Ident};
 use datafusion::sql::sqlparser::keywords::Keyword;
-use datafusion::sql::sqlparser::parser::{Parser, ParserError};
+use datafusion::sql::sqlparser::parser::{IsOptional, Parser, ParserError};
 use datafusion::sql::sqlparser::tokenizer::Token;
 
 use laketide_connectors::MetadataColumn;
@@ -35,6 +35,12 @@ pub struct TableDef {
     pub watermark: Option<WatermarkDef>,
     /// Columns filled from record metadata: `col TYPE METADATA FROM 'key'`.
     pub metadata: Vec<MetadataColumn>,
+    /// The column declared `col AS PROCTIME()`: the wall-clock time a row is read (a
+    /// `TIMESTAMP(3)`, never NULL), for `FOR SYSTEM_TIME AS OF` lookups.
+    pub proctime: Option<String>,
+    /// `PRIMARY KEY (a, b)`: for connectors that key their rows (DynamoDB, Delta), the same as
+    /// their `primary_key` option; informational for the others (not enforced).
+    pub primary_key: Option<Vec<String>>,
     /// `WITH` options, keys lower-cased, in order.
     pub options: Vec<(String, String, Location)>,
     /// Where the statement starts.
@@ -49,18 +55,38 @@ pub const TABLE_OPTIONS: &[&str] = &[
     "late_dead_letter_path",
 ];
 
+/// Connectors whose `primary_key` option a `PRIMARY KEY (…)` clause sets.
+pub const KEYED_CONNECTORS: &[&str] = &["dynamodb", "delta"];
+
 impl TableDef {
     /// The connector's name, lower-cased.
     pub fn connector(&self) -> Option<String> {
         self.option("connector").map(|c| c.to_ascii_lowercase())
     }
 
-    /// The options that belong to the connector (all but [`TABLE_OPTIONS`]).
+    /// The options that belong to the connector (all but [`TABLE_OPTIONS`]), with the
+    /// `PRIMARY KEY` as `primary_key` for connectors that take one.
     pub fn connector_option_pairs(&self) -> impl Iterator<Item = (String, String)> + '_ {
+        let keyed = (self.connector()).is_some_and(|c| KEYED_CONNECTORS.contains(&c.as_str()));
+        let key = (self.primary_key.as_ref())
+            .filter(|_| keyed)
+            .map(|k| ("primary_key".to_string(), k.join(", ")));
         self.options
             .iter()
             .filter(|(k, _, _)| !TABLE_OPTIONS.contains(&k.as_str()))
             .map(|(k, v, _)| (k.clone(), v.clone()))
+            .chain(key)
+    }
+
+    /// The primary key's columns: `PRIMARY KEY (…)` or the `primary_key` option.
+    pub fn primary_key_columns(&self) -> Vec<String> {
+        match &self.primary_key {
+            Some(key) => key.clone(),
+            None => (self.option("primary_key").unwrap_or_default().split(','))
+                .map(|c| c.trim().to_string())
+                .filter(|c| !c.is_empty())
+                .collect(),
+        }
     }
 
     /// The value of option `key`.
@@ -133,11 +159,22 @@ pub fn parse_create_table(parser: &mut Parser, location: Location) -> Result<Tab
     let mut columns = None;
     let mut watermark = None;
     let mut metadata = Vec::new();
+    let mut proctime = None;
+    let mut primary_key: Option<(Vec<String>, Location)> = None;
     if parser.consume_token(&Token::LParen) {
         let mut fields: Vec<Field> = Vec::new();
         loop {
             let at = here(parser);
-            if peek_word(parser, "WATERMARK") {
+            if parser.parse_keywords(&[Keyword::PRIMARY, Keyword::KEY]) {
+                let key = parser
+                    .parse_parenthesized_column_list(IsOptional::Mandatory, false)
+                    .map_err(|e| syntax(parser, e))?;
+                let _ = parser.parse_keywords(&[Keyword::NOT, Keyword::ENFORCED]);
+                if primary_key.is_some() {
+                    return Err(SqlError::plan(at, "a table can have only one PRIMARY KEY"));
+                }
+                primary_key = Some((key.iter().map(normalize_ident).collect(), at));
+            } else if peek_word(parser, "WATERMARK") {
                 parser.next_token();
                 parser
                     .expect_keyword(Keyword::FOR)
@@ -159,6 +196,26 @@ pub fn parse_create_table(parser: &mut Parser, location: Location) -> Result<Tab
             } else {
                 let column =
                     normalize_ident(&parser.parse_identifier().map_err(|e| syntax(parser, e))?);
+                if parser.parse_keyword(Keyword::AS) {
+                    parse_proctime(parser)?;
+                    if proctime.is_some() || fields.iter().any(|f| f.name() == &column) {
+                        return Err(SqlError::plan(
+                            at,
+                            format!(
+                                "column `{column}` is declared twice (a table has one PROCTIME() column at most)"
+                            ),
+                        ));
+                    }
+                    fields.push(Field::new(&column, proctime_type(), false));
+                    proctime = Some(column);
+                    if parser.consume_token(&Token::Comma) {
+                        continue;
+                    }
+                    parser
+                        .expect_token(&Token::RParen)
+                        .map_err(|e| syntax(parser, e))?;
+                    break;
+                }
                 let type_at = here(parser);
                 let sql_type = parser.parse_data_type().map_err(|e| syntax(parser, e))?;
                 let data_type = arrow_type(&sql_type).map_err(|m| SqlError::plan(type_at, m))?;
@@ -224,10 +281,19 @@ pub fn parse_create_table(parser: &mut Parser, location: Location) -> Result<Tab
                 Some(_) => {}
             }
         }
-        columns = Some(fields);
+        if let Some((key, at)) = &primary_key
+            && !fields.is_empty()
+            && let Some(missing) = key.iter().find(|k| !fields.iter().any(|f| f.name() == *k))
+        {
+            return Err(SqlError::plan(
+                *at,
+                format!("PRIMARY KEY names `{missing}`, which is not a column of the table"),
+            ));
+        }
+        columns = (!fields.is_empty()).then_some(fields);
     }
 
-    let mut options = Vec::new();
+    let mut options: Vec<(String, String, Location)> = Vec::new();
     if parser.parse_keyword(Keyword::WITH) {
         parser
             .expect_token(&Token::LParen)
@@ -262,14 +328,50 @@ pub fn parse_create_table(parser: &mut Parser, location: Location) -> Result<Tab
             message: format!("unexpected `{}` after CREATE TABLE", trailing.token),
         });
     }
+    if let Some((_, at)) = &primary_key
+        && options.iter().any(|(k, _, _)| k == "primary_key")
+    {
+        return Err(SqlError::plan(
+            *at,
+            "the primary key is given twice (PRIMARY KEY and the `primary_key` option): keep one",
+        ));
+    }
     Ok(TableDef {
         name,
         columns,
         watermark,
         metadata,
+        proctime,
+        primary_key: primary_key.map(|(key, _)| key),
         options,
         location,
     })
+}
+
+/// The type of a `PROCTIME()` column: `TIMESTAMP(3)`.
+pub fn proctime_type() -> datafusion::arrow::datatypes::DataType {
+    use datafusion::arrow::datatypes::{DataType, TimeUnit};
+    DataType::Timestamp(TimeUnit::Millisecond, None)
+}
+
+/// `PROCTIME()`, after a column name and `AS` (the one computed column laketide has).
+fn parse_proctime(parser: &mut Parser) -> Result<()> {
+    let at = here(parser);
+    let is_proctime = peek_word(parser, "PROCTIME");
+    if !is_proctime {
+        return Err(SqlError::plan(
+            at,
+            "a computed column can only be `name AS PROCTIME()` (the time a row is read)",
+        ));
+    }
+    parser.next_token();
+    parser
+        .expect_token(&Token::LParen)
+        .map_err(|e| syntax(parser, e))?;
+    parser
+        .expect_token(&Token::RParen)
+        .map_err(|e| syntax(parser, e))?;
+    Ok(())
 }
 
 /// An option key: `name`, `a.b.c`, or a quoted string.

@@ -1,7 +1,7 @@
 //! Plans a pipeline script into a dataflow: declares tables and views, plans each
 //! `INSERT INTO … SELECT` with DataFusion, translates it, and attaches sinks.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,10 +16,13 @@ use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::ast::{Query, Statement as SqlStatement};
 
 use datafusion::physical_expr::expressions::Column as PhysicalColumn;
-use laketide_connectors::{Options, build_sink, build_source};
+use laketide_connectors::{
+    LOOKUP_CONNECTORS, Options, build_lookup, build_sink, build_source, is_lookup_only,
+};
 use laketide_engine::operators::{DEFAULT_UPDATE_INTERVAL, ProjectionOperator, UnionOperator};
 use laketide_engine::{
-    CHANGE_COLUMN, Dataflow, NodeId, Sink, StreamMode, WatermarkStrategy, schema_with_change,
+    CHANGE_COLUMN, Dataflow, LookupTable, NodeId, Sink, StreamMode, WatermarkStrategy,
+    schema_with_change,
 };
 
 use crate::ddl::TableDef;
@@ -29,15 +32,19 @@ use crate::script::{Script, Statement};
 use crate::session::planning_context;
 pub use crate::settings::{PipelineSettings, PlanOptions};
 use crate::stream_table::StreamTable;
+use crate::system_time::LookupUse;
 use crate::translate::{Relations, Translator};
 use crate::window_functions::KnownRelations;
 
 pub use crate::event_time::DEFAULT_IDLE_TIMEOUT;
 
-/// A declared source table, validated.
+/// A declared table that queries read, validated: a source, or a table only lookup joins read.
 struct SourceTable {
     def: TableDef,
+    /// The rows the connector reads (the declared columns but a `PROCTIME()` one).
     schema: SchemaRef,
+    /// Whether only lookup joins can read it (its connector is not a source).
+    lookup_only: bool,
     watermark: Option<Arc<dyn PhysicalExpr>>,
     event_time: EventTimeOptions,
 }
@@ -138,6 +145,15 @@ impl Planner {
                     ));
                 }
             }
+            if let Some(p) = &def.proctime {
+                return Err(SqlError::plan(
+                    def.location,
+                    format!(
+                        "table `{}`: column `{p}` is PROCTIME(), which only tables read from can have",
+                        def.name
+                    ),
+                ));
+            }
             if let Some(m) = def.metadata.first() {
                 return Err(SqlError::plan(
                     def.location,
@@ -167,14 +183,18 @@ impl Planner {
                 ),
             ));
         };
-        let schema = Arc::new(Schema::new(columns.clone()));
+        let declared = Arc::new(Schema::new(columns.clone()));
+        let schema = stored_schema(def, &declared);
+        if is_lookup_only(&connector) {
+            return self.declare_lookup_table(def, &connector, options, declared);
+        }
         let event_time = event_time_options(def)?;
         build_source(
             &def.name,
             schema.clone(),
             &def.metadata,
             &connector,
-            options,
+            without_lookup_options(options),
             event_time.bound.clone(),
         )
         .map_err(|e| connector_error(def, e))?;
@@ -203,16 +223,100 @@ impl Planner {
                 Some(physical)
             }
         };
-        self.register_schema(&def.name, schema.clone(), def.location)?;
+        self.register_schema(&def.name, declared, def.location)?;
         self.sources.insert(
             def.name.clone(),
             SourceTable {
                 def: def.clone(),
                 schema,
+                lookup_only: false,
                 watermark,
                 event_time,
             },
         );
+        Ok(())
+    }
+
+    /// Declares a table only lookup joins read (`JOIN t FOR SYSTEM_TIME AS OF …`).
+    fn declare_lookup_table(
+        &mut self,
+        def: &TableDef,
+        connector: &str,
+        options: Options,
+        schema: SchemaRef,
+    ) -> Result<()> {
+        if let Some(w) = &def.watermark {
+            return Err(SqlError::plan(
+                w.location,
+                format!(
+                    "table `{}` is a lookup table ({connector}): it has no event time, so no WATERMARK",
+                    def.name
+                ),
+            ));
+        }
+        if def.proctime.is_some() || !def.metadata.is_empty() {
+            return Err(SqlError::plan(
+                def.location,
+                format!(
+                    "table `{}` is a lookup table ({connector}): it has no PROCTIME() or METADATA columns",
+                    def.name
+                ),
+            ));
+        }
+        let key = def.primary_key_columns();
+        build_lookup(&def.name, schema.clone(), connector, options, &key)
+            .map_err(|e| connector_error(def, e))?;
+        self.register_schema(&def.name, schema.clone(), def.location)?;
+        let event_time = event_time_options(def)?;
+        self.sources.insert(
+            def.name.clone(),
+            SourceTable {
+                def: def.clone(),
+                schema,
+                lookup_only: true,
+                watermark: None,
+                event_time,
+            },
+        );
+        Ok(())
+    }
+
+    /// Checks a `FOR SYSTEM_TIME AS OF` of the script: a declared table that lookups can read,
+    /// at processing time.
+    pub fn check_lookup_use(&self, lookup: &LookupUse) -> Result<()> {
+        let Some(table) = self.sources.get(&lookup.table) else {
+            return Err(SqlError::plan(
+                lookup.location,
+                format!(
+                    "`{}` is not a declared table that queries read: declare it with CREATE TABLE {} (col TYPE, …, PRIMARY KEY (…)) WITH (connector = 'dynamodb' | 'file', …)",
+                    lookup.table, lookup.table
+                ),
+            ));
+        };
+        let connector = table.def.connector().unwrap_or_default();
+        if !LOOKUP_CONNECTORS.contains(&connector.as_str()) {
+            return Err(SqlError::plan(
+                lookup.location,
+                format!(
+                    "table `{}` ({connector}) cannot be read with FOR SYSTEM_TIME AS OF; lookup tables are: {}",
+                    lookup.table,
+                    LOOKUP_CONNECTORS.join(", ")
+                ),
+            ));
+        }
+        if let Some(column) = &lookup.time_column
+            && !self
+                .sources
+                .values()
+                .any(|t| t.def.proctime.as_ref() == Some(column))
+        {
+            return Err(SqlError::plan(
+                lookup.location,
+                format!(
+                    "FOR SYSTEM_TIME AS OF `{column}`: lookups read the table as it is when a row arrives (processing time), and `{column}` is not a `{column} AS PROCTIME()` column of a table; declare one, or write FOR SYSTEM_TIME AS OF PROCTIME() (event-time temporal joins are not supported)"
+                ),
+            ));
+        }
         Ok(())
     }
 
@@ -281,6 +385,7 @@ impl Planner {
             state: BuilderState {
                 planner: self,
                 source_nodes: HashMap::new(),
+                lookups: HashSet::new(),
                 bounded: true,
             },
             dataflow: Dataflow::new(),
@@ -294,7 +399,61 @@ impl Planner {
 struct BuilderState<'p> {
     planner: &'p Planner,
     source_nodes: HashMap<String, NodeId>,
+    /// The tables the script reads with `FOR SYSTEM_TIME AS OF`.
+    lookups: HashSet<String>,
     bounded: bool,
+}
+
+fn lookup_only_error(name: &str, location: Location) -> SqlError {
+    SqlError::plan(
+        location,
+        format!(
+            "`{name}` is a lookup table: join a stream with it, `JOIN {name} FOR SYSTEM_TIME AS OF s.proc_time AS x ON s.key = x.key` (it must be the right side of the JOIN), instead of reading it as a stream"
+        ),
+    )
+}
+
+impl BuilderState<'_> {
+    /// The source node followed, when the table has a `PROCTIME()` column, by a projection
+    /// that puts the time each batch is read in it (the declared columns, in order).
+    fn with_proctime(
+        &self,
+        dataflow: &mut Dataflow,
+        table: &SourceTable,
+        source: NodeId,
+    ) -> Result<NodeId> {
+        let Some(proctime) = &table.def.proctime else {
+            return Ok(source);
+        };
+        let location = table.def.location;
+        let declared = Arc::new(Schema::new(table.def.columns.clone().unwrap_or_default()));
+        let df_schema = DFSchema::try_from(table.schema.as_ref().clone())
+            .map_err(|e| from_datafusion(e, location))?;
+        let ctx = &self.planner.ctx;
+        let exprs = (declared.fields().iter())
+            .map(|f| {
+                let expr = match f.name() == proctime {
+                    true => Expr::ScalarFunction(
+                        datafusion::logical_expr::expr::ScalarFunction::new_udf(
+                            Arc::new(crate::proctime::ProcTime::udf()),
+                            vec![],
+                        ),
+                    ),
+                    false => Expr::Column(Column::from_name(f.name())),
+                };
+                ctx.create_physical_expr(expr, &df_schema)
+                    .map_err(|e| from_datafusion(e, location))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        dataflow
+            .add_operator(
+                "proctime",
+                format!("{proctime} = PROCTIME()"),
+                Box::new(ProjectionOperator::new(exprs, declared)),
+                vec![source],
+            )
+            .map_err(|e| SqlError::plan(location, e.to_string()))
+    }
 }
 
 impl Relations for BuilderState<'_> {
@@ -315,13 +474,16 @@ impl Relations for BuilderState<'_> {
                 ),
             )
         })?;
+        if table.lookup_only {
+            return Err(lookup_only_error(name, location));
+        }
         let (connector, options) = Planner::connector_options(&table.def)?;
         let built = build_source(
             name,
             table.schema.clone(),
             &table.def.metadata,
             &connector,
-            options,
+            without_lookup_options(options),
             table.event_time.bound.clone(),
         )
         .map_err(|e| connector_error(&table.def, e))?;
@@ -344,12 +506,37 @@ impl Relations for BuilderState<'_> {
                 .keep_late_rows(id, path.into())
                 .map_err(|e| SqlError::plan(table.def.location, e.to_string()))?;
         }
+        let id = self.with_proctime(dataflow, table, id)?;
         self.source_nodes.insert(name.to_string(), id);
         Ok(id)
     }
 
     fn view_plan(&self, name: &str) -> Option<LogicalPlan> {
         self.planner.views.get(name).cloned()
+    }
+
+    fn is_lookup(&self, name: &str) -> bool {
+        self.lookups.contains(name)
+            || self
+                .planner
+                .sources
+                .get(name)
+                .is_some_and(|t| t.lookup_only)
+    }
+
+    fn lookup_table(
+        &mut self,
+        name: &str,
+        key: &[String],
+        location: Location,
+    ) -> Result<Arc<dyn LookupTable>> {
+        let table = self.planner.sources.get(name).ok_or_else(|| {
+            SqlError::plan(location, format!("`{name}` is not a declared lookup table"))
+        })?;
+        let (connector, options) = Planner::connector_options(&table.def)?;
+        let schema = Arc::new(Schema::new(table.def.columns.clone().unwrap_or_default()));
+        build_lookup(name, schema, &connector, options, key)
+            .map_err(|e| SqlError::plan(location, format!("lookup table `{name}`: {e}")))
     }
 
     fn has_event_time(&self, name: &str) -> bool {
@@ -399,6 +586,14 @@ impl<'p> PipelineBuilder<'p> {
     /// Sets how long keys of updating queries are kept without a change (default: always).
     pub fn with_state_ttl(mut self, ttl: Option<Duration>) -> Self {
         self.state_ttl = ttl;
+        self
+    }
+
+    /// Names the tables the queries read with `FOR SYSTEM_TIME AS OF` (lookup tables).
+    pub fn with_lookups<'a>(mut self, tables: impl IntoIterator<Item = &'a LookupUse>) -> Self {
+        self.state
+            .lookups
+            .extend(tables.into_iter().map(|l| l.table.clone()));
         self
     }
 
@@ -591,6 +786,24 @@ impl<'p> PipelineBuilder<'p> {
 }
 
 /// Why sink `sink` (of `connector`) refuses a query's result, with the ways out.
+/// The rows a source's connector reads: the declared columns without a `PROCTIME()` one.
+fn stored_schema(def: &TableDef, declared: &SchemaRef) -> SchemaRef {
+    match &def.proctime {
+        None => declared.clone(),
+        Some(p) => Arc::new(Schema::new(
+            (declared.fields().iter())
+                .filter(|f| f.name() != p)
+                .cloned()
+                .collect::<Vec<_>>(),
+        )),
+    }
+}
+
+/// The options of a table read as a stream: the `lookup.*` options are for lookups only.
+fn without_lookup_options(options: Options) -> Options {
+    options.without_prefix("lookup.")
+}
+
 fn updating_refused(sink: &str, connector: &str, why: &str) -> String {
     format!(
         "the query into `{sink}` produces an updating result (a row per key that changes as input arrives, as from a GROUP BY without a window), and the {connector} sink cannot take it: {why}. Ways out: aggregate over a window (TUMBLE, HOP or SESSION) so that every result is final, or write to a sink that applies changes (delta or dynamodb with `primary_key` equal to the query's GROUP BY columns) or writes them as a changelog (filesystem, kinesis, webhook, console)"
@@ -651,10 +864,14 @@ pub async fn plan_script_with(script: &Script, options: &PlanOptions) -> Result<
         .update_interval
         .or(settings.update_interval)
         .unwrap_or(DEFAULT_UPDATE_INTERVAL);
+    for lookup in &script.lookups {
+        planner.check_lookup_use(lookup)?;
+    }
     let mut builder = planner
         .builder()
         .with_update_interval(update_interval)
-        .with_state_ttl(settings.state_ttl);
+        .with_state_ttl(settings.state_ttl)
+        .with_lookups(&script.lookups);
     let mut by_sink: BTreeMap<String, Vec<QueryOutput>> = BTreeMap::new();
     for (sink, plan, location) in &queries {
         let output = builder.add_query(plan, *location)?;

@@ -8,6 +8,7 @@ use datafusion::sql::sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer};
 
 use crate::ddl::{TableDef, normalize_ident, parse_create_table};
 use crate::error::{Location, Result, SqlError};
+use crate::system_time::{LookupUse, take_system_time};
 
 /// One statement of a pipeline script.
 #[derive(Debug, Clone)]
@@ -60,6 +61,8 @@ impl Statement {
 pub struct Script {
     /// Statements in file order.
     pub statements: Vec<Statement>,
+    /// The tables read with `FOR SYSTEM_TIME AS OF` (lookup tables), in file order.
+    pub lookups: Vec<LookupUse>,
 }
 
 impl Script {
@@ -92,6 +95,7 @@ pub fn parse_script(sql: &str) -> Result<Script> {
             message: e.message.clone(),
         })?;
     let mut statements = Vec::new();
+    let mut lookups = Vec::new();
     let mut current: Vec<TokenWithSpan> = Vec::new();
     for token in tokens
         .into_iter()
@@ -99,6 +103,7 @@ pub fn parse_script(sql: &str) -> Result<Script> {
     {
         if token.token == Token::SemiColon || token.token == Token::EOF {
             if current.iter().any(|t| !is_trivia(&t.token)) {
+                lookups.extend(take_system_time(&mut current)?);
                 statements.push(parse_statement(&dialect, std::mem::take(&mut current))?);
             }
             current.clear();
@@ -106,7 +111,31 @@ pub fn parse_script(sql: &str) -> Result<Script> {
             current.push(token);
         }
     }
-    Ok(Script { statements })
+    Ok(Script {
+        statements,
+        lookups,
+    })
+}
+
+/// Parses one query (a `SELECT`), with the tables it reads by `FOR SYSTEM_TIME AS OF`.
+pub fn parse_query(sql: &str) -> Result<(Box<Query>, Vec<LookupUse>)> {
+    let dialect = GenericDialect {};
+    let mut tokens = Tokenizer::new(&dialect, sql)
+        .tokenize_with_location()
+        .map_err(|e| SqlError::Syntax {
+            location: Location {
+                line: e.location.line,
+                column: e.location.column,
+            },
+            message: e.message.clone(),
+        })?;
+    let lookups = take_system_time(&mut tokens)?;
+    let mut parser = Parser::new(&dialect).with_tokens_with_locations(tokens);
+    let query = parser.parse_query().map_err(|e| SqlError::Syntax {
+        location: parser.peek_token().span.start.into(),
+        message: e.to_string(),
+    })?;
+    Ok((query, lookups))
 }
 
 fn parse_statement(dialect: &GenericDialect, tokens: Vec<TokenWithSpan>) -> Result<Statement> {
@@ -283,6 +312,77 @@ GROUP BY window_start, window_end, action;
         };
         assert_eq!(sink, "revenue");
         assert_eq!(location.line, 11);
+    }
+
+    #[test]
+    fn parses_proctime_columns_and_primary_keys() {
+        let script = parse_script(
+            "CREATE TABLE c (user_id TEXT, seen AS PROCTIME(), segment TEXT, PRIMARY KEY (user_id) NOT ENFORCED)
+               WITH (connector = 'dynamodb', table = 'c')",
+        )
+        .unwrap();
+        let Statement::CreateTable(c) = &script.statements[0] else {
+            panic!()
+        };
+        assert_eq!(c.proctime.as_deref(), Some("seen"));
+        assert_eq!(c.primary_key_columns(), vec!["user_id"]);
+        let columns = c.columns.as_ref().unwrap();
+        assert_eq!(columns[1].data_type(), &crate::ddl::proctime_type());
+        assert!(!columns[1].is_nullable());
+        let pairs: Vec<(String, String)> = c.connector_option_pairs().collect();
+        assert!(
+            pairs.contains(&("primary_key".into(), "user_id".into())),
+            "{pairs:?}"
+        );
+        // A sink without columns may name its key; connectors without keys do not get it.
+        let script = parse_script(
+            "CREATE TABLE s (PRIMARY KEY (a, b)) WITH (connector = 'delta', path = 'x');
+             CREATE TABLE f (a TEXT, PRIMARY KEY (a)) WITH (connector = 'file', path = 'y')",
+        )
+        .unwrap();
+        let (Statement::CreateTable(s), Statement::CreateTable(f)) =
+            (&script.statements[0], &script.statements[1])
+        else {
+            panic!()
+        };
+        assert!(s.columns.is_none());
+        assert!(
+            s.connector_option_pairs()
+                .any(|(k, v)| k == "primary_key" && v == "a, b")
+        );
+        assert!(!f.connector_option_pairs().any(|(k, _)| k == "primary_key"));
+        for (sql, message) in [
+            (
+                "CREATE TABLE t (a TEXT, b AS NOW()) WITH (connector = 'file')",
+                "PROCTIME()",
+            ),
+            (
+                "CREATE TABLE t (a TEXT, PRIMARY KEY (z)) WITH (connector = 'file')",
+                "`z`",
+            ),
+            (
+                "CREATE TABLE t (a TEXT, PRIMARY KEY (a)) WITH (connector = 'dynamodb', primary_key = 'a')",
+                "given twice",
+            ),
+        ] {
+            let err = parse_script(sql).unwrap_err();
+            assert!(err.to_string().contains(message), "{sql}: {err}");
+        }
+    }
+
+    #[test]
+    fn takes_for_system_time_out_of_queries() {
+        let script = parse_script(
+            "INSERT INTO out SELECT k.a, c.b FROM k JOIN c FOR SYSTEM_TIME AS OF k.pt AS c ON k.a = c.a",
+        )
+        .unwrap();
+        assert_eq!(script.lookups.len(), 1);
+        assert_eq!(script.lookups[0].table, "c");
+        let (query, lookups) =
+            parse_query("SELECT * FROM k JOIN c FOR SYSTEM_TIME AS OF PROCTIME() ON k.a = c.a")
+                .unwrap();
+        assert_eq!(lookups[0].time_column, None);
+        assert_eq!(query.to_string(), "SELECT * FROM k JOIN c ON k.a = c.a");
     }
 
     #[test]

@@ -29,6 +29,7 @@ pub fn planning_context(relations: &KnownRelations) -> SessionContext {
         .with_optimizer_rules(rules)
         .build();
     let ctx = SessionContext::new_with_state(state);
+    ctx.register_udf(crate::proctime::ProcTime::udf());
     // DataFusion looks table functions up by their name as written: register the usual cases.
     for (name, function) in WindowFunction::all(relations) {
         let capitalized = format!("{}{}", name[..1].to_ascii_uppercase(), &name[1..]);

@@ -36,3 +36,16 @@ pub async fn scan_by(client: &Client, table: &str) -> Vec<HashMap<String, Attrib
         }
     }
 }
+
+/// Runs the `laketide` binary in `dir` against the DynamoDB server at `endpoint`.
+pub fn laketide(dir: &std::path::Path, args: &[&str], endpoint: &str) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_laketide"))
+        .args(args)
+        .current_dir(dir)
+        .env("AWS_ENDPOINT_URL_DYNAMODB", endpoint)
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "testtest")
+        .output()
+        .unwrap()
+}

@@ -98,16 +98,35 @@ fn columns(text: &str) -> Vec<String> {
         .collect()
 }
 
+/// The `primary_key` option: the partition key column and optionally the sort key column.
+pub(super) fn key_columns(text: &str) -> Result<Vec<String>> {
+    let key = columns(text);
+    if key.is_empty() || key.len() > 2 {
+        return Err(ConnectorError::InvalidOption(
+            "option `primary_key` names the partition key column and optionally the sort key column, e.g. 'page, window_start'".into(),
+        ));
+    }
+    Ok(key)
+}
+
+/// The `timestamp_format` option.
+pub(super) fn time_encoding(options: &mut Options) -> Result<TimeEncoding> {
+    let choice = options.take_choice(
+        "timestamp_format",
+        &["iso8601", "epoch_millis", "epoch_seconds"],
+    )?;
+    Ok(match choice.as_deref() {
+        Some("epoch_millis") => TimeEncoding::EpochMillis,
+        Some("epoch_seconds") => TimeEncoding::EpochSeconds,
+        _ => TimeEncoding::Iso8601,
+    })
+}
+
 impl DynamoDbSinkConfig {
     /// Reads and validates the options; unknown keys are errors.
     pub fn from_options(mut options: Options) -> Result<Self> {
         let table = options.take_required("table", "dynamodb")?;
-        let primary_key = columns(&options.take_required("primary_key", "dynamodb")?);
-        if primary_key.is_empty() || primary_key.len() > 2 {
-            return Err(ConnectorError::InvalidOption(
-                "option `primary_key` names the partition key column and optionally the sort key column, e.g. 'page, window_start'".into(),
-            ));
-        }
+        let primary_key = key_columns(&options.take_required("primary_key", "dynamodb")?)?;
         let create_if_missing = options.take_bool("create_if_missing")?.unwrap_or(false);
         let update_columns = options.take("update_columns").map(|c| columns(&c));
         let mode = match options
@@ -134,17 +153,7 @@ impl DynamoDbSinkConfig {
             )));
         }
         let version_column = options.take("version_column");
-        let time_encoding = match options
-            .take_choice(
-                "timestamp_format",
-                &["iso8601", "epoch_millis", "epoch_seconds"],
-            )?
-            .as_deref()
-        {
-            Some("epoch_millis") => TimeEncoding::EpochMillis,
-            Some("epoch_seconds") => TimeEncoding::EpochSeconds,
-            _ => TimeEncoding::Iso8601,
-        };
+        let time_encoding = time_encoding(&mut options)?;
         let ttl_column = options.take("ttl_column");
         let ttl_after = options.take_duration("ttl")?;
         let ttl_attribute = options.take("ttl_attribute");

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use super::idle_sweep::processing_time_ms;
 use super::window_aggregate::generic_batch;
+use crate::changelog::{ChangeKind, StreamMode, change_array, schema_with_change};
 use crate::error::{EngineError, Result};
 use crate::message::{EventTime, Watermark};
 use crate::operator::{Operator, Output};
@@ -204,6 +205,11 @@ struct Pair {
 /// (plus the watermark delay) per side.
 pub struct IntervalJoin {
     spec: IntervalJoinSpec,
+    /// An outer regular join's result updates: a row padded with NULLs goes out when it
+    /// arrives unmatched and is retracted (`-D`) when its first match comes.
+    updating: bool,
+    /// `spec.output`, with the change column when the result updates.
+    output: SchemaRef,
     keys: RowConverter,
     sides: [Side; 2],
     forwarded: Option<EventTime>,
@@ -248,17 +254,19 @@ impl IntervalJoin {
             ));
         }
         let keys = RowConverter::new(left.into_iter().map(SortField::new).collect())?;
-        if spec.time_columns.is_none() && spec.kind != JoinKind::Inner {
-            return Err(EngineError::Internal(
-                "a join without a time bound is an inner join (outer ones update)".into(),
-            ));
-        }
+        let updating = spec.time_columns.is_none() && spec.kind != JoinKind::Inner;
+        let output = match updating {
+            true => schema_with_change(&spec.output),
+            false => spec.output.clone(),
+        };
         let sides = [
             Side::new(&spec.inputs[0], spec.time_columns.map(|t| t[0]))?,
             Side::new(&spec.inputs[1], spec.time_columns.map(|t| t[1]))?,
         ];
         Ok(IntervalJoin {
             spec,
+            updating,
+            output,
             keys,
             sides,
             forwarded: None,
@@ -448,12 +456,62 @@ impl IntervalJoin {
         for (p, ok) in pairs.iter().zip(&passed) {
             arriving[p.arriving as usize] |= *ok;
         }
+        if self.updating && self.spec.kind.keeps_unmatched(1 - side) {
+            self.retract_first_matches(side, pairs, &passed, probe_keys, out)?;
+        }
         let mask = BooleanArray::from(passed.clone());
-        out.batch(filter_record_batch(&joined, &mask)?);
+        self.emit(
+            filter_record_batch(&joined, &mask)?,
+            ChangeKind::Insert,
+            out,
+        )?;
         Ok(Matched {
             pairs: passed,
             arriving,
         })
+    }
+
+    /// Retracts the padded rows that kept rows of the other side were emitted with, for those
+    /// that match for the first time (an updating outer join), before their matches go out.
+    fn retract_first_matches(
+        &self,
+        side: usize,
+        pairs: &[Pair],
+        passed: &[bool],
+        probe_keys: &[&[u8]],
+        out: &mut Output,
+    ) -> Result<()> {
+        let other = 1 - side;
+        // A kept row by its key and place (several arriving rows may match it).
+        let mut first: Vec<(&[u8], usize)> = (pairs.iter().zip(passed))
+            .filter(|(p, ok)| **ok && !self.sides[other].by_key[probe_keys[p.key]][p.at].matched)
+            .map(|(p, _)| (probe_keys[p.key], p.at))
+            .collect();
+        first.sort_unstable();
+        first.dedup();
+        if first.is_empty() {
+            return Ok(());
+        }
+        let kept = &self.sides[other];
+        let rows = first
+            .iter()
+            .map(|(key, at)| &kept.by_key[*key][*at].row[..]);
+        let columns = kept.columns(rows)?;
+        self.emit(self.padded(other, columns)?, ChangeKind::Delete, out)
+    }
+
+    /// Sends `batch` (of the logical output schema) downstream, with the change column
+    /// (every row `kind`) when the result updates.
+    fn emit(&self, batch: RecordBatch, kind: ChangeKind, out: &mut Output) -> Result<()> {
+        if !self.updating {
+            out.batch(batch);
+            return Ok(());
+        }
+        let n = batch.num_rows();
+        let mut columns = batch.columns().to_vec();
+        columns.push(Arc::new(change_array(std::iter::repeat_n(kind, n))));
+        out.batch(RecordBatch::try_new(self.output.clone(), columns)?);
+        Ok(())
     }
 
     /// Whether each joined row passes the join's other conditions.
@@ -493,7 +551,10 @@ impl IntervalJoin {
             if can_match {
                 let row = Box::from(rows.row(i).data());
                 self.sides[side].keep(keys.row(i).data(), t, row, matched[i]);
-            } else if !matched[i] {
+            }
+            // An updating join pads an unmatched row at once (and retracts it on its first
+            // match); an append-only one when it can no longer match.
+            if !matched[i] && (self.updating || !can_match) {
                 unmatched.push(i as u32);
             }
         }
@@ -502,7 +563,7 @@ impl IntervalJoin {
             let columns: Vec<ArrayRef> = (batch.columns().iter())
                 .map(|c| take(c.as_ref(), &indices, None))
                 .collect::<std::result::Result<_, _>>()?;
-            out.batch(self.padded(side, columns)?);
+            self.emit(self.padded(side, columns)?, ChangeKind::Insert, out)?;
         }
         Ok(())
     }
@@ -562,7 +623,19 @@ const SIDE_TABLES: [&str; 2] = ["left", "right"];
 
 impl Operator for IntervalJoin {
     fn output_schema(&self) -> SchemaRef {
-        self.spec.output.clone()
+        self.output.clone()
+    }
+
+    /// Append-only inputs; the result is append-only, or updating (with no key known) for
+    /// an outer join without a time bound.
+    fn output_mode(&self, inputs: &[StreamMode]) -> std::result::Result<StreamMode, String> {
+        if inputs.iter().any(StreamMode::is_updating) {
+            return Err("joins of updating results are not supported yet".into());
+        }
+        Ok(match self.updating {
+            true => StreamMode::Updating { key: Vec::new() },
+            false => StreamMode::AppendOnly,
+        })
     }
 
     fn open_state(&self) -> u64 {
@@ -600,7 +673,7 @@ impl Operator for IntervalJoin {
         let unmatched = self.sides[side].expire(until);
         if self.spec.kind.keeps_unmatched(side) && !unmatched.is_empty() {
             let columns = self.sides[side].columns(unmatched.iter().map(|r| &r[..]))?;
-            out.batch(self.padded(side, columns)?);
+            self.emit(self.padded(side, columns)?, ChangeKind::Insert, out)?;
         }
         Ok(())
     }

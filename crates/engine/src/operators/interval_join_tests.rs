@@ -391,3 +391,91 @@ fn a_regular_join_keeps_rows_of_any_age_until_the_state_ttl() {
         "the right row is in the checkpoint"
     );
 }
+
+/// A regular (no time bound) join of `kind`, with the odd-ids filter if asked.
+fn regular_join_of(kind: JoinKind, odd_ids: bool) -> IntervalJoin {
+    let bounded = join(kind, 0, 0, odd_ids);
+    IntervalJoin::new(IntervalJoinSpec {
+        time_columns: None,
+        lower: i64::MIN,
+        upper: i64::MAX,
+        ..bounded.spec.clone()
+    })
+    .unwrap()
+}
+
+/// Applies the changelog in `out` to `current`: `+I` adds a pair, `-D` takes out an equal
+/// one, which must be there.
+fn apply_changes(out: &mut Output, current: &mut Vec<Pair>) {
+    for m in out.drain() {
+        let Message::Batch(b) = m else { continue };
+        assert_eq!(b.num_columns(), 7, "the change column is last");
+        let l = b.column(1).as_primitive::<Int64Type>();
+        let r = b.column(4).as_primitive::<Int64Type>();
+        let kinds = b
+            .column(6)
+            .as_primitive::<datafusion::arrow::datatypes::Int8Type>();
+        for i in 0..b.num_rows() {
+            let get = |a: &Int64Array| a.is_valid(i).then(|| a.value(i));
+            let pair = (get(l), get(r));
+            match crate::changelog::ChangeKind::from_code(kinds.value(i)) {
+                Some(crate::changelog::ChangeKind::Insert) => current.push(pair),
+                Some(crate::changelog::ChangeKind::Delete) => {
+                    let at = current.iter().position(|p| *p == pair);
+                    let at = at.unwrap_or_else(|| panic!("-D {pair:?} of a row not emitted"));
+                    current.swap_remove(at);
+                }
+                other => panic!("unexpected change {other:?}"),
+            }
+        }
+    }
+}
+
+#[test]
+fn an_outer_join_without_a_time_bound_updates_to_the_nested_loop_join() {
+    for kind in [JoinKind::Left, JoinKind::Right, JoinKind::Full] {
+        for odd_ids in [false, true] {
+            for (seed, restore_at) in [(11, None), (12, Some(9)), (13, Some(40))] {
+                let mut rng = XorShift::new(seed);
+                let left = random_side(&mut rng, 300, 0);
+                let right = random_side(&mut rng, 250, 10_000);
+                let expected = nested_loop(&left, &right, kind, (i64::MIN, i64::MAX), odd_ids);
+                let mut op = regular_join_of(kind, odd_ids);
+                assert!(
+                    op.output_mode(&[StreamMode::AppendOnly, StreamMode::AppendOnly])
+                        .unwrap()
+                        .is_updating()
+                );
+                let (mut out, mut current) = (Output::default(), Vec::new());
+                let (mut at, sides) = ([0usize; 2], [&left, &right]);
+                let mut step = 0;
+                while at[0] < left.len() || at[1] < right.len() {
+                    let side = match (at[0] == left.len(), at[1] == right.len()) {
+                        (true, _) => 1,
+                        (_, true) => 0,
+                        _ => rng.below(2) as usize,
+                    };
+                    let n = 1 + rng.below(12) as usize;
+                    let rows = &sides[side][at[side]..(at[side] + n).min(sides[side].len())];
+                    at[side] += rows.len();
+                    op.process_batch(side, batch(["l", "r"][side], rows), &mut out)
+                        .unwrap();
+                    apply_changes(&mut out, &mut current);
+                    step += 1;
+                    if restore_at == Some(step) {
+                        let state = op.snapshot().unwrap();
+                        op = regular_join_of(kind, odd_ids);
+                        op.restore(state).unwrap();
+                    }
+                }
+                op.finish(&mut out).unwrap();
+                apply_changes(&mut out, &mut current);
+                current.sort();
+                assert_eq!(
+                    current, expected,
+                    "{kind:?}, filter {odd_ids}, seed {seed}, restored at {restore_at:?}"
+                );
+            }
+        }
+    }
+}

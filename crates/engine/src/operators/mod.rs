@@ -7,6 +7,9 @@ mod idle_sweep;
 mod interval_join;
 mod keep_first;
 mod key_expiry;
+mod lookup_join;
+#[cfg(test)]
+mod lookup_join_tests;
 mod projection;
 mod rank;
 mod rank_rows;
@@ -31,6 +34,7 @@ mod window_assign;
 pub use filter::FilterOperator;
 pub use interval_join::{IntervalJoin, IntervalJoinSpec, JoinKind};
 pub use keep_first::KeepFirstOperator;
+pub use lookup_join::{LookupJoin, LookupJoinSpec};
 pub use projection::ProjectionOperator;
 pub use rank::{RankOperator, RankSpec};
 pub use retractable::{RetractableFunction, RetractableSpec};

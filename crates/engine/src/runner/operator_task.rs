@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use datafusion::arrow::record_batch::RecordBatch;
 use tokio::sync::mpsc::{Receiver, Sender};
 
 use super::inputs::InputSet;
@@ -201,9 +202,7 @@ impl OperatorTask {
             None => {}
             Some(Message::Batch(batch)) => {
                 NodeMetrics::add(&self.emitter.metrics.rows_in, batch.num_rows() as u64);
-                self.op
-                    .process_batch(i, batch, &mut self.out)
-                    .map_err(|e| in_node(&self.name, e))?;
+                self.batch(i, batch).await?;
             }
             Some(Message::Watermark(w)) => self.watermark(i, w)?,
             Some(Message::Barrier(barrier)) => {
@@ -215,6 +214,18 @@ impl OperatorTask {
             Some(Message::EndOfStream) => return self.end_of(i).await,
         }
         self.flush().await
+    }
+
+    /// A batch of input `i`, with what the operator fetches for it first, if anything.
+    async fn batch(&mut self, i: usize, batch: RecordBatch) -> Result<()> {
+        let processed = match self.op.fetch(i, &batch) {
+            None => self.op.process_batch(i, batch, &mut self.out),
+            Some(fetch) => {
+                let fetched = fetch.await.map_err(|e| in_node(&self.name, e))?;
+                self.op.process_fetched(i, batch, fetched, &mut self.out)
+            }
+        };
+        processed.map_err(|e| in_node(&self.name, e))
     }
 
     /// Input `i`'s watermark: the operator sees it, then the combined one if that advanced.

@@ -1,7 +1,8 @@
-//! JOIN of two streams. Built so far: the interval join (equal keys plus lower and upper
-//! bounds between the two sides' event times) and the window join (equal keys and equal
-//! `window_end` of two windowed streams: an interval join on `window_end` with both bounds
-//! 0), INNER, LEFT, RIGHT and FULL OUTER.
+//! JOIN of two streams: the interval join (equal keys plus lower and upper bounds between the
+//! two sides' event times), the window join (equal keys and equal `window_end` of two
+//! windowed streams: an interval join on `window_end` with both bounds 0), and the regular
+//! join (equal keys only; an outer one gives an updating result), INNER, LEFT, RIGHT and
+//! FULL OUTER. Lookup joins are in `lookup_join.rs`.
 
 use datafusion::common::{Column, NullEquality, ScalarValue};
 use datafusion::logical_expr::utils::{conjunction, split_conjunction};
@@ -147,6 +148,17 @@ const TIME_BOUND_HINT: &str = "join two streams on equal keys and a time bound b
 impl Translator<'_> {
     /// A JOIN of two streams (see the module documentation).
     pub(crate) fn join(&mut self, join: &Join) -> Result<Stream> {
+        if let Some(lookup) = self.lookup_side(&join.right) {
+            return self.lookup_join(join, lookup);
+        }
+        if let Some(name) = self
+            .lookup_side(&join.left)
+            .map(|l| l.scan.table_name.to_string())
+        {
+            return Err(self.err(format!(
+                "the lookup table `{name}` must be the right side of the JOIN: write `stream JOIN {name} FOR SYSTEM_TIME AS OF …`"
+            )));
+        }
         let kind = match join.join_type {
             JoinType::Inner => JoinKind::Inner,
             JoinType::Left => JoinKind::Left,
@@ -197,12 +209,8 @@ impl Translator<'_> {
         if let Some(on) = Self::time_bounds(join, &left, &right).filter(|_| event_time) {
             return self.interval_join(join, kind, [left, right], on);
         }
-        if kind != JoinKind::Inner {
-            return Err(self.err(format!(
-                "a {} JOIN without a time bound gives an updating result (a row's NULL padding is retracted when a match comes), which is not supported yet; use an INNER JOIN, or {TIME_BOUND_HINT}",
-                join.join_type.to_string().to_uppercase()
-            )));
-        }
+        // An outer one updates: a row goes out padded with NULLs and is retracted when its
+        // first match comes.
         let on = JoinOn {
             what: "join",
             time_columns: None,
@@ -334,6 +342,10 @@ impl Translator<'_> {
                 None => String::new(),
             }
         );
+        let signature = match kind != JoinKind::Inner && time_columns.is_none() {
+            true => format!("{signature}, updating"),
+            false => signature,
+        };
         let description = match (time_columns, self.state_ttl) {
             (None, Some(ttl)) => format!(
                 "{signature}, rows kept {}s after they arrive",

@@ -18,12 +18,15 @@ use datafusion::physical_expr::expressions::Column as PhysicalColumn;
 use laketide_engine::operators::{
     FilterOperator, ProjectionOperator, SessionAssign, SlidingWindow, UnionOperator, WindowAssign,
 };
-use laketide_engine::{CHANGE_COLUMN, Dataflow, EngineError, NodeId, schema_with_change};
+use laketide_engine::{
+    CHANGE_COLUMN, Dataflow, EngineError, LookupTable, NodeId, schema_with_change,
+};
 
 use crate::error::{Location, Result, SqlError, from_datafusion};
 
 mod aggregate;
 mod join;
+mod lookup_join;
 mod rank;
 mod retracting;
 mod session;
@@ -69,6 +72,17 @@ pub trait Relations {
 
     /// The logical plan of view `name`, if it is a view.
     fn view_plan(&self, name: &str) -> Option<LogicalPlan>;
+
+    /// Whether table `name` is read by lookups (`FOR SYSTEM_TIME AS OF`), not as a stream.
+    fn is_lookup(&self, name: &str) -> bool;
+
+    /// The lookup table `name`, read by the columns `key` (names).
+    fn lookup_table(
+        &mut self,
+        name: &str,
+        key: &[String],
+        location: Location,
+    ) -> Result<Arc<dyn LookupTable>>;
 
     /// Whether source table `name` declares a WATERMARK (event time).
     fn has_event_time(&self, name: &str) -> bool;
@@ -148,6 +162,9 @@ impl Translator<'_> {
                 let mut stream = if let Some(windowed) = provider.downcast_ref::<WindowedTable>() {
                     self.windowed(windowed)?
                 } else if let Some(table) = provider.downcast_ref::<StreamTable>() {
+                    if self.sources.is_lookup(&table.name) {
+                        return Err(self.lookup_outside_join(&table.name));
+                    }
                     let node = self.sources.source_node(self.dataflow, &table.name, self.location)?;
                     let schema = DFSchema::try_from(self.dataflow.schema(node).as_ref().clone()).map_err(|e| self.df(e))?;
                     let time_column = self.source_time_column(&table.name, &schema);
@@ -400,6 +417,9 @@ impl Translator<'_> {
         if let Some(plan) = self.sources.view_plan(name) {
             let plan = self.ctx.state().optimize(&plan).map_err(|e| self.df(e))?;
             return self.translate(&plan);
+        }
+        if self.sources.is_lookup(name) {
+            return Err(self.lookup_outside_join(name));
         }
         let node = self
             .sources
