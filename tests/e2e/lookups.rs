@@ -310,3 +310,66 @@ async fn the_lookup_example_loads_customers_then_enriches_clicks_as_documented()
     );
     assert_same_rows("the example's revenue by segment", &actual, &expected);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delta_table_written_by_one_pipeline_enriches_the_clicks_of_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let clicks = dir.path().join("clicks");
+    let spec = ClickstreamSpec {
+        events: 8_000,
+        files: 2,
+        users: USERS,
+        seed: 29,
+        ..Default::default()
+    };
+    write_clickstream(&clicks, &spec).unwrap();
+    // The customers, as JSON lines for the first pipeline and the oracle.
+    let customers = dir.path().join("customers");
+    std::fs::create_dir_all(&customers).unwrap();
+    let lines: String = (0..USERS)
+        .filter(|n| n % 3 != 0)
+        .map(|n| {
+            format!(
+                "{}\n",
+                serde_json::json!({"user_id": format!("u{n}"), "segment": SEGMENTS[n as usize % 4], "country": format!("C{}", n % 7)})
+            )
+        })
+        .collect();
+    std::fs::write(customers.join("customers.json"), lines).unwrap();
+    let lake = dir.path().join("lake");
+    let load = format!(
+        "CREATE TABLE profiles (user_id TEXT, segment TEXT, country TEXT)
+           WITH (connector = 'file', path = '{}', format = 'json', mode = 'once');
+         CREATE TABLE customers (PRIMARY KEY (user_id)) WITH (connector = 'delta', path = '{}');
+         INSERT INTO customers SELECT user_id, segment, country FROM profiles;",
+        customers.display(),
+        lake.join("customers").display()
+    );
+    run_sql(&load, RunOptions::default()).await.unwrap();
+    let enrich = format!(
+        "CREATE TABLE clicks (
+           event_id BIGINT, user_id TEXT, page TEXT, action TEXT, amount DOUBLE, ts TIMESTAMP,
+           WATERMARK FOR ts AS ts - INTERVAL '2' SECOND
+         ) WITH (connector = 'file', path = '{}', format = 'json', mode = 'once', batch_size = 500);
+         CREATE TABLE customers (user_id TEXT, segment TEXT, country TEXT)
+           WITH (connector = 'delta', path = '{}', lookup.reload_interval = '1m');
+         CREATE TABLE enriched WITH (connector = 'delta', path = '{}');
+         INSERT INTO enriched {ENRICHED};",
+        clicks.display(),
+        lake.join("customers").display(),
+        lake.join("enriched").display(),
+    );
+    run_sql(&enrich, RunOptions::default()).await.unwrap();
+    let oracle = SessionContext::new();
+    register_json_files(&oracle, "clicks", &clicks, &clicks_schema()).await;
+    register_json_files(&oracle, "customers", &customers, &customers_schema()).await;
+    oracle
+        .sql(&format!("CREATE VIEW e AS {ENRICHED_BATCH}"))
+        .await
+        .unwrap();
+    let canonical = "SELECT CAST(event_id AS VARCHAR), segment, country FROM e ORDER BY 1";
+    let expected = query_rows(&oracle, canonical).await;
+    assert_eq!(expected.len(), 8_000);
+    let actual = query_rows(&delta_context("e", &lake.join("enriched")).await, canonical).await;
+    assert_same_rows("clicks enriched from Delta", &actual, &expected);
+}

@@ -10,7 +10,7 @@ use laketide_engine::{BadRecords, LookupTable, OnError, Sink, Source, SourcePoll
 use crate::blackhole::BlackholeSink;
 use crate::changelog::ChangelogAsRows;
 use crate::console::ConsoleSink;
-use crate::delta::{DeltaSink, DeltaSinkConfig, DeltaUpsertSink};
+use crate::delta::{DeltaLookup, DeltaSink, DeltaSinkConfig, DeltaUpsertSink};
 use crate::dynamodb::{DynamoDbLookup, DynamoDbLookupConfig, DynamoDbSink, DynamoDbSinkConfig};
 use crate::error::{ConnectorError, Result};
 use crate::file::{FileLookup, FileMode, FileSource, FileSourceConfig};
@@ -24,7 +24,7 @@ use crate::options::Options;
 /// Connectors that can be read from.
 pub const SOURCE_CONNECTORS: &[&str] = &["file", "kinesis", "nexmark"];
 /// Connectors that lookup joins can read (`JOIN t FOR SYSTEM_TIME AS OF …`).
-pub const LOOKUP_CONNECTORS: &[&str] = &["dynamodb", "file"];
+pub const LOOKUP_CONNECTORS: &[&str] = &["delta", "dynamodb", "file"];
 
 /// Connectors that can be written to.
 pub const SINK_CONNECTORS: &[&str] = &[
@@ -223,16 +223,19 @@ pub fn build_lookup(
             let config = DynamoDbLookupConfig::from_options(options)?;
             Ok(Arc::new(DynamoDbLookup::new(table, config, schema, key)?))
         }
+        "delta" => {
+            let key_columns = column_positions(table, &schema, key)?;
+            Ok(Arc::new(DeltaLookup::new(
+                table,
+                options,
+                schema,
+                key_columns,
+            )?))
+        }
         "file" => {
             let reload_interval = options.take_duration("lookup.reload_interval")?;
             let config = FileSourceConfig::from_options(options)?;
-            let key_columns = (key.iter())
-                .map(|k| {
-                    schema.index_of(k).map_err(|_| {
-                        ConnectorError::InvalidOption(format!("`{k}` is not a column of `{table}`"))
-                    })
-                })
-                .collect::<Result<Vec<_>>>()?;
+            let key_columns = column_positions(table, &schema, key)?;
             Ok(Arc::new(FileLookup::new(
                 table,
                 config,
@@ -246,6 +249,17 @@ pub fn build_lookup(
             LOOKUP_CONNECTORS.join(", ")
         ))),
     }
+}
+
+/// The positions of columns `names` in `schema`, table `table`'s.
+fn column_positions(table: &str, schema: &SchemaRef, names: &[String]) -> Result<Vec<usize>> {
+    (names.iter())
+        .map(|k| {
+            schema.index_of(k).map_err(|_| {
+                ConnectorError::InvalidOption(format!("`{k}` is not a column of `{table}`"))
+            })
+        })
+        .collect()
 }
 
 /// Builds the sink of table `table`.

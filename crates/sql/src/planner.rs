@@ -288,7 +288,7 @@ impl Planner {
             return Err(SqlError::plan(
                 lookup.location,
                 format!(
-                    "`{}` is not a declared table that queries read: declare it with CREATE TABLE {} (col TYPE, …, PRIMARY KEY (…)) WITH (connector = 'dynamodb' | 'file', …)",
+                    "`{}` is not a declared table that queries read: declare it with CREATE TABLE {} (col TYPE, …, PRIMARY KEY (…)) WITH (connector = 'dynamodb' | 'delta' | 'file', …)",
                     lookup.table, lookup.table
                 ),
             ));
