@@ -38,6 +38,12 @@ pub enum JoinKind {
     Right,
     /// Both.
     Full,
+    /// Left rows that match at least once, each once, with the left columns only (`EXISTS`,
+    /// `IN`): emitted at their first match.
+    LeftSemi,
+    /// Left rows that never match, with the left columns only (`NOT EXISTS`): emitted when
+    /// they can no longer match (or, without a time bound, at once, retracted at a match).
+    LeftAnti,
 }
 
 impl JoinKind {
@@ -45,8 +51,14 @@ impl JoinKind {
     fn keeps_unmatched(self, side: usize) -> bool {
         matches!(
             (self, side),
-            (JoinKind::Left | JoinKind::Full, 0) | (JoinKind::Right | JoinKind::Full, 1)
+            (JoinKind::Left | JoinKind::Full | JoinKind::LeftAnti, 0)
+                | (JoinKind::Right | JoinKind::Full, 1)
         )
+    }
+
+    /// Whether the output is the left columns only (a semi or anti join).
+    fn left_only(self) -> bool {
+        matches!(self, JoinKind::LeftSemi | JoinKind::LeftAnti)
     }
 }
 
@@ -66,11 +78,12 @@ pub struct IntervalJoinSpec {
     /// ... and at most this (nanoseconds; both bounds inclusive). A regular join has
     /// `i64::MIN` and `i64::MAX`.
     pub upper: i64,
-    /// Other conditions on a joined row (over the output schema).
+    /// Other conditions on a joined row (over the left columns, then the right ones).
     pub filter: Option<Arc<dyn PhysicalExpr>>,
     /// Which unmatched rows are emitted.
     pub kind: JoinKind,
-    /// The left columns, then the right ones (nullable on an outer join's padded side).
+    /// The left columns, then the right ones (nullable on an outer join's padded side); for
+    /// a semi or anti join, the left columns only.
     pub output: SchemaRef,
 }
 
@@ -210,6 +223,8 @@ pub struct IntervalJoin {
     updating: bool,
     /// `spec.output`, with the change column when the result updates.
     output: SchemaRef,
+    /// A joined pair: the left columns, then the right ones (what the filter sees).
+    pairs: SchemaRef,
     keys: RowConverter,
     sides: [Side; 2],
     forwarded: Option<EventTime>,
@@ -247,14 +262,29 @@ impl IntervalJoin {
                 "interval join keys must be equal in number and type: {left:?} and {right:?}"
             )));
         }
-        let width = spec.inputs[0].fields().len() + spec.inputs[1].fields().len();
+        let both: Vec<_> = (spec.inputs.iter())
+            .flat_map(|s| {
+                s.fields()
+                    .iter()
+                    .map(|f| f.as_ref().clone().with_nullable(true))
+            })
+            .collect();
+        let width = match spec.kind.left_only() {
+            true => spec.inputs[0].fields().len(),
+            false => both.len(),
+        };
         if spec.output.fields().len() != width {
             return Err(EngineError::Internal(
                 "interval join output must be the left columns, then the right ones".into(),
             ));
         }
+        let pairs = match spec.kind.left_only() {
+            true => Arc::new(datafusion::arrow::datatypes::Schema::new(both)),
+            false => spec.output.clone(),
+        };
         let keys = RowConverter::new(left.into_iter().map(SortField::new).collect())?;
-        let updating = spec.time_columns.is_none() && spec.kind != JoinKind::Inner;
+        let updating = spec.time_columns.is_none()
+            && !matches!(spec.kind, JoinKind::Inner | JoinKind::LeftSemi);
         let output = match updating {
             true => schema_with_change(&spec.output),
             false => spec.output.clone(),
@@ -267,6 +297,7 @@ impl IntervalJoin {
             spec,
             updating,
             output,
+            pairs,
             keys,
             sides,
             forwarded: None,
@@ -451,34 +482,53 @@ impl IntervalJoin {
             0 => [these, those].concat(),
             _ => [those, these].concat(),
         };
-        let joined = RecordBatch::try_new(self.spec.output.clone(), columns)?;
+        let joined = RecordBatch::try_new(self.pairs.clone(), columns)?;
         let passed = self.passes_filter(&joined)?;
         for (p, ok) in pairs.iter().zip(&passed) {
             arriving[p.arriving as usize] |= *ok;
         }
-        if self.updating && self.spec.kind.keeps_unmatched(1 - side) {
-            self.retract_first_matches(side, pairs, &passed, probe_keys, out)?;
+        let kind = self.spec.kind;
+        if kind == JoinKind::LeftSemi {
+            // Left rows go out at their first match: arriving ones now, kept ones once.
+            match side {
+                0 => self.emit_rows(batch, &arriving, out)?,
+                _ => {
+                    self.first_matches(side, pairs, &passed, probe_keys, ChangeKind::Insert, out)?
+                }
+            }
+        } else if self.updating && kind.keeps_unmatched(1 - side) {
+            self.first_matches(side, pairs, &passed, probe_keys, ChangeKind::Delete, out)?;
         }
-        let mask = BooleanArray::from(passed.clone());
-        self.emit(
-            filter_record_batch(&joined, &mask)?,
-            ChangeKind::Insert,
-            out,
-        )?;
+        if !kind.left_only() {
+            let mask = BooleanArray::from(passed.clone());
+            self.emit(
+                filter_record_batch(&joined, &mask)?,
+                ChangeKind::Insert,
+                out,
+            )?;
+        }
         Ok(Matched {
             pairs: passed,
             arriving,
         })
     }
 
-    /// Retracts the padded rows that kept rows of the other side were emitted with, for those
-    /// that match for the first time (an updating outer join), before their matches go out.
-    fn retract_first_matches(
+    /// The rows of `batch` that `selected` marks, as output rows (a semi join's matches).
+    fn emit_rows(&self, batch: &RecordBatch, selected: &[bool], out: &mut Output) -> Result<()> {
+        let mask = BooleanArray::from(selected.to_vec());
+        self.emit(filter_record_batch(batch, &mask)?, ChangeKind::Insert, out)
+    }
+
+    /// Emits, as `kind`, the (padded) output rows of the kept rows of the other side that
+    /// match for the first time: an updating outer or anti join retracts (`-D`) what it
+    /// emitted for them before their matches go out; a semi join emits them (`+I`).
+    fn first_matches(
         &self,
         side: usize,
         pairs: &[Pair],
         passed: &[bool],
         probe_keys: &[&[u8]],
+        kind: ChangeKind,
         out: &mut Output,
     ) -> Result<()> {
         let other = 1 - side;
@@ -497,7 +547,7 @@ impl IntervalJoin {
             .iter()
             .map(|(key, at)| &kept.by_key[*key][*at].row[..]);
         let columns = kept.columns(rows)?;
-        self.emit(self.padded(other, columns)?, ChangeKind::Delete, out)
+        self.emit(self.padded(other, columns)?, kind, out)
     }
 
     /// Sends `batch` (of the logical output schema) downstream, with the change column
@@ -568,8 +618,12 @@ impl IntervalJoin {
         Ok(())
     }
 
-    /// Rows of `side` with NULLs for the other side's columns.
+    /// Rows of `side` with NULLs for the other side's columns (a semi or anti join's left
+    /// rows as they are).
     fn padded(&self, side: usize, columns: Vec<ArrayRef>) -> Result<RecordBatch> {
+        if self.spec.kind.left_only() {
+            return Ok(RecordBatch::try_new(self.spec.output.clone(), columns)?);
+        }
         let n = columns.first().map_or(0, |c| c.len());
         let nulls: Vec<ArrayRef> = (self.spec.inputs[1 - side].fields().iter())
             .map(|f| new_null_array(f.data_type(), n))

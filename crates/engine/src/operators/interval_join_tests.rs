@@ -24,6 +24,9 @@ fn side_schema(prefix: &str) -> SchemaRef {
 }
 
 fn output(kind: JoinKind) -> SchemaRef {
+    if kind.left_only() {
+        return side_schema("l");
+    }
     let fields: Vec<Field> = [side_schema("l"), side_schema("r")]
         .iter()
         .enumerate()
@@ -110,12 +113,13 @@ fn pairs(out: &mut Output) -> (Vec<Pair>, Vec<i64>) {
         match m {
             Message::Batch(b) => {
                 let l = b.column(1).as_primitive::<Int64Type>();
-                let r = b.column(4).as_primitive::<Int64Type>();
+                // A semi or anti join emits the left columns only.
+                let r = (b.num_columns() == 6).then(|| b.column(4).as_primitive::<Int64Type>());
                 for i in 0..b.num_rows() {
                     let get = |a: &datafusion::arrow::array::Int64Array| {
                         a.is_valid(i).then(|| a.value(i))
                     };
-                    found.push((get(l), get(r)));
+                    found.push((get(l), r.and_then(get)));
                 }
                 let lt = b.column(2).as_primitive::<TimestampMillisecondType>();
                 assert_eq!(lt.len(), b.num_rows());
@@ -142,6 +146,17 @@ fn nested_loop(
             && (!odd_ids || (l.1 + r.1) % 2 == 1)
     };
     let mut found = Vec::new();
+    if kind.left_only() {
+        let semi = kind == JoinKind::LeftSemi;
+        for l in left
+            .iter()
+            .filter(|l| right.iter().any(|r| matches(l, r)) == semi)
+        {
+            found.push((Some(l.1), None));
+        }
+        found.sort();
+        return found;
+    }
     for l in left {
         for r in right {
             if matches(l, r) {
@@ -242,13 +257,18 @@ fn every_join_kind_and_bound_gives_the_nested_loop_join() {
         JoinKind::Left,
         JoinKind::Right,
         JoinKind::Full,
+        JoinKind::LeftSemi,
+        JoinKind::LeftAnti,
     ];
     for (seed, bounds) in [(1, (-10, 0)), (2, (0, 30)), (3, (-5, 5)), (4, (3, 3))] {
         for kind in kinds {
             for odd_ids in [false, true] {
                 for restore_at in [None, Some(7), Some(30)] {
                     let (found, expected) = run(kind, bounds, odd_ids, seed, restore_at);
-                    assert!(expected.iter().any(|p| p.0.is_some() && p.1.is_some()));
+                    assert!(!expected.is_empty());
+                    assert!(
+                        kind.left_only() || expected.iter().any(|p| p.0.is_some() && p.1.is_some())
+                    );
                     assert_eq!(
                         found, expected,
                         "{kind:?} within {bounds:?} ms, filter {odd_ids}, seed {seed}, restored at {restore_at:?}"
@@ -407,20 +427,31 @@ fn regular_join_of(kind: JoinKind, odd_ids: bool) -> IntervalJoin {
 /// Applies the changelog in `out` to `current`: `+I` adds a pair, `-D` takes out an equal
 /// one, which must be there.
 fn apply_changes(out: &mut Output, current: &mut Vec<Pair>) {
+    use crate::changelog::{CHANGE_COLUMN, ChangeKind};
     for m in out.drain() {
         let Message::Batch(b) = m else { continue };
-        assert_eq!(b.num_columns(), 7, "the change column is last");
+        // The change column is last (an append-only semi join has none); a semi or anti
+        // join has the left columns only.
+        let last = b.num_columns() - 1;
+        let changes = b.schema().field(last).name() == CHANGE_COLUMN;
+        let data = b.num_columns() - usize::from(changes);
         let l = b.column(1).as_primitive::<Int64Type>();
-        let r = b.column(4).as_primitive::<Int64Type>();
-        let kinds = b
-            .column(6)
-            .as_primitive::<datafusion::arrow::datatypes::Int8Type>();
+        let r = (data == 6).then(|| b.column(4).as_primitive::<Int64Type>());
         for i in 0..b.num_rows() {
             let get = |a: &Int64Array| a.is_valid(i).then(|| a.value(i));
-            let pair = (get(l), get(r));
-            match crate::changelog::ChangeKind::from_code(kinds.value(i)) {
-                Some(crate::changelog::ChangeKind::Insert) => current.push(pair),
-                Some(crate::changelog::ChangeKind::Delete) => {
+            let pair = (get(l), r.and_then(get));
+            let kind = match changes {
+                true => {
+                    let codes = b
+                        .column(last)
+                        .as_primitive::<datafusion::arrow::datatypes::Int8Type>();
+                    ChangeKind::from_code(codes.value(i))
+                }
+                false => Some(ChangeKind::Insert),
+            };
+            match kind {
+                Some(ChangeKind::Insert) => current.push(pair),
+                Some(ChangeKind::Delete) => {
                     let at = current.iter().position(|p| *p == pair);
                     let at = at.unwrap_or_else(|| panic!("-D {pair:?} of a row not emitted"));
                     current.swap_remove(at);
@@ -433,7 +464,14 @@ fn apply_changes(out: &mut Output, current: &mut Vec<Pair>) {
 
 #[test]
 fn an_outer_join_without_a_time_bound_updates_to_the_nested_loop_join() {
-    for kind in [JoinKind::Left, JoinKind::Right, JoinKind::Full] {
+    let kinds = [
+        JoinKind::Left,
+        JoinKind::Right,
+        JoinKind::Full,
+        JoinKind::LeftSemi,
+        JoinKind::LeftAnti,
+    ];
+    for kind in kinds {
         for odd_ids in [false, true] {
             for (seed, restore_at) in [(11, None), (12, Some(9)), (13, Some(40))] {
                 let mut rng = XorShift::new(seed);
@@ -441,11 +479,9 @@ fn an_outer_join_without_a_time_bound_updates_to_the_nested_loop_join() {
                 let right = random_side(&mut rng, 250, 10_000);
                 let expected = nested_loop(&left, &right, kind, (i64::MIN, i64::MAX), odd_ids);
                 let mut op = regular_join_of(kind, odd_ids);
-                assert!(
-                    op.output_mode(&[StreamMode::AppendOnly, StreamMode::AppendOnly])
-                        .unwrap()
-                        .is_updating()
-                );
+                let mode = op.output_mode(&[StreamMode::AppendOnly, StreamMode::AppendOnly]);
+                // A semi join's rows are final at their first match: append-only.
+                assert_eq!(mode.unwrap().is_updating(), kind != JoinKind::LeftSemi);
                 let (mut out, mut current) = (Output::default(), Vec::new());
                 let (mut at, sides) = ([0usize; 2], [&left, &right]);
                 let mut step = 0;

@@ -164,12 +164,19 @@ impl Translator<'_> {
             JoinType::Left => JoinKind::Left,
             JoinType::Right => JoinKind::Right,
             JoinType::Full => JoinKind::Full,
+            JoinType::LeftSemi => JoinKind::LeftSemi,
+            JoinType::LeftAnti => JoinKind::LeftAnti,
             other => {
                 return Err(self.err(format!(
-                    "{other} joins are not supported in streaming queries yet; use INNER, LEFT, RIGHT or FULL OUTER JOIN"
+                    "{other} joins are not supported in streaming queries yet; use INNER, LEFT, RIGHT or FULL OUTER JOIN, or EXISTS / NOT EXISTS with the stream to keep in the outer query"
                 )));
             }
         };
+        if join.null_aware {
+            return Err(self.err(
+                "NOT IN (subquery) is not supported in streaming joins (a NULL arriving later in the subquery would empty the result); write NOT EXISTS (… WHERE inner.key = outer.key)",
+            ));
+        }
         if join.null_equality == NullEquality::NullEqualsNull {
             return Err(self.err(
                 "join keys compared with IS NOT DISTINCT FROM are not supported in streaming joins; compare them with =",
@@ -303,8 +310,10 @@ impl Translator<'_> {
                 .map(|(_, r)| self.physical(r, &right.schema))
                 .collect::<Result<Vec<_>>>()?,
         ];
+        // The filter sees a pair: both sides' columns (a semi or anti join emits the left's).
+        let pairs = left.schema.join(&right.schema).map_err(|e| self.df(e))?;
         let filter = match conjunction(rest.iter().cloned()) {
-            Some(f) => Some(self.physical(&f, &join.schema)?),
+            Some(f) => Some(self.physical(&f, &pairs)?),
             None => None,
         };
         let spec = IntervalJoinSpec {
@@ -342,7 +351,9 @@ impl Translator<'_> {
                 None => String::new(),
             }
         );
-        let signature = match kind != JoinKind::Inner && time_columns.is_none() {
+        let updating =
+            time_columns.is_none() && !matches!(kind, JoinKind::Inner | JoinKind::LeftSemi);
+        let signature = match updating {
             true => format!("{signature}, updating"),
             false => signature,
         };
