@@ -1,6 +1,6 @@
 //! `laketide bench --suite nexmark`: the Nexmark queries laketide runs (q0, q1, q2, the
-//! interval join q7, the lookup join q13, the regular join q20 and the updating q15-q19),
-//! each over the
+//! regular joins q3 and q20, q4 and q9 over a join, the interval join q7, the window join q8,
+//! the lookup join q13 and the updating q15-q19), each over the
 //! `nexmark` source's bids into a blackhole sink (as Flink's and RisingWave's Nexmark runs
 //! do), measured (events/s end to end, peak memory, throughput as a share of q0's) and checked:
 //! the fingerprint of each result (the table an updating result leaves) must equal that of
@@ -50,6 +50,46 @@ fn q7(windows: &str) -> String {
     )
 }
 
+/// Nexmark q5 (the auctions with the most bids in each 10-second window sliding by 2
+/// seconds) over the bid counts per auction and window (`counts`: a HOP aggregate, or its
+/// batch form).
+fn q5(counts: &str) -> String {
+    format!(
+        "SELECT ab.auction, ab.num, ab.starttime
+         FROM ({counts}) ab
+         JOIN (SELECT max(num) AS maxn, starttime, endtime FROM ({counts}) cb
+               GROUP BY starttime, endtime) mb
+           ON ab.starttime = mb.starttime AND ab.endtime = mb.endtime AND ab.num >= mb.maxn"
+    )
+}
+
+/// The batch form of q5's counts: each bid in the five 10-second windows that hold it.
+fn q5_batch_counts() -> String {
+    let windows: Vec<String> = (0..5)
+        .map(|k| {
+            format!(
+                "SELECT auction, date_bin(INTERVAL '2 seconds', date_time, TIMESTAMP '1970-01-01T00:00:00') - INTERVAL '{}' SECOND AS starttime FROM bid",
+                2 * k
+            )
+        })
+        .collect();
+    format!(
+        "SELECT auction, count(*) AS num, starttime, starttime + INTERVAL '10' SECOND AS endtime
+         FROM ({}) w GROUP BY auction, starttime",
+        windows.join(" UNION ALL ")
+    )
+}
+
+/// Nexmark q8 (people who opened an account and an auction in the same 10 seconds) over the
+/// windowed people and sellers (TUMBLE aggregates, or their batch forms).
+fn q8(people: &str, sellers: &str) -> String {
+    format!(
+        "SELECT p.id, p.name, p.starttime
+         FROM ({people}) p JOIN ({sellers}) a
+           ON p.id = a.seller AND p.starttime = a.starttime AND p.endtime = a.endtime"
+    )
+}
+
 /// The `count(*) FILTER …`, `count(DISTINCT …) FILTER …` columns of q15 and q16.
 const RANKED_COUNTS: &str = "count(*) AS total_bids,
   count(*) FILTER (WHERE price < 10000) AS rank1_bids,
@@ -71,6 +111,7 @@ fn queries() -> Vec<NexmarkQuery> {
         batch: None,
     };
     let ten_seconds = "date_bin(INTERVAL '10 seconds', date_time, TIMESTAMP '1970-01-01T00:00:00') + INTERVAL '10 seconds'";
+    let ten_start = "date_bin(INTERVAL '10 seconds', date_time, TIMESTAMP '1970-01-01T00:00:00')";
     vec![
         query(
             "q0 (pass-through)",
@@ -105,6 +146,59 @@ fn queries() -> Vec<NexmarkQuery> {
                     .to_string(),
             ),
         },
+        query(
+            "q3 (local item suggestion, a regular join of auctions and people)",
+            "SELECT p.name, p.city, p.state, a.id
+             FROM auction a JOIN person p ON a.seller = p.id
+             WHERE a.category = 10 AND (p.state = 'OR' OR p.state = 'ID' OR p.state = 'CA')",
+        ),
+        query(
+            "q4 (average price per category, updating over a join)",
+            "SELECT q.category, avg(q.final) AS avg_final
+             FROM (SELECT max(b.price) AS final, a.category
+                   FROM auction a JOIN bid b ON a.id = b.auction
+                   WHERE b.date_time BETWEEN a.date_time AND a.expires
+                   GROUP BY a.id, a.category) q
+             GROUP BY q.category",
+        ),
+        NexmarkQuery {
+            name: "q5 (hot items, a window join of HOP aggregates)",
+            sql: q5("SELECT auction, count(*) AS num, window_start AS starttime, window_end AS endtime
+                     FROM HOP(bid, date_time, INTERVAL '2' SECOND, INTERVAL '10' SECOND)
+                     GROUP BY auction, window_start, window_end"),
+            batch: Some(q5(&q5_batch_counts())),
+        },
+        NexmarkQuery {
+            name: "q8 (new sellers, a window join of windowed aggregates)",
+            sql: q8(
+                "SELECT id, name, window_start AS starttime, window_end AS endtime
+                 FROM TUMBLE(person, date_time, INTERVAL '10' SECOND)
+                 GROUP BY id, name, window_start, window_end",
+                "SELECT seller, window_start AS starttime, window_end AS endtime
+                 FROM TUMBLE(auction, date_time, INTERVAL '10' SECOND)
+                 GROUP BY seller, window_start, window_end",
+            ),
+            batch: Some(q8(
+                &format!(
+                    "SELECT id, name, {ten_start} AS starttime, {ten_start} + INTERVAL '10 seconds' AS endtime
+                     FROM person GROUP BY id, name, 3, 4"
+                ),
+                &format!(
+                    "SELECT seller, {ten_start} AS starttime, {ten_start} + INTERVAL '10 seconds' AS endtime
+                     FROM auction GROUP BY seller, 2, 3"
+                ),
+            )),
+        },
+        query(
+            "q9 (winning bids, Top-1 over a join)",
+            "SELECT id, item_name, description, initial_bid, reserve, date_time, expires, seller,
+                    category, auction, bidder, price, bid_date_time FROM (
+               SELECT a.*, b.auction, b.bidder, b.price, b.date_time AS bid_date_time,
+                      ROW_NUMBER() OVER (PARTITION BY a.id
+                                         ORDER BY b.price DESC, b.date_time, b.extra) AS rownum
+               FROM auction a JOIN bid b ON a.id = b.auction
+               WHERE b.date_time BETWEEN a.date_time AND a.expires) WHERE rownum <= 1",
+        ),
         query(
             "q20 (bids of category-10 auctions, a regular join)",
             "SELECT b.auction, b.bidder, b.price, b.channel, b.url, b.date_time, b.extra,
@@ -194,13 +288,17 @@ fn bid_table(events: u64, side_input: &Path) -> String {
     )
 }
 
-/// Nexmark's bids and auctions among the first `events` events.
+/// Nexmark's bids, people and auctions among the first `events` events.
 fn stream_tables(events: u64) -> String {
     format!(
         "CREATE TABLE bid (auction BIGINT, bidder BIGINT, price BIGINT, channel TEXT, url TEXT,
            date_time TIMESTAMP(3), extra TEXT,
            WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND)
          WITH (connector = 'nexmark', table = 'bid', events = '{events}');
+         CREATE TABLE person (id BIGINT, name TEXT, email_address TEXT, credit_card TEXT,
+           city TEXT, state TEXT, date_time TIMESTAMP(3), extra TEXT,
+           WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND)
+         WITH (connector = 'nexmark', table = 'person', events = '{events}');
          CREATE TABLE auction (id BIGINT, item_name TEXT, description TEXT, initial_bid BIGINT,
            reserve BIGINT, date_time TIMESTAMP(3), expires TIMESTAMP(3), seller BIGINT,
            category BIGINT, extra TEXT,
@@ -320,7 +418,7 @@ async fn checkpoint_cost(
     Ok(())
 }
 
-/// Every row of table `table` (`bid` or `auction`) of `events` events, as the source
+/// Every row of table `table` (`bid`, `auction` or `person`) of `events` events, as the source
 /// generates them.
 async fn all_rows(events: u64, table: &str) -> Result<(SchemaRef, Vec<RecordBatch>)> {
     let script = parse_script(&stream_tables(events))?;
@@ -430,7 +528,7 @@ async fn run_and_check(events: u64, side_input: &Path) -> Result<()> {
         }
     }
     let ctx = SessionContext::new();
-    for table in ["bid", "auction"] {
+    for table in ["bid", "auction", "person"] {
         let (schema, rows) = all_rows(events, table).await?;
         ctx.register_table(table, Arc::new(MemTable::try_new(schema, vec![rows])?))?;
     }
