@@ -8,7 +8,8 @@ use clap::{Parser, Subcommand};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use laketide::commands::{
-    bench, bench_dynamodb, bench_nexmark, check, generate, maintain, produce, query, run,
+    bench, bench_dynamodb, bench_lookup, bench_nexmark, check, generate, maintain, produce, query,
+    run,
 };
 use laketide::datagen::{ClickstreamSpec, TimeFormat};
 
@@ -159,7 +160,8 @@ enum Command {
         s3_lake: Option<String>,
         /// Also measure the DynamoDB sink: write this many items into fresh tables on the
         /// server of the AWS environment (AWS_ENDPOINT_URL_DYNAMODB), with 1, 4 and 16
-        /// requests in flight.
+        /// requests in flight; then a lookup join of ten times as many generated clicks
+        /// with a DynamoDB table of customers, with the lookup cache on and off.
         #[arg(long, value_name = "ITEMS")]
         dynamodb: Option<usize>,
     },
@@ -311,7 +313,16 @@ async fn main() -> ExitCode {
         } => {
             let result = bench::bench(events, dir, s3_lake.as_deref()).await;
             match (result, dynamodb) {
-                (Ok(()), Some(items)) => bench_dynamodb::bench_dynamodb(items).await,
+                (Ok(()), Some(items)) => match bench_dynamodb::bench_dynamodb(items).await {
+                    Ok(()) => {
+                        let dir = std::env::temp_dir()
+                            .join(format!("laketide-bench-lookup-{}", std::process::id()));
+                        let result = bench_lookup::bench_lookup(10 * items as u64, &dir).await;
+                        let _ = std::fs::remove_dir_all(&dir);
+                        result
+                    }
+                    failed => failed,
+                },
                 (result, _) => result,
             }
         }

@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod bench_decode;
 pub mod bench_dynamodb;
+pub mod bench_lookup;
 pub mod bench_nexmark;
 pub mod bench_windows;
 pub mod check;

@@ -373,3 +373,35 @@ async fn a_delta_table_written_by_one_pipeline_enriches_the_clicks_of_another() 
     let actual = query_rows(&delta_context("e", &lake.join("enriched")).await, canonical).await;
     assert_same_rows("clicks enriched from Delta", &actual, &expected);
 }
+
+#[tokio::test]
+async fn a_lookup_in_a_missing_dynamodb_table_fails_with_a_clear_error() {
+    let Some(endpoint) = dynamodb_server() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let clicks = dir.path().join("clicks");
+    let spec = ClickstreamSpec {
+        events: 100,
+        files: 1,
+        ..Default::default()
+    };
+    write_clickstream(&clicks, &spec).unwrap();
+    let table = common::unique("never-created");
+    let sql = format!(
+        "CREATE TABLE clicks (event_id BIGINT, user_id TEXT, page TEXT, action TEXT, amount DOUBLE, ts TIMESTAMP)
+           WITH (connector = 'file', path = '{}', mode = 'once');
+         CREATE TABLE customers (user_id TEXT, segment TEXT, PRIMARY KEY (user_id))
+           WITH (connector = 'dynamodb', table = '{table}', endpoint = '{endpoint}', region = 'us-east-1');
+         CREATE TABLE out WITH (connector = 'blackhole');
+         INSERT INTO out SELECT k.event_id, c.segment
+         FROM clicks k LEFT JOIN customers FOR SYSTEM_TIME AS OF PROCTIME() AS c ON k.user_id = c.user_id;",
+        clicks.display()
+    );
+    let err = run_sql(&sql, RunOptions::default()).await.unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains(&table) && text.contains("does not exist"),
+        "{text}"
+    );
+}

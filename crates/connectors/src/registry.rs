@@ -191,7 +191,7 @@ pub async fn snapshot_source(
 }
 
 /// Every batch of a bounded source.
-async fn read_all(mut source: Box<dyn Source>) -> Result<Vec<RecordBatch>> {
+pub(crate) async fn read_all(mut source: Box<dyn Source>) -> Result<Vec<RecordBatch>> {
     source.open().await?;
     let mut batches = Vec::new();
     loop {

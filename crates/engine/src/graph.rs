@@ -136,6 +136,10 @@ impl Dataflow {
             .map_err(|why| EngineError::User(format!("{name}: {why}")))?;
         check_mode(&name, &schema, &mode)?;
         let metrics = self.metrics.register(NodeRole::Operator, name.clone());
+        if let Some(status) = operator.status() {
+            self.metrics
+                .register_service_status(NodeRole::Operator, name.clone(), status);
+        }
         let mut late: Vec<Arc<LateRows>> = Vec::new();
         for input in &inputs {
             for handler in &self.nodes[*input].late {

@@ -13,6 +13,7 @@ use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::common::HashMap;
 
 use crate::error::Result;
+use crate::metrics::ServiceStatus;
 
 /// A table a lookup join reads by key, at processing time: a DynamoDB table behind a cache,
 /// or a file or Delta table held in memory.
@@ -41,6 +42,12 @@ pub trait LookupTable: Send + Sync + Debug + 'static {
 
     /// What `explain` shows of the table (connector, name, cache).
     fn describe(&self) -> String;
+
+    /// The live gauges of the service behind the table (throttles, retries, bytes read), if
+    /// it calls one.
+    fn status(&self) -> Option<Arc<ServiceStatus>> {
+        None
+    }
 
     /// The rows whose key equals one of `keys`.
     async fn lookup(&self, keys: Vec<ArrayRef>) -> Result<RecordBatch>;

@@ -117,7 +117,8 @@ impl ServiceStatus {
         self.retries.load(Ordering::Relaxed)
     }
 
-    /// Counts bytes read (a source: encoded records) or sent (a sink: request bodies, files).
+    /// Counts bytes read (a source: encoded records; a lookup table: items) or sent (a sink:
+    /// request bodies, files).
     pub fn count_bytes(&self, n: u64) {
         self.bytes.fetch_add(n, Ordering::Relaxed);
     }

@@ -171,6 +171,13 @@ pub trait Operator: Send + 'static {
         Ok(())
     }
 
+    /// The live gauges of the service the operator reads (a lookup join's DynamoDB table:
+    /// throttles, retries, bytes), registered with the pipeline's metrics when the operator
+    /// is added; `None` (the default) for operators that call no service.
+    fn status(&self) -> Option<std::sync::Arc<crate::metrics::ServiceStatus>> {
+        None
+    }
+
     /// How many windows, sessions or groups the operator holds open (0 for stateless ones),
     /// for the run summary's peak open state.
     fn open_state(&self) -> u64 {

@@ -194,58 +194,7 @@ pub fn parse_create_table(parser: &mut Parser, location: Location) -> Result<Tab
                     location: at,
                 });
             } else {
-                let column =
-                    normalize_ident(&parser.parse_identifier().map_err(|e| syntax(parser, e))?);
-                if parser.parse_keyword(Keyword::AS) {
-                    parse_proctime(parser)?;
-                    if proctime.is_some() || fields.iter().any(|f| f.name() == &column) {
-                        return Err(SqlError::plan(
-                            at,
-                            format!(
-                                "column `{column}` is declared twice (a table has one PROCTIME() column at most)"
-                            ),
-                        ));
-                    }
-                    fields.push(Field::new(&column, proctime_type(), false));
-                    proctime = Some(column);
-                    if parser.consume_token(&Token::Comma) {
-                        continue;
-                    }
-                    parser
-                        .expect_token(&Token::RParen)
-                        .map_err(|e| syntax(parser, e))?;
-                    break;
-                }
-                let type_at = here(parser);
-                let sql_type = parser.parse_data_type().map_err(|e| syntax(parser, e))?;
-                let data_type = arrow_type(&sql_type).map_err(|m| SqlError::plan(type_at, m))?;
-                if peek_word(parser, "METADATA") {
-                    parser.next_token();
-                    let key = if parser.parse_keyword(Keyword::FROM) {
-                        parser
-                            .parse_literal_string()
-                            .map_err(|e| syntax(parser, e))?
-                    } else {
-                        column.clone()
-                    };
-                    metadata.push(MetadataColumn {
-                        column: column.clone(),
-                        key,
-                    });
-                }
-                let nullable = if parser.parse_keywords(&[Keyword::NOT, Keyword::NULL]) {
-                    false
-                } else {
-                    let _ = parser.parse_keyword(Keyword::NULL);
-                    true
-                };
-                if fields.iter().any(|f| f.name() == &column) {
-                    return Err(SqlError::plan(
-                        at,
-                        format!("column `{column}` is declared twice"),
-                    ));
-                }
-                fields.push(Field::new(column, data_type, nullable));
+                parse_column(parser, at, &mut fields, &mut metadata, &mut proctime)?;
             }
             if parser.consume_token(&Token::Comma) {
                 continue;
@@ -346,6 +295,61 @@ pub fn parse_create_table(parser: &mut Parser, location: Location) -> Result<Tab
         options,
         location,
     })
+}
+
+/// One column of a column list: `name TYPE [METADATA [FROM 'key']] [NOT NULL]`, or
+/// `name AS PROCTIME()`.
+fn parse_column(
+    parser: &mut Parser,
+    at: Location,
+    fields: &mut Vec<Field>,
+    metadata: &mut Vec<MetadataColumn>,
+    proctime: &mut Option<String>,
+) -> Result<()> {
+    let column = normalize_ident(&parser.parse_identifier().map_err(|e| syntax(parser, e))?);
+    if fields.iter().any(|f| f.name() == &column) {
+        return Err(SqlError::plan(
+            at,
+            format!("column `{column}` is declared twice"),
+        ));
+    }
+    if parser.parse_keyword(Keyword::AS) {
+        parse_proctime(parser)?;
+        if proctime.is_some() {
+            return Err(SqlError::plan(
+                at,
+                "a table has one PROCTIME() column at most",
+            ));
+        }
+        fields.push(Field::new(&column, proctime_type(), false));
+        *proctime = Some(column);
+        return Ok(());
+    }
+    let type_at = here(parser);
+    let sql_type = parser.parse_data_type().map_err(|e| syntax(parser, e))?;
+    let data_type = arrow_type(&sql_type).map_err(|m| SqlError::plan(type_at, m))?;
+    if peek_word(parser, "METADATA") {
+        parser.next_token();
+        let key = if parser.parse_keyword(Keyword::FROM) {
+            parser
+                .parse_literal_string()
+                .map_err(|e| syntax(parser, e))?
+        } else {
+            column.clone()
+        };
+        metadata.push(MetadataColumn {
+            column: column.clone(),
+            key,
+        });
+    }
+    let nullable = if parser.parse_keywords(&[Keyword::NOT, Keyword::NULL]) {
+        false
+    } else {
+        let _ = parser.parse_keyword(Keyword::NULL);
+        true
+    };
+    fields.push(Field::new(column, data_type, nullable));
+    Ok(())
 }
 
 /// The type of a `PROCTIME()` column: `TIMESTAMP(3)`.

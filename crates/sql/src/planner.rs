@@ -785,7 +785,6 @@ impl<'p> PipelineBuilder<'p> {
     }
 }
 
-/// Why sink `sink` (of `connector`) refuses a query's result, with the ways out.
 /// The rows a source's connector reads: the declared columns without a `PROCTIME()` one.
 fn stored_schema(def: &TableDef, declared: &SchemaRef) -> SchemaRef {
     match &def.proctime {
@@ -804,6 +803,7 @@ fn without_lookup_options(options: Options) -> Options {
     options.without_prefix("lookup.")
 }
 
+/// Why sink `sink` (of `connector`) refuses a query's result, with the ways out.
 fn updating_refused(sink: &str, connector: &str, why: &str) -> String {
     format!(
         "the query into `{sink}` produces an updating result (a row per key that changes as input arrives, as from a GROUP BY without a window), and the {connector} sink cannot take it: {why}. Ways out: aggregate over a window (TUMBLE, HOP or SESSION) so that every result is final, or write to a sink that applies changes (delta or dynamodb with `primary_key` equal to the query's GROUP BY columns) or writes them as a changelog (filesystem, kinesis, webhook, console)"

@@ -82,10 +82,9 @@ fn is_trivia(t: &Token) -> bool {
     matches!(t, Token::Whitespace(_))
 }
 
-/// Parses a script of `;`-separated statements.
-pub fn parse_script(sql: &str) -> Result<Script> {
-    let dialect = GenericDialect {};
-    let tokens = Tokenizer::new(&dialect, sql)
+/// The tokens of `sql`, each with its location.
+fn tokenize(dialect: &GenericDialect, sql: &str) -> Result<Vec<TokenWithSpan>> {
+    Tokenizer::new(dialect, sql)
         .tokenize_with_location()
         .map_err(|e| SqlError::Syntax {
             location: Location {
@@ -93,7 +92,13 @@ pub fn parse_script(sql: &str) -> Result<Script> {
                 column: e.location.column,
             },
             message: e.message.clone(),
-        })?;
+        })
+}
+
+/// Parses a script of `;`-separated statements.
+pub fn parse_script(sql: &str) -> Result<Script> {
+    let dialect = GenericDialect {};
+    let tokens = tokenize(&dialect, sql)?;
     let mut statements = Vec::new();
     let mut lookups = Vec::new();
     let mut current: Vec<TokenWithSpan> = Vec::new();
@@ -120,15 +125,7 @@ pub fn parse_script(sql: &str) -> Result<Script> {
 /// Parses one query (a `SELECT`), with the tables it reads by `FOR SYSTEM_TIME AS OF`.
 pub fn parse_query(sql: &str) -> Result<(Box<Query>, Vec<LookupUse>)> {
     let dialect = GenericDialect {};
-    let mut tokens = Tokenizer::new(&dialect, sql)
-        .tokenize_with_location()
-        .map_err(|e| SqlError::Syntax {
-            location: Location {
-                line: e.location.line,
-                column: e.location.column,
-            },
-            message: e.message.clone(),
-        })?;
+    let mut tokens = tokenize(&dialect, sql)?;
     let lookups = take_system_time(&mut tokens)?;
     let mut parser = Parser::new(&dialect).with_tokens_with_locations(tokens);
     let query = parser.parse_query().map_err(|e| SqlError::Syntax {

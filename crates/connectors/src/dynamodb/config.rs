@@ -109,6 +109,36 @@ pub(super) fn key_columns(text: &str) -> Result<Vec<String>> {
     Ok(key)
 }
 
+/// How a table's requests are sent, for the sink and the lookup table alike.
+pub(super) struct Requests {
+    pub(super) max_in_flight: usize,
+    pub(super) retry_timeout: Duration,
+    pub(super) on_error: OnError,
+    pub(super) aws: AwsOptions,
+}
+
+/// The `max_in_flight`, `retry_timeout`, `on_error`, `dead_letter_path`, `endpoint` and
+/// `region` options.
+pub(super) fn requests(options: &mut Options) -> Result<Requests> {
+    let max_in_flight = options.take_u64("max_in_flight")?.unwrap_or(4);
+    if max_in_flight == 0 {
+        return Err(ConnectorError::InvalidOption(
+            "option `max_in_flight` must be at least 1".into(),
+        ));
+    }
+    let retry_timeout = options
+        .take_duration("retry_timeout")?
+        .unwrap_or(Duration::from_secs(300));
+    let on_error = options.take("on_error").unwrap_or_else(|| "fail".into());
+    let dead_letter_path = options.take("dead_letter_path");
+    Ok(Requests {
+        max_in_flight: max_in_flight as usize,
+        retry_timeout,
+        on_error: OnError::parse(&on_error, dead_letter_path.as_deref())?,
+        aws: AwsOptions::from_options(options)?,
+    })
+}
+
 /// The `timestamp_format` option.
 pub(super) fn time_encoding(options: &mut Options) -> Result<TimeEncoding> {
     let choice = options.take_choice(
@@ -170,19 +200,12 @@ impl DynamoDbSinkConfig {
                 ));
             }
         };
-        let max_in_flight = options.take_u64("max_in_flight")?.unwrap_or(4);
-        if max_in_flight == 0 {
-            return Err(ConnectorError::InvalidOption(
-                "option `max_in_flight` must be at least 1".into(),
-            ));
-        }
-        let retry_timeout = options
-            .take_duration("retry_timeout")?
-            .unwrap_or(Duration::from_secs(300));
-        let on_error = options.take("on_error").unwrap_or_else(|| "fail".into());
-        let dead_letter_path = options.take("dead_letter_path");
-        let on_error = OnError::parse(&on_error, dead_letter_path.as_deref())?;
-        let aws = AwsOptions::from_options(&mut options)?;
+        let Requests {
+            max_in_flight,
+            retry_timeout,
+            on_error,
+            aws,
+        } = requests(&mut options)?;
         options.finish("dynamodb", DYNAMODB_SINK_OPTIONS)?;
         Ok(DynamoDbSinkConfig {
             table,
@@ -192,7 +215,7 @@ impl DynamoDbSinkConfig {
             version_column,
             time_encoding,
             ttl,
-            max_in_flight: max_in_flight as usize,
+            max_in_flight,
             retry_timeout,
             on_error,
             aws,

@@ -23,7 +23,7 @@ use serde_json::{Map, Number, Value};
 use tokio::sync::OnceCell;
 
 use super::config::TimeEncoding;
-use super::item::{Item, column_values};
+use super::item::{Item, column_values, item_size};
 use super::lookup_config::DynamoDbLookupConfig;
 use crate::aws::{Backoff, RetryPolicy, call_with_retries};
 use crate::error::ConnectorError;
@@ -216,13 +216,23 @@ impl DynamoDbLookup {
                     .send()
             })
             .await
-            .map_err(|f| f.into_error(format!("BatchGetItem from DynamoDB table `{table}`")))?;
-            items.extend(
-                (out.responses().and_then(|r| r.get(table)))
-                    .into_iter()
-                    .flatten()
-                    .cloned(),
-            );
+            .map_err(|f| {
+                let context = format!("BatchGetItem from DynamoDB table `{table}`");
+                match f.code() {
+                    Some("ResourceNotFoundException") => ConnectorError::service(
+                        context,
+                        "the table does not exist (at this endpoint and region): create it, or fix `table`, `endpoint` or `region`",
+                    ),
+                    _ => f.into_error(context),
+                }
+            })?;
+            let answered = (out.responses().and_then(|r| r.get(table)))
+                .into_iter()
+                .flatten();
+            for item in answered {
+                self.policy.status.count_bytes(item_size(item) as u64);
+                items.push(item.clone());
+            }
             pending = (out.unprocessed_keys().and_then(|u| u.get(table)))
                 .map(|k| k.keys().to_vec())
                 .unwrap_or_default();
@@ -321,6 +331,10 @@ impl LookupTable for DynamoDbLookup {
         &self.key_columns
     }
 
+    fn status(&self) -> Option<Arc<ServiceStatus>> {
+        Some(self.policy.status.clone())
+    }
+
     fn describe(&self) -> String {
         match &self.cache {
             Some(_) => format!(
@@ -353,5 +367,114 @@ impl LookupTable for DynamoDbLookup {
         }
         tracing::trace!(table = %self.name, rows = found.len(), "lookup");
         self.rows(&found)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::options::Options;
+    use datafusion::arrow::array::{Array, AsArray};
+    use datafusion::arrow::datatypes::{
+        Field, Int64Type, Schema, TimeUnit, TimestampMillisecondType,
+    };
+
+    fn lookup(encoding: &str) -> DynamoDbLookup {
+        let options = Options::new(
+            [
+                ("table", "customers"),
+                ("primary_key", "id"),
+                ("timestamp_format", encoding),
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+        .unwrap();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Utf8, false),
+            Field::new("visits", DataType::Int64, true),
+            Field::new(
+                "seen",
+                DataType::Timestamp(TimeUnit::Millisecond, None),
+                true,
+            ),
+            Field::new(
+                "tags",
+                DataType::List(Arc::new(Field::new("item", DataType::Utf8, true))),
+                true,
+            ),
+        ]));
+        let config = DynamoDbLookupConfig::from_options(options).unwrap();
+        DynamoDbLookup::new("customers", config, schema, &["id".to_string()]).unwrap()
+    }
+
+    fn item(pairs: Vec<(&str, AttributeValue)>) -> Arc<Item> {
+        Arc::new(pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+    }
+
+    #[test]
+    fn items_become_rows_of_the_declared_columns() {
+        let l = lookup("epoch_seconds");
+        let rows = l
+            .rows(&[
+                item(vec![
+                    ("id", AttributeValue::S("a".into())),
+                    ("visits", AttributeValue::N("42".into())),
+                    ("seen", AttributeValue::N("1714564800".into())),
+                    ("tags", AttributeValue::Ss(vec!["x".into(), "y".into()])),
+                    ("other", AttributeValue::Bool(true)),
+                ]),
+                item(vec![("id", AttributeValue::S("b".into()))]),
+            ])
+            .unwrap();
+        assert_eq!(rows.num_rows(), 2);
+        let visits = rows.column(1).as_primitive::<Int64Type>();
+        assert_eq!(visits.value(0), 42);
+        assert!(visits.is_null(1), "a missing attribute is NULL");
+        let seen = rows.column(2).as_primitive::<TimestampMillisecondType>();
+        assert_eq!(
+            seen.value(0),
+            1_714_564_800_000,
+            "epoch seconds read as seconds"
+        );
+        let tags = rows.column(3).as_list::<i32>();
+        assert_eq!(tags.value(0).len(), 2);
+        // ISO-8601 text (the sink's default) reads too.
+        let rows = lookup("iso8601")
+            .rows(&[item(vec![
+                ("id", AttributeValue::S("c".into())),
+                ("seen", AttributeValue::S("2024-05-01T12:00:00Z".into())),
+            ])])
+            .unwrap();
+        let seen = rows.column(2).as_primitive::<TimestampMillisecondType>();
+        assert_eq!(seen.value(0), 1_714_564_800_000);
+    }
+
+    #[test]
+    fn an_item_that_does_not_fit_is_an_error_naming_its_key() {
+        let err = lookup("iso8601")
+            .rows(&[item(vec![
+                ("id", AttributeValue::S("d".into())),
+                ("visits", AttributeValue::S("many".into())),
+            ])])
+            .unwrap_err();
+        assert!(err.to_string().contains("customers"), "{err}");
+    }
+
+    #[test]
+    fn the_join_must_give_the_whole_primary_key() {
+        let options = Options::new(
+            [("table", "t"), ("primary_key", "a, b")].map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+        .unwrap();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("a", DataType::Utf8, false),
+            Field::new("b", DataType::Utf8, false),
+        ]));
+        let config = DynamoDbLookupConfig::from_options(options).unwrap();
+        let err =
+            DynamoDbLookup::new("t", config.clone(), schema.clone(), &["a".into()]).unwrap_err();
+        assert!(err.to_string().contains("whole primary key"), "{err}");
+        let ok = DynamoDbLookup::new("t", config, schema, &["b".into(), "a".into()]).unwrap();
+        assert_eq!(ok.key_columns(), &[0, 1], "in primary-key order");
     }
 }

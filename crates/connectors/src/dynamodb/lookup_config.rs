@@ -4,9 +4,9 @@ use std::time::Duration;
 
 use laketide_engine::OnError;
 
-use super::config::{TimeEncoding, key_columns, time_encoding};
+use super::config::{Requests, TimeEncoding, key_columns, requests, time_encoding};
 use crate::aws::AwsOptions;
-use crate::error::{ConnectorError, Result};
+use crate::error::Result;
 use crate::options::Options;
 
 /// Configuration of a DynamoDB lookup table (`connector = 'dynamodb'` read with
@@ -59,27 +59,20 @@ impl DynamoDbLookupConfig {
             .unwrap_or(100_000);
         let cache_ttl =
             (options.take_duration("lookup.cache.ttl")?).unwrap_or(Duration::from_secs(60));
-        let max_in_flight = options.take_u64("max_in_flight")?.unwrap_or(4);
-        if max_in_flight == 0 {
-            return Err(ConnectorError::InvalidOption(
-                "option `max_in_flight` must be at least 1".into(),
-            ));
-        }
-        let retry_timeout = options
-            .take_duration("retry_timeout")?
-            .unwrap_or(Duration::from_secs(300));
         let time_encoding = time_encoding(&mut options)?;
-        let on_error = options.take("on_error").unwrap_or_else(|| "fail".into());
-        let dead_letter_path = options.take("dead_letter_path");
-        let on_error = OnError::parse(&on_error, dead_letter_path.as_deref())?;
-        let aws = AwsOptions::from_options(&mut options)?;
+        let Requests {
+            max_in_flight,
+            retry_timeout,
+            on_error,
+            aws,
+        } = requests(&mut options)?;
         options.finish("dynamodb lookup", DYNAMODB_LOOKUP_OPTIONS)?;
         Ok(DynamoDbLookupConfig {
             table,
             primary_key,
             cache_max_rows: cache_max_rows as usize,
             cache_ttl,
-            max_in_flight: max_in_flight as usize,
+            max_in_flight,
             retry_timeout,
             time_encoding,
             on_error,

@@ -10,12 +10,11 @@ use datafusion::arrow::array::ArrayRef;
 use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
-use laketide_engine::{
-    BadRecords, EngineError, LookupTable, MemoryLookupTable, Result, Source, SourcePoll,
-};
+use laketide_engine::{BadRecords, EngineError, LookupTable, MemoryLookupTable, Result};
 use tokio::sync::Mutex;
 
 use super::{FileMode, FileSource, FileSourceConfig};
+use crate::registry::read_all;
 
 /// A file side input; see the module docs.
 #[derive(Debug)]
@@ -52,16 +51,8 @@ impl FileLookup {
     async fn load(&self) -> Result<RecordBatch> {
         let schema = LookupTable::schema(&self.rows);
         let bad = Arc::new(BadRecords::new(&self.name, self.config.on_error.clone()));
-        let mut source = FileSource::new(self.config.clone(), schema.clone(), bad);
-        source.open().await?;
-        let mut batches = Vec::new();
-        loop {
-            match source.poll_next().await? {
-                SourcePoll::Batch { batch, .. } => batches.push(batch),
-                SourcePoll::Finished => break,
-                _ => {}
-            }
-        }
+        let source = FileSource::new(self.config.clone(), schema.clone(), bad);
+        let batches = read_all(Box::new(source)).await?;
         Ok(concat_batches(&schema, &batches)?)
     }
 

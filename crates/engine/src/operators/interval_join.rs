@@ -48,7 +48,7 @@ pub enum JoinKind {
 
 impl JoinKind {
     /// Whether unmatched rows of side `side` (0 left, 1 right) are emitted.
-    fn keeps_unmatched(self, side: usize) -> bool {
+    pub(super) fn keeps_unmatched(self, side: usize) -> bool {
         matches!(
             (self, side),
             (JoinKind::Left | JoinKind::Full | JoinKind::LeftAnti, 0)
@@ -57,7 +57,7 @@ impl JoinKind {
     }
 
     /// Whether the output is the left columns only (a semi or anti join).
-    fn left_only(self) -> bool {
+    pub(super) fn left_only(self) -> bool {
         matches!(self, JoinKind::LeftSemi | JoinKind::LeftAnti)
     }
 }
@@ -200,6 +200,24 @@ impl Side {
             .rows
             .convert_rows(rows.into_iter().map(|r| parser.parse(r)))?)
     }
+}
+
+/// Whether each joined row passes a join's other conditions (all do without any; NULL is
+/// false).
+pub(super) fn passing_rows(
+    filter: Option<&Arc<dyn PhysicalExpr>>,
+    joined: &RecordBatch,
+) -> Result<Vec<bool>> {
+    let Some(filter) = filter else {
+        return Ok(vec![true; joined.num_rows()]);
+    };
+    let result = filter.evaluate(joined)?.into_array(joined.num_rows())?;
+    let result = result
+        .as_boolean_opt()
+        .ok_or_else(|| EngineError::Internal("the join condition is not a boolean".into()))?;
+    Ok((0..result.len())
+        .map(|i| result.is_valid(i) && result.value(i))
+        .collect())
 }
 
 /// A row of the arriving batch joined with a kept row of the other side.
@@ -566,16 +584,7 @@ impl IntervalJoin {
 
     /// Whether each joined row passes the join's other conditions.
     fn passes_filter(&self, joined: &RecordBatch) -> Result<Vec<bool>> {
-        let Some(filter) = &self.spec.filter else {
-            return Ok(vec![true; joined.num_rows()]);
-        };
-        let result = filter.evaluate(joined)?.into_array(joined.num_rows())?;
-        let result = result
-            .as_boolean_opt()
-            .ok_or_else(|| EngineError::Internal("the join condition is not a boolean".into()))?;
-        Ok((0..result.len())
-            .map(|i| result.is_valid(i) && result.value(i))
-            .collect())
+        passing_rows(self.spec.filter.as_ref(), joined)
     }
 
     /// Keeps the arriving rows that a later row of the other side can still match; an outer

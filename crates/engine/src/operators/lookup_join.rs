@@ -14,6 +14,7 @@ use datafusion::arrow::row::{RowConverter, Rows, SortField};
 use datafusion::common::{HashMap, HashSet};
 use datafusion::physical_expr::PhysicalExpr;
 
+use super::interval_join::passing_rows;
 use crate::error::{EngineError, Result};
 use crate::lookup::LookupTable;
 use crate::operator::{Fetch, Operator, Output};
@@ -171,16 +172,7 @@ impl LookupJoin {
 
     /// Which joined rows pass the join's other conditions.
     fn passes_filter(&self, joined: &RecordBatch) -> Result<Vec<bool>> {
-        let Some(filter) = &self.spec.filter else {
-            return Ok(vec![true; joined.num_rows()]);
-        };
-        let result = filter.evaluate(joined)?.into_array(joined.num_rows())?;
-        let result = result
-            .as_boolean_opt()
-            .ok_or_else(|| EngineError::Internal("the join condition is not a boolean".into()))?;
-        Ok((0..result.len())
-            .map(|i| result.is_valid(i) && result.value(i))
-            .collect())
+        passing_rows(self.spec.filter.as_ref(), joined)
     }
 }
 
@@ -193,6 +185,10 @@ impl Operator for LookupJoin {
         Err(EngineError::Internal(
             "a lookup join's batch reached it without its lookup".into(),
         ))
+    }
+
+    fn status(&self) -> Option<Arc<crate::metrics::ServiceStatus>> {
+        self.spec.table.status()
     }
 
     fn fetch(&mut self, _input: usize, batch: &RecordBatch) -> Option<Fetch> {

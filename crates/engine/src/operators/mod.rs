@@ -28,6 +28,7 @@ mod test_checkpoints;
 mod test_rng;
 mod union;
 mod updating_aggregate;
+mod updating_join;
 mod window_aggregate;
 mod window_assign;
 
@@ -43,6 +44,7 @@ pub use session_aggregate::{SessionAggregate, SessionAggregation};
 pub use session_assign::SessionAssign;
 pub use union::UnionOperator;
 pub use updating_aggregate::{DEFAULT_UPDATE_INTERVAL, UpdatingAggregate};
+pub use updating_join::{UpdatingJoin, UpdatingJoinSpec};
 pub use window_aggregate::{AggregateSpec, WindowAggregate};
 pub use window_assign::{SlidingWindow, WindowAssign};
 

@@ -7,7 +7,9 @@
 use datafusion::common::{Column, NullEquality, ScalarValue};
 use datafusion::logical_expr::utils::{conjunction, split_conjunction};
 use datafusion::logical_expr::{Between, BinaryExpr, Expr, Join, JoinType, Operator};
-use laketide_engine::operators::{IntervalJoin, IntervalJoinSpec, JoinKind};
+use laketide_engine::operators::{
+    IntervalJoin, IntervalJoinSpec, JoinKind, UpdatingJoin, UpdatingJoinSpec,
+};
 
 use super::{Stream, Translator, arrow_schema};
 use crate::error::Result;
@@ -184,13 +186,6 @@ impl Translator<'_> {
         }
         let left = self.translate(&join.left)?;
         let right = self.translate(&join.right)?;
-        for (side, stream) in [("left", &left), ("right", &right)] {
-            if self.dataflow.mode(stream.node).is_updating() {
-                return Err(self.err(format!(
-                    "the {side} side of this JOIN is an updating result (a GROUP BY without a window, a Top-N or keep-last); joins of updating streams are not supported yet: join the append-only rows first and aggregate the join's result, or aggregate per window"
-                )));
-            }
-        }
         if join.on.is_empty() {
             return Err(self.err(format!(
                 "this JOIN has no equality between the two sides: {TIME_BOUND_HINT}"
@@ -200,6 +195,10 @@ impl Translator<'_> {
             .flat_map(split_conjunction)
             .cloned()
             .collect();
+        let updating = [&left, &right].map(|s| self.dataflow.mode(s.node).is_updating());
+        if updating.contains(&true) {
+            return self.updating_join(join, kind, [left, right], updating, all_conditions);
+        }
         let event_time = left.event_time && right.event_time;
         if let Some(window_ends) = self
             .window_ends(join, &left, &right)?
@@ -381,6 +380,81 @@ impl Translator<'_> {
             // left columns (which come first); a regular join's rows can be of any age.
             event_time: time_columns.is_some(),
             time_column: time_columns.map(|(l, _)| l),
+        })
+    }
+}
+
+impl Translator<'_> {
+    /// A regular join of which one or both inputs update (a GROUP BY without a window, a
+    /// Top-N): an updating result, whatever the join kind.
+    fn updating_join(
+        &mut self,
+        join: &Join,
+        kind: JoinKind,
+        [left, right]: [Stream; 2],
+        updating: [bool; 2],
+        conditions: Vec<Expr>,
+    ) -> Result<Stream> {
+        if matches!(kind, JoinKind::LeftSemi | JoinKind::LeftAnti) {
+            return Err(self.err(
+                "EXISTS, IN and NOT EXISTS over an updating result (a GROUP BY without a window, a Top-N) are not supported yet; join the rows and filter, or aggregate per window",
+            ));
+        }
+        let keys = [
+            (join.on.iter())
+                .map(|(l, _)| self.physical(l, &left.schema))
+                .collect::<Result<Vec<_>>>()?,
+            (join.on.iter())
+                .map(|(_, r)| self.physical(r, &right.schema))
+                .collect::<Result<Vec<_>>>()?,
+        ];
+        let pairs = left.schema.join(&right.schema).map_err(|e| self.df(e))?;
+        let filter = match conjunction(conditions.iter().cloned()) {
+            Some(f) => Some(self.physical(&f, &pairs)?),
+            None => None,
+        };
+        let op = UpdatingJoin::new(UpdatingJoinSpec {
+            inputs: [arrow_schema(&left.schema), arrow_schema(&right.schema)],
+            updating,
+            keys,
+            filter,
+            kind,
+            output: arrow_schema(&join.schema),
+        })
+        .map_err(|e| self.err(e.to_string()))?
+        .with_state_ttl(self.state_ttl);
+        let signature = format!(
+            "updating join {} on [{}]{}",
+            join.join_type,
+            (join.on.iter())
+                .map(|(l, r)| format!("{l} = {r}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            match conjunction(conditions) {
+                Some(f) => format!(", where {f}"),
+                None => String::new(),
+            }
+        );
+        let description = match self.state_ttl {
+            Some(ttl) => format!(
+                "{signature}, rows kept {}s after they arrive",
+                ttl.as_secs_f64()
+            ),
+            None => format!("{signature}, every current row kept (no state TTL)"),
+        };
+        let node = self.operator(
+            "updating_join",
+            description,
+            Box::new(op),
+            vec![left.node, right.node],
+        )?;
+        self.dataflow.set_state_signature(node, signature);
+        Ok(Stream {
+            node,
+            schema: join.schema.clone(),
+            window: None,
+            event_time: false,
+            time_column: None,
         })
     }
 }
