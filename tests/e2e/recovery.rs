@@ -241,8 +241,58 @@ fn pipeline(dynamodb_table: &str, dynamodb: &str) -> String {
          CREATE TABLE totals WITH (connector = 'delta', path = 'lake/totals', primary_key = 'k');
          INSERT INTO totals SELECT k, count(*) AS n, sum(v) AS total, max(id) AS last FROM e GROUP BY k;
          CREATE TABLE pairs WITH (connector = 'delta', path = 'lake/pairs');
-         INSERT INTO pairs {PAIRS};"
+         INSERT INTO pairs {PAIRS};
+         CREATE TABLE wjoin WITH (connector = 'delta', path = 'lake/wjoin');
+         INSERT INTO wjoin {WINDOW_JOIN};
+         CREATE TABLE ujoin WITH (connector = 'filesystem', path = 'lake/ujoin', format = 'json');
+         INSERT INTO ujoin {UPDATING_JOIN};"
     )
+}
+
+/// A window join of two TUMBLE aggregates of the input: the same rows as `stats`.
+const WINDOW_JOIN: &str = "SELECT a.k, a.window_start, a.n, b.total
+  FROM (SELECT k, window_start, window_end, count(*) AS n
+        FROM TUMBLE(e, ts, INTERVAL '2' SECOND) GROUP BY k, window_start, window_end) a
+  JOIN (SELECT k, window_start, window_end, sum(v) AS total
+        FROM TUMBLE(e, ts, INTERVAL '2' SECOND) GROUP BY k, window_start, window_end) b
+    ON a.k = b.k AND a.window_end = b.window_end";
+
+/// A LEFT join of two updating aggregates (an updating result, written as a changelog): each
+/// key's count beside its largest value of 50 or more (the closer has none: padded).
+const UPDATING_JOIN: &str = "SELECT t.k, t.n, m.top
+  FROM (SELECT k, count(*) AS n FROM e GROUP BY k) t
+  LEFT JOIN (SELECT k, max(v) AS top FROM e WHERE v >= 50 GROUP BY k) m ON t.k = m.k";
+
+/// The rows the committed changelog files of `lake/ujoin` leave (`k,n,top`), sorted: inserts
+/// add a row, deletes take out an equal one, which must be there.
+fn ujoin_rows(dir: &Path) -> Vec<String> {
+    let mut files = crate::updating::walk_files(&dir.join("lake/ujoin"));
+    files.retain(|f| f.extension().is_some_and(|x| x == "json"));
+    files.sort();
+    let mut rows: Vec<String> = Vec::new();
+    for f in files {
+        for line in std::fs::read_to_string(&f).unwrap().lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            let text = |k: &str| match &v[k] {
+                serde_json::Value::Null => "NULL".to_string(),
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            let row = format!("{},{},{}", text("k"), text("n"), text("top"));
+            match v["op"].as_str().unwrap() {
+                "insert" => rows.push(row),
+                "delete" => {
+                    let at = rows.iter().position(|r| *r == row);
+                    rows.swap_remove(
+                        at.unwrap_or_else(|| panic!("{line} retracts a row not there")),
+                    );
+                }
+                other => panic!("unexpected op {other} in {line}"),
+            }
+        }
+    }
+    rows.sort();
+    rows
 }
 
 /// An interval self-join, outer: each event with the earlier events of its key in the 100 ms
@@ -326,6 +376,7 @@ async fn sigkill_at_random_moments_loses_and_repeats_nothing() {
     let expected_sessions = session_oracle(&input).await;
     let expected_totals = totals_oracle(&input).await;
     let expected_pairs = pairs_oracle(&input).await;
+    let expected_ujoin = sorted_csv_rows(&input_context(&input).await, UPDATING_JOIN).await;
     let child = start(dir.path(), &args);
     let deadline = Instant::now() + Duration::from_secs(120);
     let windows = expected_lake.len();
@@ -342,7 +393,10 @@ async fn sigkill_at_random_moments_loses_and_repeats_nothing() {
             && dir.path().join("lake/totals/_delta_log").is_dir()
             && lake_rows(dir.path(), "SELECT n FROM totals WHERE k = 'closer'") == ["1"]
             && dir.path().join("lake/pairs/_delta_log").is_dir()
-            && count("pairs").is_some_and(|n| n >= expected_pairs.len());
+            && count("pairs").is_some_and(|n| n >= expected_pairs.len())
+            && dir.path().join("lake/wjoin/_delta_log").is_dir()
+            && count("wjoin").is_some_and(|n| n >= windows)
+            && ujoin_rows(dir.path()).contains(&"closer,1,NULL".to_string());
         if done {
             break;
         }
@@ -386,6 +440,16 @@ async fn sigkill_at_random_moments_loses_and_repeats_nothing() {
     let mut pairs = lake_rows(dir.path(), "SELECT a_id, coalesce(b_id, -1) FROM pairs");
     pairs.sort();
     common::assert_same_rows("interval join after 20+ SIGKILLs", &pairs, &expected_pairs);
+    let wjoin = lake_rows(
+        dir.path(),
+        "SELECT k, window_start, n, total FROM wjoin WHERE k <> 'closer'",
+    );
+    common::assert_same_rows("window join after 20+ SIGKILLs", &wjoin, &expected_lake);
+    common::assert_same_rows(
+        "updating join (changelog) after 20+ SIGKILLs",
+        &ujoin_rows(dir.path()),
+        &expected_ujoin,
+    );
     let expected_items = oracle(&input, "%Y-%m-%dT%H:%M:%SZ").await;
     let items = dynamodb_rows(&common::dynamodb::client(&dynamodb), &table).await;
     common::assert_same_rows("DynamoDB items after 20+ SIGKILLs", &items, &expected_items);

@@ -32,7 +32,7 @@ struct OpenFile {
 
 /// Writes rows to files under a directory or an `s3://` prefix. A file is written under a
 /// hidden `.inprogress` name and, when it is rolled (by size or age) or the sink closes,
-/// renamed to `part-<n>-<id>.<ext>` (local) or uploaded under that name (object storage, where
+/// renamed to `part-<start millis>-<n>-<id>.<ext>` (local) or uploaded under that name (object storage, where
 /// an upload appears whole), so readers never see a partial file. With checkpoints, a rolled
 /// file is staged under a hidden `.pending` name (on object storage: uploaded under it) and
 /// renamed to its final name only when a checkpoint that covers it is stored; recovery
@@ -180,7 +180,15 @@ impl FilesystemSink {
             .ok_or_else(|| EngineError::Internal("filesystem sink written before open".into()))?;
         self.sequence += 1;
         let ext = self.config.format.extension();
-        let base = format!("part-{:05}-{}.{ext}", self.sequence, self.run_id);
+        // The start time first: names sort in the order files were written, across restarts
+        // too, so that a changelog replays in name order.
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        let base = format!(
+            "part-{started:013}-{:05}-{}.{ext}",
+            self.sequence, self.run_id
+        );
         let dir = self.local_dir();
         let dir = dir.as_path();
         let temp_path = dir.join(format!(".{base}.inprogress"));

@@ -4,7 +4,9 @@
 //! (`+I`, `+U`) joins the other side's rows and emits the pairs (`+I`), a retraction (`-U`,
 //! `-D`) removes the row and retracts its pairs (`-D`). An outer side's row with no partner
 //! is emitted padded with NULLs, retracted when its first partner comes and emitted again
-//! when its last partner goes. The result is updating, with no key known.
+//! when its last partner goes; semi and anti joins (`EXISTS`, `NOT EXISTS`) emit a left row
+//! when it gains its first partner (semi) or has none (anti), and retract it when that ends.
+//! The result is updating, with no key known.
 
 use std::sync::Arc;
 
@@ -121,11 +123,6 @@ impl std::fmt::Debug for UpdatingJoin {
 impl UpdatingJoin {
     /// Checks the spec and builds the operator.
     pub fn new(spec: UpdatingJoinSpec) -> Result<Self> {
-        if matches!(spec.kind, JoinKind::LeftSemi | JoinKind::LeftAnti) {
-            return Err(EngineError::User(
-                "EXISTS and NOT EXISTS over an updating result are not supported yet".into(),
-            ));
-        }
         let key_types = |side: usize| -> Result<Vec<DataType>> {
             (spec.keys[side].iter())
                 .map(|k| Ok(k.data_type(&spec.inputs[side])?))
@@ -137,7 +134,10 @@ impl UpdatingJoin {
                 "join keys must be equal in number and type: {left:?} and {right:?}"
             )));
         }
-        let width = spec.inputs[0].fields().len() + spec.inputs[1].fields().len();
+        let width = match spec.kind.left_only() {
+            true => spec.inputs[0].fields().len(),
+            false => spec.inputs[0].fields().len() + spec.inputs[1].fields().len(),
+        };
         if spec.output.fields().len() != width {
             return Err(EngineError::Internal(
                 "join output must be the left columns, then the right ones".into(),
@@ -265,8 +265,12 @@ impl UpdatingJoin {
         )?)
     }
 
-    /// Rows of `side` (its data columns) with NULLs for the other side's.
+    /// Rows of `side` (its data columns) with NULLs for the other side's (a semi or anti
+    /// join's left rows as they are).
     fn padded(&self, side: usize, columns: Vec<ArrayRef>) -> Result<RecordBatch> {
+        if self.spec.kind.left_only() {
+            return Ok(RecordBatch::try_new(self.spec.output.clone(), columns)?);
+        }
         let n = columns.first().map_or(0, |c| c.len());
         let nulls: Vec<ArrayRef> = (self.spec.inputs[1 - side].fields().iter())
             .map(|f| new_null_array(f.data_type(), n))
@@ -325,31 +329,17 @@ impl UpdatingJoin {
         }
         first.sort_unstable();
         first.dedup();
-        if self.spec.kind.keeps_unmatched(other) && !first.is_empty() {
-            self.emit(self.padded_entries(other, &first)?, ChangeKind::Delete, out)?;
+        self.emit_crossings(other, &first, ChangeKind::Insert, out)?;
+        if !self.spec.kind.left_only() {
+            let pairs = self.passed_pairs(&joined, &passed)?;
+            self.emit(pairs, ChangeKind::Insert, out)?;
         }
-        self.emit(
-            self.passed_pairs(&joined, &passed)?,
-            ChangeKind::Insert,
-            out,
-        )?;
         for ((_, k, at), ok) in found.iter().zip(&passed) {
             if *ok && let Some(entries) = self.sides[other].by_key.get_mut(&probed[*k]) {
                 entries[*at].partners += 1;
             }
         }
-        let lonely: Vec<u32> = run
-            .iter()
-            .copied()
-            .filter(|i| partners[*i as usize] == 0)
-            .collect();
-        if self.spec.kind.keeps_unmatched(side) && !lonely.is_empty() {
-            self.emit(
-                self.padded_rows(side, data, &lonely)?,
-                ChangeKind::Insert,
-                out,
-            )?;
-        }
+        self.emit_arrivals(side, data, run, &partners, ChangeKind::Insert, out)?;
         let rows = self.sides[side].rows.convert_columns(data.columns())?;
         let now = processing_time_ms() as i64;
         let s = &mut self.sides[side];
@@ -400,11 +390,10 @@ impl UpdatingJoin {
             }
         }
         let (found, probed, joined, passed) = self.candidates(side, data, &held, keys, valid)?;
-        self.emit(
-            self.passed_pairs(&joined, &passed)?,
-            ChangeKind::Delete,
-            out,
-        )?;
+        if !self.spec.kind.left_only() {
+            let pairs = self.passed_pairs(&joined, &passed)?;
+            self.emit(pairs, ChangeKind::Delete, out)?;
+        }
         let mut partners = vec![0u64; data.num_rows()];
         let mut last: Vec<(Box<[u8]>, usize)> = Vec::new();
         for ((i, k, at), ok) in found.iter().zip(&passed) {
@@ -422,22 +411,60 @@ impl UpdatingJoin {
         }
         last.sort_unstable();
         last.dedup();
-        if self.spec.kind.keeps_unmatched(other) && !last.is_empty() {
-            self.emit(self.padded_entries(other, &last)?, ChangeKind::Insert, out)?;
+        self.emit_crossings(other, &last, ChangeKind::Delete, out)?;
+        self.emit_arrivals(side, data, &held, &partners, ChangeKind::Delete, out)
+    }
+
+    /// Kept rows of `side` whose partner count crossed zero: up (`gained` = `+I`, their
+    /// first partner) or down (`-D`, their last). An outer or anti side's padded row is
+    /// retracted when it gains one and emitted again when it loses its last; a semi join's
+    /// left row the other way round.
+    fn emit_crossings(
+        &self,
+        side: usize,
+        entries: &[(Box<[u8]>, usize)],
+        gained: ChangeKind,
+        out: &mut Output,
+    ) -> Result<()> {
+        if entries.is_empty() {
+            return Ok(());
         }
-        let lonely: Vec<u32> = held
-            .iter()
-            .copied()
-            .filter(|i| partners[*i as usize] == 0)
+        let kind = self.spec.kind;
+        let change = match (kind, side) {
+            (JoinKind::LeftSemi, 0) => gained,
+            _ if kind.keeps_unmatched(side) => match gained {
+                ChangeKind::Insert => ChangeKind::Delete,
+                _ => ChangeKind::Insert,
+            },
+            _ => return Ok(()),
+        };
+        self.emit(self.padded_entries(side, entries)?, change, out)
+    }
+
+    /// Rows `run` of `side` arriving (`+I`) or leaving (`-D`) with `partners` each: an outer
+    /// or anti side's rows without a partner go (padded), a semi join's left rows with one.
+    fn emit_arrivals(
+        &self,
+        side: usize,
+        data: &RecordBatch,
+        run: &[u32],
+        partners: &[u64],
+        change: ChangeKind,
+        out: &mut Output,
+    ) -> Result<()> {
+        let kind = self.spec.kind;
+        let with_partner = match (kind, side) {
+            (JoinKind::LeftSemi, 0) => true,
+            _ if kind.keeps_unmatched(side) => false,
+            _ => return Ok(()),
+        };
+        let selected: Vec<u32> = (run.iter().copied())
+            .filter(|i| (partners[*i as usize] > 0) == with_partner)
             .collect();
-        if self.spec.kind.keeps_unmatched(side) && !lonely.is_empty() {
-            self.emit(
-                self.padded_rows(side, data, &lonely)?,
-                ChangeKind::Delete,
-                out,
-            )?;
+        if selected.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        self.emit(self.padded_rows(side, data, &selected)?, change, out)
     }
 }
 

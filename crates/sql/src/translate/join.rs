@@ -395,11 +395,6 @@ impl Translator<'_> {
         updating: [bool; 2],
         conditions: Vec<Expr>,
     ) -> Result<Stream> {
-        if matches!(kind, JoinKind::LeftSemi | JoinKind::LeftAnti) {
-            return Err(self.err(
-                "EXISTS, IN and NOT EXISTS over an updating result (a GROUP BY without a window, a Top-N) are not supported yet; join the rows and filter, or aggregate per window",
-            ));
-        }
         let keys = [
             (join.on.iter())
                 .map(|(l, _)| self.physical(l, &left.schema))
