@@ -245,9 +245,31 @@ fn pipeline(dynamodb_table: &str, dynamodb: &str) -> String {
          CREATE TABLE wjoin WITH (connector = 'delta', path = 'lake/wjoin');
          INSERT INTO wjoin {WINDOW_JOIN};
          CREATE TABLE ujoin WITH (connector = 'filesystem', path = 'lake/ujoin', format = 'json');
-         INSERT INTO ujoin {UPDATING_JOIN};"
+         INSERT INTO ujoin {UPDATING_JOIN};
+         CREATE TABLE dims (k TEXT, name TEXT)
+           WITH (connector = 'file', path = 'dims', format = 'csv', csv.header = 'false');
+         CREATE TABLE named WITH (connector = 'delta', path = 'lake/named');
+         INSERT INTO named {LOOKUP_JOIN};
+         CREATE TABLE later WITH (connector = 'delta', path = 'lake/later');
+         INSERT INTO later {REGULAR_JOIN};"
     )
 }
+
+/// A lookup join with a file side input (`dims`, one name per key but k6's).
+const LOOKUP_JOIN: &str = "SELECT e.id, d.name FROM e
+  JOIN dims FOR SYSTEM_TIME AS OF PROCTIME() AS d ON e.k = d.k";
+
+/// The side input of [`LOOKUP_JOIN`].
+fn write_dims(dir: &Path) {
+    std::fs::create_dir_all(dir.join("dims")).unwrap();
+    let lines: String = (0..6).map(|k| format!("k{k},name-{k}\n")).collect();
+    std::fs::write(dir.join("dims/dims.csv"), lines).unwrap();
+}
+
+/// A regular (no time bound) inner self-join: each event with the one 700 events later (the
+/// same key and value).
+const REGULAR_JOIN: &str = "SELECT a.id AS a_id, b.id AS b_id FROM e a JOIN e b
+  ON a.k = b.k AND a.v = b.v AND b.id - a.id = 700";
 
 /// A window join of two TUMBLE aggregates of the input: the same rows as `stats`.
 const WINDOW_JOIN: &str = "SELECT a.k, a.window_start, a.n, b.total
@@ -335,6 +357,7 @@ async fn sigkill_at_random_moments_loses_and_repeats_nothing() {
     std::fs::create_dir(&input).unwrap();
     let table = common::unique("crash-serving");
     std::fs::write(dir.path().join("p.sql"), pipeline(&table, &dynamodb)).unwrap();
+    write_dims(dir.path());
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -377,6 +400,14 @@ async fn sigkill_at_random_moments_loses_and_repeats_nothing() {
     let expected_totals = totals_oracle(&input).await;
     let expected_pairs = pairs_oracle(&input).await;
     let expected_ujoin = sorted_csv_rows(&input_context(&input).await, UPDATING_JOIN).await;
+    let expected_named = {
+        let ctx = input_context(&input).await;
+        ctx.sql("CREATE VIEW dims AS SELECT * FROM (VALUES ('k0', 'name-0'), ('k1', 'name-1'), ('k2', 'name-2'), ('k3', 'name-3'), ('k4', 'name-4'), ('k5', 'name-5')) AS d(k, name)")
+            .await
+            .unwrap();
+        sorted_csv_rows(&ctx, "SELECT e.id, d.name FROM e JOIN dims d ON e.k = d.k").await
+    };
+    let expected_later = sorted_csv_rows(&input_context(&input).await, REGULAR_JOIN).await;
     let child = start(dir.path(), &args);
     let deadline = Instant::now() + Duration::from_secs(120);
     let windows = expected_lake.len();
@@ -396,7 +427,11 @@ async fn sigkill_at_random_moments_loses_and_repeats_nothing() {
             && count("pairs").is_some_and(|n| n >= expected_pairs.len())
             && dir.path().join("lake/wjoin/_delta_log").is_dir()
             && count("wjoin").is_some_and(|n| n >= windows)
-            && ujoin_rows(dir.path()).contains(&"closer,1,NULL".to_string());
+            && ujoin_rows(dir.path()).contains(&"closer,1,NULL".to_string())
+            && dir.path().join("lake/named/_delta_log").is_dir()
+            && count("named").is_some_and(|n| n >= expected_named.len())
+            && dir.path().join("lake/later/_delta_log").is_dir()
+            && count("later").is_some_and(|n| n >= expected_later.len());
         if done {
             break;
         }
@@ -450,6 +485,10 @@ async fn sigkill_at_random_moments_loses_and_repeats_nothing() {
         &ujoin_rows(dir.path()),
         &expected_ujoin,
     );
+    let named = lake_rows(dir.path(), "SELECT id, name FROM named");
+    common::assert_same_rows("lookup join after 20+ SIGKILLs", &named, &expected_named);
+    let later = lake_rows(dir.path(), "SELECT a_id, b_id FROM later");
+    common::assert_same_rows("regular join after 20+ SIGKILLs", &later, &expected_later);
     let expected_items = oracle(&input, "%Y-%m-%dT%H:%M:%SZ").await;
     let items = dynamodb_rows(&common::dynamodb::client(&dynamodb), &table).await;
     common::assert_same_rows("DynamoDB items after 20+ SIGKILLs", &items, &expected_items);

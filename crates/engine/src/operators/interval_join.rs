@@ -106,8 +106,11 @@ struct Side {
     rows: RowConverter,
     per_unit: i64,
     by_key: HashMap<Box<[u8]>, Vec<Kept>>,
-    /// (time, seq, key) of every kept row, earliest first.
+    /// (time, seq, key) of every kept row, earliest first; empty when rows never expire (a
+    /// regular join without a state TTL).
     expiry: BinaryHeap<Reverse<(i64, u64, Box<[u8]>)>>,
+    /// Whether kept rows expire (a time bound, or a state TTL).
+    expires: bool,
     next_seq: u64,
     /// This side's own watermark (nanoseconds).
     watermark: Option<EventTime>,
@@ -133,6 +136,7 @@ impl Side {
             per_unit,
             by_key: HashMap::default(),
             expiry: BinaryHeap::new(),
+            expires: true,
             next_seq: 0,
             watermark: None,
             idle: false,
@@ -153,7 +157,9 @@ impl Side {
             row,
             matched,
         });
-        self.expiry.push(Reverse((time, seq, key.into())));
+        if self.expires {
+            self.expiry.push(Reverse((time, seq, key.into())));
+        }
         self.kept += 1;
     }
 
@@ -307,10 +313,13 @@ impl IntervalJoin {
             true => schema_with_change(&spec.output),
             false => spec.output.clone(),
         };
-        let sides = [
+        let mut sides = [
             Side::new(&spec.inputs[0], spec.time_columns.map(|t| t[0]))?,
             Side::new(&spec.inputs[1], spec.time_columns.map(|t| t[1]))?,
         ];
+        // Without a time bound, rows expire only under a state TTL (set later, if any).
+        let expires = spec.time_columns.is_some();
+        sides.iter_mut().for_each(|s| s.expires = expires);
         Ok(IntervalJoin {
             spec,
             updating,
@@ -327,7 +336,14 @@ impl IntervalJoin {
     /// forever). Joins with a time bound expire rows by the watermarks instead.
     pub fn with_state_ttl(mut self, ttl: Option<std::time::Duration>) -> Self {
         self.ttl = ttl;
+        let expires = self.rows_expire();
+        self.sides.iter_mut().for_each(|s| s.expires = expires);
         self
+    }
+
+    /// Whether kept rows ever expire: by the watermarks (a time bound) or the state TTL.
+    fn rows_expire(&self) -> bool {
+        self.spec.time_columns.is_some() || self.ttl.is_some()
     }
 
     /// Each row's time in nanoseconds: its event time, or for a regular join the processing
@@ -813,6 +829,7 @@ impl Operator for IntervalJoin {
         for (side, name) in SIDE_TABLES.iter().enumerate() {
             let time_column = self.spec.time_columns.map(|t| t[side]);
             self.sides[side] = Side::new(&self.spec.inputs[side], time_column)?;
+            self.sides[side].expires = self.rows_expire();
             self.sides[side].watermark = saved.watermarks[side];
             if let Some(t) = state.table(name) {
                 self.restore_side(side, t)?;
