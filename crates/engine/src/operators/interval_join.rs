@@ -841,27 +841,10 @@ impl Operator for IntervalJoin {
 
 impl IntervalJoin {
     fn restore_side(&mut self, side: usize, table: &RecordBatch) -> Result<()> {
-        let width = self.spec.inputs[side].fields().len();
-        let changed = || {
-            EngineError::User(
-                "the saved join state does not match this query; the pipeline changed (start with --from-scratch)".into(),
-            )
-        };
-        if table.num_columns() != width + 3 {
-            return Err(changed());
-        }
-        let batch = RecordBatch::try_new(
-            self.spec.inputs[side].clone(),
-            table.columns()[..width].to_vec(),
-        )
-        .map_err(|_| changed())?;
-        let matched = table.column(width).as_boolean_opt().ok_or_else(changed)?;
-        let seqs = (table.column(width + 1))
-            .as_primitive_opt::<UInt64Type>()
-            .ok_or_else(changed)?;
-        let times = (table.column(width + 2))
-            .as_primitive_opt::<Int64Type>()
-            .ok_or_else(changed)?;
+        let (batch, extra) = saved_side(&self.spec.inputs[side], table, 3)?;
+        let matched = extra[0].as_boolean_opt().ok_or_else(state_changed)?;
+        let seqs = (extra[1].as_primitive_opt::<UInt64Type>()).ok_or_else(state_changed)?;
+        let times = (extra[2].as_primitive_opt::<Int64Type>()).ok_or_else(state_changed)?;
         let (keys, _) = self.key_rows(side, &batch)?;
         let rows = self.sides[side].rows.convert_columns(batch.columns())?;
         let s = &mut self.sides[side];
@@ -872,6 +855,29 @@ impl IntervalJoin {
         }
         Ok(())
     }
+}
+
+/// The error for a saved join state that does not fit the query.
+pub(super) fn state_changed() -> EngineError {
+    EngineError::User(
+        "the saved join state does not match this query; the pipeline changed (start with --from-scratch)".into(),
+    )
+}
+
+/// A side's saved rows: its columns (as a batch of `schema`), then `extra` columns of
+/// bookkeeping, which are returned apart.
+pub(super) fn saved_side(
+    schema: &SchemaRef,
+    table: &RecordBatch,
+    extra: usize,
+) -> Result<(RecordBatch, Vec<ArrayRef>)> {
+    let width = schema.fields().len();
+    if table.num_columns() != width + extra {
+        return Err(state_changed());
+    }
+    let batch = RecordBatch::try_new(schema.clone(), table.columns()[..width].to_vec())
+        .map_err(|_| state_changed())?;
+    Ok((batch, table.columns()[width..].to_vec()))
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@ use datafusion::common::HashMap;
 use datafusion::physical_expr::PhysicalExpr;
 
 use super::idle_sweep::processing_time_ms;
-use super::interval_join::{JoinKind, passing_rows};
+use super::interval_join::{JoinKind, passing_rows, saved_side, state_changed};
 use super::window_aggregate::generic_batch;
 use crate::changelog::{
     ChangeKind, StreamMode, change_array, change_kinds, kind_at, schema_with_change,
@@ -587,26 +587,9 @@ impl Operator for UpdatingJoin {
 
 impl UpdatingJoin {
     fn restore_side(&mut self, side: usize, table: &RecordBatch) -> Result<()> {
-        let width = self.spec.inputs[side].fields().len();
-        let changed = || {
-            EngineError::User(
-                "the saved join state does not match this query; the pipeline changed (start with --from-scratch)".into(),
-            )
-        };
-        if table.num_columns() != width + 2 {
-            return Err(changed());
-        }
-        let data = RecordBatch::try_new(
-            self.spec.inputs[side].clone(),
-            table.columns()[..width].to_vec(),
-        )
-        .map_err(|_| changed())?;
-        let partners = (table.column(width))
-            .as_primitive_opt::<UInt64Type>()
-            .ok_or_else(changed)?;
-        let arrived = (table.column(width + 1))
-            .as_primitive_opt::<Int64Type>()
-            .ok_or_else(changed)?;
+        let (data, extra) = saved_side(&self.spec.inputs[side], table, 2)?;
+        let partners = (extra[0].as_primitive_opt::<UInt64Type>()).ok_or_else(state_changed)?;
+        let arrived = (extra[1].as_primitive_opt::<Int64Type>()).ok_or_else(state_changed)?;
         let (keys, _) = self.key_rows(side, &data)?;
         let rows = self.sides[side].rows.convert_columns(data.columns())?;
         let s = &mut self.sides[side];

@@ -4,9 +4,12 @@
 //! join (equal keys only; an outer one gives an updating result), INNER, LEFT, RIGHT and
 //! FULL OUTER. Lookup joins are in `lookup_join.rs`.
 
+use std::sync::Arc;
+
 use datafusion::common::{Column, NullEquality, ScalarValue};
 use datafusion::logical_expr::utils::{conjunction, split_conjunction};
 use datafusion::logical_expr::{Between, BinaryExpr, Expr, Join, JoinType, Operator};
+use datafusion::physical_expr::PhysicalExpr;
 use laketide_engine::operators::{
     IntervalJoin, IntervalJoinSpec, JoinKind, UpdatingJoin, UpdatingJoinSpec,
 };
@@ -301,20 +304,7 @@ impl Translator<'_> {
             bounds: (lower, upper),
             rest,
         } = on;
-        let keys = [
-            (join.on.iter())
-                .map(|(l, _)| self.physical(l, &left.schema))
-                .collect::<Result<Vec<_>>>()?,
-            (join.on.iter())
-                .map(|(_, r)| self.physical(r, &right.schema))
-                .collect::<Result<Vec<_>>>()?,
-        ];
-        // The filter sees a pair: both sides' columns (a semi or anti join emits the left's).
-        let pairs = left.schema.join(&right.schema).map_err(|e| self.df(e))?;
-        let filter = match conjunction(rest.iter().cloned()) {
-            Some(f) => Some(self.physical(&f, &pairs)?),
-            None => None,
-        };
+        let (keys, filter) = self.keys_and_filter(join, [&left, &right], &rest)?;
         let spec = IntervalJoinSpec {
             inputs: [arrow_schema(&left.schema), arrow_schema(&right.schema)],
             keys,
@@ -384,17 +374,21 @@ impl Translator<'_> {
     }
 }
 
+/// Each side's equi-join keys, and the other conditions of a joined pair.
+type KeysAndFilter = (
+    [Vec<Arc<dyn PhysicalExpr>>; 2],
+    Option<Arc<dyn PhysicalExpr>>,
+);
+
 impl Translator<'_> {
-    /// A regular join of which one or both inputs update (a GROUP BY without a window, a
-    /// Top-N): an updating result, whatever the join kind.
-    fn updating_join(
-        &mut self,
+    /// The join's keys over each side's columns, and `conditions` over a pair's (both sides'
+    /// columns: a semi or anti join emits only the left's, but its filter sees both).
+    fn keys_and_filter(
+        &self,
         join: &Join,
-        kind: JoinKind,
-        [left, right]: [Stream; 2],
-        updating: [bool; 2],
-        conditions: Vec<Expr>,
-    ) -> Result<Stream> {
+        [left, right]: [&Stream; 2],
+        conditions: &[Expr],
+    ) -> Result<KeysAndFilter> {
         let keys = [
             (join.on.iter())
                 .map(|(l, _)| self.physical(l, &left.schema))
@@ -408,6 +402,20 @@ impl Translator<'_> {
             Some(f) => Some(self.physical(&f, &pairs)?),
             None => None,
         };
+        Ok((keys, filter))
+    }
+
+    /// A regular join of which one or both inputs update (a GROUP BY without a window, a
+    /// Top-N): an updating result, whatever the join kind.
+    fn updating_join(
+        &mut self,
+        join: &Join,
+        kind: JoinKind,
+        [left, right]: [Stream; 2],
+        updating: [bool; 2],
+        conditions: Vec<Expr>,
+    ) -> Result<Stream> {
+        let (keys, filter) = self.keys_and_filter(join, [&left, &right], &conditions)?;
         let op = UpdatingJoin::new(UpdatingJoinSpec {
             inputs: [arrow_schema(&left.schema), arrow_schema(&right.schema)],
             updating,
