@@ -40,9 +40,10 @@ pub struct UpdatingJoinSpec {
     pub keys: [Vec<Arc<dyn PhysicalExpr>>; 2],
     /// Other conditions on a joined row (over the left columns, then the right ones).
     pub filter: Option<Arc<dyn PhysicalExpr>>,
-    /// INNER, LEFT, RIGHT or FULL.
+    /// INNER, LEFT, RIGHT, FULL, or a semi or anti join.
     pub kind: JoinKind,
-    /// The left columns, then the right ones (the change column is added after them).
+    /// The left columns, then the right ones (the left columns only for a semi or anti
+    /// join); the change column is added after them.
     pub output: SchemaRef,
 }
 
