@@ -9,7 +9,7 @@ use std::collections::BinaryHeap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, UInt32Array};
-use datafusion::arrow::array::{Int64Array, UInt64Array, new_null_array};
+use datafusion::arrow::array::{Int64Array, UInt64Array};
 use datafusion::arrow::compute::{filter_record_batch, take};
 use datafusion::arrow::datatypes::{DataType, Int64Type, SchemaRef, UInt64Type};
 use datafusion::arrow::record_batch::RecordBatch;
@@ -19,8 +19,9 @@ use datafusion::physical_expr::PhysicalExpr;
 use serde::{Deserialize, Serialize};
 
 use super::idle_sweep::processing_time_ms;
+use super::join_rows::{key_rows, padded, rows_to_columns, with_change};
 use super::window_aggregate::generic_batch;
-use crate::changelog::{ChangeKind, StreamMode, change_array, schema_with_change};
+use crate::changelog::{ChangeKind, StreamMode, schema_with_change};
 use crate::error::{EngineError, Result};
 use crate::message::{EventTime, Watermark};
 use crate::operator::{Operator, Output};
@@ -201,10 +202,7 @@ impl Side {
 
     /// The columns of rows in this side's row format.
     fn columns<'a>(&self, rows: impl IntoIterator<Item = &'a [u8]>) -> Result<Vec<ArrayRef>> {
-        let parser = self.rows.parser();
-        Ok(self
-            .rows
-            .convert_rows(rows.into_iter().map(|r| parser.parse(r)))?)
+        rows_to_columns(&self.rows, rows)
     }
 }
 
@@ -421,18 +419,7 @@ impl IntervalJoin {
     /// The arriving rows' keys (row format), or `None` for a row with a NULL key (which
     /// matches nothing).
     fn key_rows(&self, side: usize, batch: &RecordBatch) -> Result<(Rows, Vec<bool>)> {
-        let arrays: Vec<ArrayRef> = (self.spec.keys[side].iter())
-            .map(|k| k.evaluate(batch)?.into_array(batch.num_rows()))
-            .collect::<std::result::Result<_, _>>()?;
-        let mut valid = vec![true; batch.num_rows()];
-        for a in &arrays {
-            if a.null_count() > 0 {
-                for (i, v) in valid.iter_mut().enumerate() {
-                    *v &= a.is_valid(i);
-                }
-            }
-        }
-        Ok((self.keys.convert_columns(&arrays)?, valid))
+        key_rows(&self.spec.keys[side], &self.keys, batch)
     }
 
     /// Joins a batch of `side` with the other side's kept rows, emits the matches, and keeps
@@ -587,14 +574,10 @@ impl IntervalJoin {
     /// Sends `batch` (of the logical output schema) downstream, with the change column
     /// (every row `kind`) when the result updates.
     fn emit(&self, batch: RecordBatch, kind: ChangeKind, out: &mut Output) -> Result<()> {
-        if !self.updating {
-            out.batch(batch);
-            return Ok(());
+        match self.updating {
+            true => out.batch(with_change(&self.output, batch, kind)?),
+            false => out.batch(batch),
         }
-        let n = batch.num_rows();
-        let mut columns = batch.columns().to_vec();
-        columns.push(Arc::new(change_array(std::iter::repeat_n(kind, n))));
-        out.batch(RecordBatch::try_new(self.output.clone(), columns)?);
         Ok(())
     }
 
@@ -646,18 +629,14 @@ impl IntervalJoin {
     /// Rows of `side` with NULLs for the other side's columns (a semi or anti join's left
     /// rows as they are).
     fn padded(&self, side: usize, columns: Vec<ArrayRef>) -> Result<RecordBatch> {
-        if self.spec.kind.left_only() {
-            return Ok(RecordBatch::try_new(self.spec.output.clone(), columns)?);
-        }
-        let n = columns.first().map_or(0, |c| c.len());
-        let nulls: Vec<ArrayRef> = (self.spec.inputs[1 - side].fields().iter())
-            .map(|f| new_null_array(f.data_type(), n))
-            .collect();
-        let columns = match side {
-            0 => [columns, nulls].concat(),
-            _ => [nulls, columns].concat(),
-        };
-        Ok(RecordBatch::try_new(self.spec.output.clone(), columns)?)
+        let other = &self.spec.inputs[1 - side];
+        padded(
+            &self.spec.output,
+            other,
+            side,
+            self.spec.kind.left_only(),
+            columns,
+        )
     }
 
     /// The watermark downstream may see: no output row is behind it. A left time in the

@@ -5,6 +5,7 @@ mod filter;
 mod grouped_state;
 mod idle_sweep;
 mod interval_join;
+mod join_rows;
 mod keep_first;
 mod key_expiry;
 mod lookup_join;

@@ -10,8 +10,7 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::new_null_array;
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, Int64Array, UInt32Array, UInt64Array};
+use datafusion::arrow::array::{ArrayRef, AsArray, Int64Array, UInt32Array, UInt64Array};
 use datafusion::arrow::compute::take;
 use datafusion::arrow::datatypes::{DataType, Int64Type, SchemaRef, UInt64Type};
 use datafusion::arrow::record_batch::RecordBatch;
@@ -21,10 +20,9 @@ use datafusion::physical_expr::PhysicalExpr;
 
 use super::idle_sweep::processing_time_ms;
 use super::interval_join::{JoinKind, passing_rows, saved_side, state_changed};
+use super::join_rows::{key_rows, padded, rows_to_columns, with_change};
 use super::window_aggregate::generic_batch;
-use crate::changelog::{
-    ChangeKind, StreamMode, change_array, change_kinds, kind_at, schema_with_change,
-};
+use crate::changelog::{ChangeKind, StreamMode, change_kinds, kind_at, schema_with_change};
 use crate::error::{EngineError, Result};
 use crate::operator::{Operator, Output};
 use crate::state::NodeState;
@@ -78,10 +76,7 @@ impl Side {
     }
 
     fn columns<'a>(&self, rows: impl IntoIterator<Item = &'a [u8]>) -> Result<Vec<ArrayRef>> {
-        let parser = self.rows.parser();
-        Ok(self
-            .rows
-            .convert_rows(rows.into_iter().map(|r| parser.parse(r)))?)
+        rows_to_columns(&self.rows, rows)
     }
 
     /// Removes one entry holding `row` under `key`; `None` if there is none.
@@ -192,13 +187,7 @@ impl UpdatingJoin {
 
     /// The rows' keys (row format), and which rows have one (no NULL part).
     fn key_rows(&self, side: usize, batch: &RecordBatch) -> Result<(Rows, Vec<bool>)> {
-        let arrays: Vec<ArrayRef> = (self.spec.keys[side].iter())
-            .map(|k| k.evaluate(batch)?.into_array(batch.num_rows()))
-            .collect::<std::result::Result<_, _>>()?;
-        let valid = (0..batch.num_rows())
-            .map(|i| arrays.iter().all(|a| a.is_valid(i)))
-            .collect();
-        Ok((self.keys.convert_columns(&arrays)?, valid))
+        key_rows(&self.spec.keys[side], &self.keys, batch)
     }
 
     /// The entries of the other side that rows `run` of the arriving batch meet, and which of
@@ -246,13 +235,9 @@ impl UpdatingJoin {
 
     /// Sends logical rows downstream as `kind`.
     fn emit(&self, rows: RecordBatch, kind: ChangeKind, out: &mut Output) -> Result<()> {
-        if rows.num_rows() == 0 {
-            return Ok(());
+        if rows.num_rows() > 0 {
+            out.batch(with_change(&self.output, rows, kind)?);
         }
-        let n = rows.num_rows();
-        let mut columns = rows.columns().to_vec();
-        columns.push(Arc::new(change_array(std::iter::repeat_n(kind, n))));
-        out.batch(RecordBatch::try_new(self.output.clone(), columns)?);
         Ok(())
     }
 
@@ -269,18 +254,14 @@ impl UpdatingJoin {
     /// Rows of `side` (its data columns) with NULLs for the other side's (a semi or anti
     /// join's left rows as they are).
     fn padded(&self, side: usize, columns: Vec<ArrayRef>) -> Result<RecordBatch> {
-        if self.spec.kind.left_only() {
-            return Ok(RecordBatch::try_new(self.spec.output.clone(), columns)?);
-        }
-        let n = columns.first().map_or(0, |c| c.len());
-        let nulls: Vec<ArrayRef> = (self.spec.inputs[1 - side].fields().iter())
-            .map(|f| new_null_array(f.data_type(), n))
-            .collect();
-        let columns = match side {
-            0 => [columns, nulls].concat(),
-            _ => [nulls, columns].concat(),
-        };
-        Ok(RecordBatch::try_new(self.spec.output.clone(), columns)?)
+        let other = &self.spec.inputs[1 - side];
+        padded(
+            &self.spec.output,
+            other,
+            side,
+            self.spec.kind.left_only(),
+            columns,
+        )
     }
 
     /// Rows `selected` of `data` (of `side`), padded.

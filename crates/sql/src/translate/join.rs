@@ -331,14 +331,8 @@ impl Translator<'_> {
         let signature = format!(
             "{what} {} on [{}]{bound}{}",
             join.join_type,
-            (join.on.iter())
-                .map(|(l, r)| format!("{l} = {r}"))
-                .collect::<Vec<_>>()
-                .join(", "),
-            match conjunction(rest) {
-                Some(f) => format!(", where {f}"),
-                None => String::new(),
-            }
+            keys_text(join),
+            where_text(rest)
         );
         let updating =
             time_columns.is_none() && !matches!(kind, JoinKind::Inner | JoinKind::LeftSemi);
@@ -346,13 +340,9 @@ impl Translator<'_> {
             true => format!("{signature}, updating"),
             false => signature,
         };
-        let description = match (time_columns, self.state_ttl) {
-            (None, Some(ttl)) => format!(
-                "{signature}, rows kept {}s after they arrive",
-                ttl.as_secs_f64()
-            ),
-            (None, None) => format!("{signature}, every row kept (no state TTL)"),
-            _ => signature.clone(),
+        let description = match time_columns {
+            None => self.with_ttl_text(&signature),
+            Some(_) => signature.clone(),
         };
         let node = self.operator(
             &what.replace(' ', "_"),
@@ -429,22 +419,10 @@ impl Translator<'_> {
         let signature = format!(
             "updating join {} on [{}]{}",
             join.join_type,
-            (join.on.iter())
-                .map(|(l, r)| format!("{l} = {r}"))
-                .collect::<Vec<_>>()
-                .join(", "),
-            match conjunction(conditions) {
-                Some(f) => format!(", where {f}"),
-                None => String::new(),
-            }
+            keys_text(join),
+            where_text(conditions)
         );
-        let description = match self.state_ttl {
-            Some(ttl) => format!(
-                "{signature}, rows kept {}s after they arrive",
-                ttl.as_secs_f64()
-            ),
-            None => format!("{signature}, every current row kept (no state TTL)"),
-        };
+        let description = self.with_ttl_text(&signature);
         let node = self.operator(
             "updating_join",
             description,
@@ -459,6 +437,35 @@ impl Translator<'_> {
             event_time: false,
             time_column: None,
         })
+    }
+}
+
+impl Translator<'_> {
+    /// A join without a time bound's description: `signature` and how long rows are kept.
+    fn with_ttl_text(&self, signature: &str) -> String {
+        match self.state_ttl {
+            Some(ttl) => format!(
+                "{signature}, rows kept {}s after they arrive",
+                ttl.as_secs_f64()
+            ),
+            None => format!("{signature}, every row kept (no state TTL)"),
+        }
+    }
+}
+
+/// The join's equalities, as `explain` shows them: `l = r, …`.
+pub(super) fn keys_text(join: &Join) -> String {
+    (join.on.iter())
+        .map(|(l, r)| format!("{l} = {r}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `, where <conditions>`, or nothing.
+fn where_text(conditions: Vec<Expr>) -> String {
+    match conjunction(conditions) {
+        Some(f) => format!(", where {f}"),
+        None => String::new(),
     }
 }
 

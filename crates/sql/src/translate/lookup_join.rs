@@ -143,10 +143,7 @@ impl Translator<'_> {
             "{} {} on [{}]{}{}",
             if left_outer { "LEFT" } else { "INNER" },
             table.describe(),
-            (join.on.iter())
-                .map(|(l, r)| format!("{l} = {r}"))
-                .collect::<Vec<_>>()
-                .join(", "),
+            super::join::keys_text(join),
             match conjunction(side.filters.iter().cloned()) {
                 Some(f) => format!(", table rows where {f}"),
                 None => String::new(),
