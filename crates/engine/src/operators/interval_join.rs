@@ -11,7 +11,7 @@ use std::sync::Arc;
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, UInt32Array};
 use datafusion::arrow::array::{Int64Array, UInt64Array};
 use datafusion::arrow::compute::{filter_record_batch, take};
-use datafusion::arrow::datatypes::{DataType, Int64Type, SchemaRef, UInt64Type};
+use datafusion::arrow::datatypes::{Int64Type, SchemaRef, UInt64Type};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::row::{RowConverter, Rows, SortField};
 use datafusion::common::HashMap;
@@ -19,7 +19,7 @@ use datafusion::physical_expr::PhysicalExpr;
 use serde::{Deserialize, Serialize};
 
 use super::idle_sweep::processing_time_ms;
-use super::join_rows::{key_rows, padded, rows_to_columns, with_change};
+use super::join_rows::{key_converter, key_rows, padded, rows_to_columns, with_change};
 use super::window_aggregate::generic_batch;
 use crate::changelog::{ChangeKind, StreamMode, schema_with_change};
 use crate::error::{EngineError, Result};
@@ -273,17 +273,7 @@ impl IntervalJoin {
                 spec.upper as f64 / 1e9
             )));
         }
-        let key_types = |side: usize| -> Result<Vec<DataType>> {
-            (spec.keys[side].iter())
-                .map(|k| Ok(k.data_type(&spec.inputs[side])?))
-                .collect()
-        };
-        let (left, right) = (key_types(0)?, key_types(1)?);
-        if left != right || left.is_empty() {
-            return Err(EngineError::Internal(format!(
-                "interval join keys must be equal in number and type: {left:?} and {right:?}"
-            )));
-        }
+        let keys = key_converter(&spec.keys, &spec.inputs)?;
         let both: Vec<_> = (spec.inputs.iter())
             .flat_map(|s| {
                 s.fields()
@@ -304,7 +294,6 @@ impl IntervalJoin {
             true => Arc::new(datafusion::arrow::datatypes::Schema::new(both)),
             false => spec.output.clone(),
         };
-        let keys = RowConverter::new(left.into_iter().map(SortField::new).collect())?;
         let updating = spec.time_columns.is_none()
             && !matches!(spec.kind, JoinKind::Inner | JoinKind::LeftSemi);
         let output = match updating {

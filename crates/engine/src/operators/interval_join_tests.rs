@@ -3,7 +3,9 @@ use super::*;
 use crate::message::Message;
 use crate::operators::test_rng::XorShift;
 use datafusion::arrow::array::{Int64Array, StringArray, TimestampMillisecondArray};
-use datafusion::arrow::datatypes::{Field, Int64Type, Schema, TimeUnit, TimestampMillisecondType};
+use datafusion::arrow::datatypes::{
+    DataType, Field, Int64Type, Schema, TimeUnit, TimestampMillisecondType,
+};
 use datafusion::logical_expr::Operator as BinaryOp;
 use datafusion::physical_expr::expressions::{BinaryExpr, Column, Literal};
 use datafusion::scalar::ScalarValue;

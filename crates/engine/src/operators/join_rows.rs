@@ -4,13 +4,35 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, new_null_array};
-use datafusion::arrow::datatypes::{Schema, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::arrow::row::{RowConverter, Rows};
+use datafusion::arrow::row::{RowConverter, Rows, SortField};
 use datafusion::physical_expr::PhysicalExpr;
 
 use crate::changelog::{ChangeKind, change_array};
-use crate::error::Result;
+use crate::error::{EngineError, Result};
+
+/// The row converter of a join's keys, checking that both sides' keys (over `inputs`) are
+/// equal in number and type.
+pub(super) fn key_converter(
+    keys: &[Vec<Arc<dyn PhysicalExpr>>; 2],
+    inputs: &[SchemaRef; 2],
+) -> Result<RowConverter> {
+    let types = |side: usize| -> Result<Vec<DataType>> {
+        (keys[side].iter())
+            .map(|k| Ok(k.data_type(&inputs[side])?))
+            .collect()
+    };
+    let (left, right) = (types(0)?, types(1)?);
+    if left != right || left.is_empty() {
+        return Err(EngineError::Internal(format!(
+            "join keys must be equal in number and type: {left:?} and {right:?}"
+        )));
+    }
+    Ok(RowConverter::new(
+        left.into_iter().map(SortField::new).collect(),
+    )?)
+}
 
 /// The join keys of every row of `batch` (row format), and which rows have one (no NULL
 /// part: a NULL key matches nothing).

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, AsArray, Int64Array, UInt32Array, UInt64Array};
 use datafusion::arrow::compute::take;
-use datafusion::arrow::datatypes::{DataType, Int64Type, SchemaRef, UInt64Type};
+use datafusion::arrow::datatypes::{Int64Type, SchemaRef, UInt64Type};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::row::{RowConverter, Rows, SortField};
 use datafusion::common::HashMap;
@@ -20,7 +20,7 @@ use datafusion::physical_expr::PhysicalExpr;
 
 use super::idle_sweep::processing_time_ms;
 use super::interval_join::{JoinKind, passing_rows, saved_side, state_changed};
-use super::join_rows::{key_rows, padded, rows_to_columns, with_change};
+use super::join_rows::{key_converter, key_rows, padded, rows_to_columns, with_change};
 use super::window_aggregate::generic_batch;
 use crate::changelog::{ChangeKind, StreamMode, change_kinds, kind_at, schema_with_change};
 use crate::error::{EngineError, Result};
@@ -119,17 +119,7 @@ impl std::fmt::Debug for UpdatingJoin {
 impl UpdatingJoin {
     /// Checks the spec and builds the operator.
     pub fn new(spec: UpdatingJoinSpec) -> Result<Self> {
-        let key_types = |side: usize| -> Result<Vec<DataType>> {
-            (spec.keys[side].iter())
-                .map(|k| Ok(k.data_type(&spec.inputs[side])?))
-                .collect()
-        };
-        let (left, right) = (key_types(0)?, key_types(1)?);
-        if left != right || left.is_empty() {
-            return Err(EngineError::Internal(format!(
-                "join keys must be equal in number and type: {left:?} and {right:?}"
-            )));
-        }
+        let keys = key_converter(&spec.keys, &spec.inputs)?;
         let width = match spec.kind.left_only() {
             true => spec.inputs[0].fields().len(),
             false => spec.inputs[0].fields().len() + spec.inputs[1].fields().len(),
@@ -151,7 +141,7 @@ impl UpdatingJoin {
         Ok(UpdatingJoin {
             output: schema_with_change(&spec.output),
             pairs,
-            keys: RowConverter::new(left.into_iter().map(SortField::new).collect())?,
+            keys,
             sides: [Side::new(&spec.inputs[0])?, Side::new(&spec.inputs[1])?],
             spec,
             ttl: None,

@@ -5,7 +5,7 @@ use crate::changelog::CHANGE_COLUMN;
 use crate::message::Message;
 use crate::operators::test_rng::XorShift;
 use datafusion::arrow::array::{Array, Int8Array, StringArray};
-use datafusion::arrow::datatypes::{Field, Int8Type, Schema};
+use datafusion::arrow::datatypes::{DataType, Field, Int8Type, Schema};
 use datafusion::logical_expr::Operator as BinaryOp;
 use datafusion::physical_expr::expressions::{BinaryExpr, Column, Literal};
 use datafusion::scalar::ScalarValue;
