@@ -187,6 +187,10 @@ async fn dynamodb_lookups_enrich_clicks_as_the_batch_join_says_reading_each_key_
     );
     let summary = run_sql(&pipeline, RunOptions::default()).await.unwrap();
     assert_eq!(summary.totals.records_in, 20_000);
+    assert!(
+        summary.totals.throttles > 0,
+        "the lookups' throttles and unprocessed keys are in the run's metrics"
+    );
 
     let oracle = SessionContext::new();
     register_json_files(&oracle, "clicks", &clicks, &clicks_schema()).await;

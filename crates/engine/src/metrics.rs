@@ -184,7 +184,8 @@ pub struct MetricsSnapshot {
     pub peak_open_state: Vec<(String, u64)>,
     /// The largest lag of any split of any source, in milliseconds, if a source reports lag.
     pub max_lag_millis: Option<i64>,
-    /// Calls to remote services that were throttled, over all sources and sinks.
+    /// Calls to remote services that were throttled, over all sources, sinks and operators
+    /// that call one (lookup joins).
     pub throttles: u64,
     /// The last stored checkpoint, when the run takes checkpoints and one was stored or
     /// restored.
